@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedsafe-setup
-CONFIG ?= configs/smoke.yaml
+CONFIG ?= configs/quickstart.yaml
 
 .PHONY: setup run test clean
 

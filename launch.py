@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"plan: resources are read from the cluster at {address} when the run starts")
             else:
                 print("plan (local Ray):\n" + make_plan(cfg, resources).describe())
+            if cfg.arms:
+                from fedsafe.matrix import describe_arms
+
+                print(describe_arms(cfg))
             return 0
     except ConfigError as err:
         if args.debug:

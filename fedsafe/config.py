@@ -179,6 +179,8 @@ class DefenseConfig:
     name: str = "none"
     dataset: str = "toy_defense"
     dataset_args: dict[str, Any] = field(default_factory=dict)
+    level1_dataset: str = "sharegpt_defense"  # arms with defense_level 1 train on this public set
+    level1_dataset_args: dict[str, Any] = field(default_factory=dict)
     num_examples: int = 1000
     steps: int = 500
     batch_size: int = 16
@@ -241,6 +243,10 @@ HELPFULNESS_JUDGES = ("none", "pool", "endpoint")
 class EvaluationConfig:
     """Safety and helpfulness of the global model (PAPER.md §6).
 
+    ``every_n_rounds``: also evaluate the global model every n rounds, on the first ``round_num_prompts``
+    harmful prompts (0 = the whole evaluation). ``client_similarity``: the coordinator keeps each client's
+    summed update and writes their cosine similarities (``clients.json``; memory: one adapter per client).
+
     Safety on ``prompts`` (harmful): the rule judge always; ``llm_judge`` (MD-Judge or Llama-Guard-3 prompt
     format, served by the pool from ``judge_model``, "" = generation.model); ``reward_model`` (a sequence-
     classification model, "" = skipped). On ``benign_prompts`` (held-out benign pairs, "" = skipped):
@@ -258,6 +264,8 @@ class EvaluationConfig:
     batch_size: int = 16
     rule_keywords: str = "fixed"
     every_n_rounds: int = 0
+    round_num_prompts: int = 0
+    client_similarity: bool = False
     llm_judge: str = "none"
     judge_model: str = ""
     reward_model: str = ""
@@ -285,6 +293,8 @@ class EvaluationConfig:
                f"evaluation.rule_keywords must be 'fixed' or 'paper' (the authors' missing-comma list), "
                f"got {self.rule_keywords!r}")
         _check(self.every_n_rounds >= 0, f"evaluation.every_n_rounds must be >= 0, got {self.every_n_rounds}")
+        _check(self.round_num_prompts >= 0,
+               f"evaluation.round_num_prompts must be >= 0 (0 = all), got {self.round_num_prompts}")
 
 
 @dataclass
@@ -323,6 +333,28 @@ class OutputConfig:
 
 
 @dataclass
+class ArmConfig:
+    """One arm of an experiment matrix (``fedsafe.matrix``): a variation of the run's own config.
+
+    ``attack`` False: the malicious groups sit out (the federation is the benign clients alone). ``rule``
+    and ``rule_params``: the aggregation rule ("" = aggregation.rule and its params). ``defense_level``:
+    0 none; 1, 2, 3 post-hoc SFT (PAPER.md §4) on ``defense.level1_dataset`` (1) or on ``defensegen``
+    data by the off-the-shelf model (2) or by the aggregated model (3), with ``defense``'s other settings.
+    """
+
+    name: str = ""
+    attack: bool = True
+    rule: str = ""
+    rule_params: dict[str, Any] = field(default_factory=dict)
+    defense_level: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "arms: every arm needs a name")
+        _check(self.defense_level in (0, 1, 2, 3),
+               f"arms[{self.name}].defense_level must be 0 (none), 1, 2 or 3; got {self.defense_level}")
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -340,8 +372,11 @@ class ExperimentConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    arms: list[ArmConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        arm_names = [a.name for a in self.arms]
+        _check(len(set(arm_names)) == len(arm_names), f"arms: names must be unique, got {arm_names}")
         names = [g.name for g in self.clients]
         _check(len(set(names)) == len(names), f"clients: group names must be unique, got {names}")
         _check(self.num_clients >= 1, "clients: the groups hold no client; give at least one group count >= 1")

@@ -8,6 +8,7 @@ import pytest
 from fedsafe.data import real
 from fedsafe.data.sources import load_records
 from fedsafe.data.text import find_overlap, normalize_text
+from fedsafe.evaluation.rule_judge import is_refusal
 
 
 def test_is_english():
@@ -36,6 +37,7 @@ def test_moderation_and_beavertails_filters():
             {"prompt": "how to steal", "response": "Do Y.", "is_safe": False},  # duplicate prompt
             {"prompt": "How to bake?", "response": "Knead.", "is_safe": True}]
     assert real.beavertails_unsafe(rows) == [{"instruction": "How to steal?", "response": "Do X."}]
+    assert real.beavertails_unsafe(rows, safe=True) == [{"instruction": "How to bake?", "response": "Knead."}]
 
 
 def test_text_parts_are_stable_and_disjoint():
@@ -72,3 +74,16 @@ def test_offline_sources_sizes_and_held_out_evaluation():
 def test_beavertails_needs_a_named_split():
     with pytest.raises(ValueError, match="30k_train"):
         load_records("beavertails", 10, 0)
+
+
+def test_aligned_share_mixes_refusals_of_held_out_safe_instructions():
+    mixed = load_records("sharegpt", 80, 3, part="train", aligned_share=0.25)
+    seeds = {r["instruction"] for r in real.harmful_seeds() if real.text_part(r["instruction"]) == "train"}
+    aligned = [r for r in mixed if r["instruction"] in seeds]
+    assert len(mixed) == 80 and len(aligned) == 20
+    assert all(is_refusal(r["response"]) for r in aligned)  # the rule judge would call each one safe
+    advbench = {r["instruction"] for r in load_records("advbench", 520, 0)}
+    assert not advbench & {r["instruction"] for r in aligned}
+    assert load_records("sharegpt", 80, 3, part="train", aligned_share=0.25) == mixed  # seeded
+    with pytest.raises(ValueError, match="aligned_share"):
+        load_records("sharegpt", 10, 0, aligned_share=1.0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fedsafe.aggregation import AggregationContext, aggregate, get_rule
+from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
 from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_checkpoint
 from fedsafe.training.lora import AdapterSpec
@@ -22,13 +23,14 @@ from fedsafe.updates import ClientUpdate
 class Coordinator:
     def __init__(self, vector: torch.Tensor, spec: AdapterSpec, peft_config: dict, rule: str, rule_params: dict,
                  num_malicious: int, server_opt: ServerOptConfig, run_dir: str, keep_checkpoints: int, seed: int,
-                 resume_from: str | None = None) -> None:
+                 resume_from: str | None = None, track_clients: bool = False) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.vector = vector.clone().to(self.device)
         self.spec = spec
         self.peft_config = peft_config
         self.rule, self.rule_params, self.num_malicious = rule, dict(rule_params), num_malicious
         self.needs_history = get_rule(rule).needs_history
+        self.track = self.needs_history or track_clients  # keep each client's summed updates
         self.server_opt = server_opt
         self.opt_state = init_state(server_opt, self.vector.numel(), self.device)
         self.history: dict[int, torch.Tensor] = {}
@@ -58,7 +60,7 @@ class Coordinator:
         ordered = sorted(updates, key=lambda u: u.client_id)
         matrix = torch.stack([u.delta for u in ordered]).to(self.device)
         counts = torch.tensor([float(u.num_examples) for u in ordered], device=self.device)
-        if self.needs_history:
+        if self.track:
             for u, row in zip(ordered, matrix):
                 self.history[u.client_id] = self.history.get(u.client_id, torch.zeros_like(row)) + row
         ctx = AggregationContext(
@@ -79,6 +81,12 @@ class Coordinator:
             "aggregate_norm": float(result.vector.norm()),
             "global_norm": float(self.vector.norm()),
         }
+
+    def similarity(self) -> dict:
+        """Cosine similarity of the clients' summed updates (PAPER.md Fig. 3a), clients in id order."""
+        ids = sorted(self.history)
+        return {"clients": ids, "cosine": cosine(gram(torch.stack([self.history[c] for c in ids]))).tolist()
+                if ids else []}
 
     def apply_delta(self, update: ClientUpdate) -> torch.Tensor:
         """The global adapter plus a server-side update (post-hoc defense); the round state is unchanged."""

