@@ -434,20 +434,36 @@ def _describe(err: OmegaConfBaseException) -> str:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Default config, merged with the YAML file at ``path``, then ``key.sub=value`` overrides."""
-    text = ""
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
-    return from_yaml_text(text, overrides)
+    """Default config, merged with the YAML file at ``path``, then ``key.sub=value`` overrides. A file may
+    start from another with ``base: other.yaml`` (relative to the file); its own keys win (lists replace)."""
+    layers = _yaml_layers(Path(path)) if path is not None else []
+    return from_yaml_text("", overrides, layers)
 
 
-def from_yaml_text(text: str, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The defaults merged with YAML ``text`` and dotted overrides; inverse of ``to_yaml``."""
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """The YAML mappings of ``path`` and its ``base`` chain, base first."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(yaml.safe_load(text) or {}))
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    base = data.pop("base", None) if isinstance(data, dict) else None
+    if base is None:
+        return [data]
+    parent = (path.parent / base).resolve()
+    if parent in seen:
+        raise ConfigError(f"config file {path}: its base chain loops back to {parent}")
+    return _yaml_layers(parent, seen + (path.resolve(),)) + [data]
+
+
+def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[dict] = ()) -> ExperimentConfig:
+    """The defaults merged with ``layers`` (YAML mappings, in order), YAML ``text`` and dotted overrides;
+    inverse of ``to_yaml``."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
+                                 *[OmegaConf.create(layer) for layer in layers],
+                                 OmegaConf.create(yaml.safe_load(text) or {}))
         for item in overrides or []:
             key, sep, value = item.partition("=")
             if not sep or not key:

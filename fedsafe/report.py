@@ -17,6 +17,8 @@ from pathlib import Path
 import markdown
 import matplotlib
 
+from fedsafe.run_dir import METRIC_COLUMNS, metric_cells
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -47,23 +49,14 @@ def paper_row(arm: dict) -> str | None:
     return f"Level {arm['defense_level']}" if arm["rule"] == "fedavg" else None
 
 
-def _fmt(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def matrix_table(results: dict) -> str:
     """Markdown table: one row per arm; the paper's Rule / MD-Judge / MT-1 where the arm exists there."""
-    rows = ["| arm | Rule safety (%) | LLM-judge safe (%) | over-refusal (%) | response loss | helpfulness (1-10) "
-            "| paper Rule | paper MD-Judge | paper MT-1 |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [f"| arm | {' | '.join(METRIC_COLUMNS)} | paper Rule | paper MD-Judge | paper MT-1 |",
+            "|---" * (len(METRIC_COLUMNS) + 4) + "|"]
     for name, arm in results["arms"].items():
-        ev = arm["evaluation"]
-        s, help_ = ev["safety"], ev.get("helpfulness", {})
         paper = PAPER_TABLE1.get(paper_row(arm) or "")
-        rows.append(
-            f"| {name} | {s['rule']:.2f} | {_fmt(s.get('llm_judge', {}).get('safe'))} | "
-            f"{_fmt(ev.get('over_refusal', {}).get('rate'))} | {_fmt(help_.get('response_loss'), 3)} | "
-            f"{_fmt(help_.get('judge', {}).get('mean'))} | "
-            + (f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[3]:.2f} |" if paper else "- | - | - |"))
+        cells = f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[3]:.2f}" if paper else "- | - | -"
+        rows.append(f"| {name} | {metric_cells(arm['evaluation'])} | {cells} |")
     return "\n".join(rows)
 
 
@@ -84,13 +77,17 @@ def federation_names(results: dict) -> dict[str, str]:
 def plot_safety_per_round(results: dict, cache: Path, out: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     plotted = False
+    rounds = results["rounds"]
+    finals = {a["federation"]: a["evaluation"]["safety"]["rule"] for a in results["arms"].values()
+              if a["defense_level"] == 0}
     for key, label in federation_names(results).items():
         points = [(r["round"] + 1, r["evaluation"]["safety"]["rule"]) for r in _rounds(cache / "federations" / key)
-                  if "evaluation" in r]
+                  if "evaluation" in r and r["round"] + 1 < rounds]
+        if key in finals:
+            points.append((rounds, finals[key]))
         if points:
             ax.plot(*zip(*points), marker="o", label=label)
             plotted = True
-    rounds = results["rounds"]
     for name, arm in results["arms"].items():
         if arm["defense_level"]:
             ax.scatter([rounds + 0.5], [arm["evaluation"]["safety"]["rule"]], marker="*", s=90, label=name)

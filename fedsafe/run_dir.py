@@ -71,16 +71,22 @@ def _fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+METRIC_COLUMNS = ("Rule safety (%)", "LLM-judge safe (%)", "RM score", "over-refusal (%)", "response loss",
+                  "helpfulness (1-10)")
+
+
+def metric_cells(ev: dict) -> str:
+    """One model's ``METRIC_COLUMNS`` as Markdown cells; "-" where a metric is off."""
+    s, help_ = ev["safety"], ev.get("helpfulness", {})
+    return (f"{s['rule']:.2f} | {_fmt(s.get('llm_judge', {}).get('safe'))} | {_fmt(s.get('reward', {}).get('mean'))} | "
+            f"{_fmt(ev.get('over_refusal', {}).get('rate'))} | {_fmt(help_.get('response_loss'), 3)} | "
+            f"{_fmt(help_.get('judge', {}).get('mean'))}")
+
+
 def report_table(results: dict) -> str:
-    """Markdown table, one row per evaluated model (``results["models"]``); "-" where a metric is off."""
-    rows = ["| model | Rule safety (%) | LLM-judge safe (%) | RM score | over-refusal (%) | response loss | "
-            "helpfulness (1-10) | prompts |", "|---|---|---|---|---|---|---|---|"]
-    for name, ev in results["models"].items():
-        s, help_ = ev["safety"], ev.get("helpfulness", {})
-        rows.append(
-            f"| {name} | {s['rule']:.2f} | {_fmt(s.get('llm_judge', {}).get('safe'))} | "
-            f"{_fmt(s.get('reward', {}).get('mean'))} | {_fmt(ev.get('over_refusal', {}).get('rate'))} | "
-            f"{_fmt(help_.get('response_loss'), 3)} | {_fmt(help_.get('judge', {}).get('mean'))} | {s['num_prompts']} |")
+    """Markdown table, one row per evaluated model (``results["models"]``)."""
+    rows = [f"| model | {' | '.join(METRIC_COLUMNS)} | prompts |", "|---" * (len(METRIC_COLUMNS) + 2) + "|"]
+    rows += [f"| {name} | {metric_cells(ev)} | {ev['safety']['num_prompts']} |" for name, ev in results["models"].items()]
     return "\n".join(rows)
 
 

@@ -66,7 +66,7 @@ def test_paper_rows_and_table():
     assert paper_row({**arm, "rule": "krum", "defense_level": 2}) is None  # Table 3 has no per-rule Rule figure
     assert paper_row({**arm, "attack": False}) == "FedAvg, no attack"
     table = matrix_table({"arms": {"FedAvg": arm}})
-    assert "| FedAvg | 12.50 | - | 5.00 | - | - | 49.81 | 25.96 | 4.14 |" in table
+    assert "| FedAvg | 12.50 | - | - | 5.00 | - | - | 49.81 | 25.96 | 4.14 |" in table
 
 
 def test_mean_weights_are_relative_to_an_equal_share():
@@ -102,3 +102,19 @@ def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, 
 
     again = run_matrix(cfg, create_run_dir(cfg))
     assert again["computed"] == [] and again["arms"] == results["arms"]
+
+
+def test_paper_gpu_config_plans_the_papers_setting(capsys):
+    import launch
+    from fedsafe.cluster.plan import make_plan
+
+    cfg = load_config(ROOT / "configs" / "paper_gpu.yaml")
+    assert (cfg.federation.num_rounds, cfg.lora.r, cfg.train.batch_size, cfg.train.max_length) == (100, 32, 16, 512)
+    assert (cfg.evaluation.num_prompts, cfg.evaluation.llm_judge) == (520, "md_judge")
+    plan = make_plan(cfg, {"CPU": 64.0, "GPU": 8.0})  # one node with 8 GPUs
+    # three models in the pool (base, off-the-shelf generator, MD-Judge), one GPU each; trainers on the rest
+    assert (plan.generators.count, plan.generators.num_gpus) == (3, 1.0)
+    assert (plan.trainers.count, plan.trainers.num_gpus) == (3, 1.0)
+    assert launch.main(["--config", str(ROOT / "configs" / "paper_gpu.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "matrix: 17 arms over 8 federated runs" in out and "Residual + Level 2" in out
