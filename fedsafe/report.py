@@ -196,6 +196,20 @@ def judges_note(results: dict) -> str:
     return "\n".join(lines)
 
 
+def data_note(results: dict) -> str:
+    """Generated data sets (attack data, Level 2-3 defense data): counts generated and kept by the filter."""
+    lines = []
+    for name, arm in results["arms"].items():
+        for part, counts in arm["data"]["synthesis"].items():
+            what = "defense data of " + name if part == "defense" else f"{part} data"
+            line = f"- {what}: generated {counts['generated']}, kept {counts['kept']}"
+            if part == "defense":
+                line += f", {arm['data']['defense_examples']} used (aligned and normal 1:1)"
+            if line not in lines:
+                lines.append(line)
+    return "\n".join(lines)
+
+
 def write_matrix_report(run_dir: Path, results: dict, cache: Path) -> str:
     """Write report.md, report.html and plots/; returns the table."""
     run_dir = Path(run_dir)
@@ -208,7 +222,7 @@ def write_matrix_report(run_dir: Path, results: dict, cache: Path) -> str:
         f"{results['num_clients']} clients ({results['num_malicious']} malicious in attacked arms), "
         f"{results['clients_per_round']} per round, {results['rounds']} rounds, model `{results['model']}`. "
         f"Wall time {results['wall_s']:.1f} s (arms computed now: {len(results['computed'])} of "
-        f"{len(results['arms'])}).\n\n{table}\n\n{judges_note(results)}\n\n"
+        f"{len(results['arms'])}).\n\n{table}\n\n{judges_note(results)}\n{data_note(results)}\n\n"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )
     (run_dir / "report.md").write_text(body)

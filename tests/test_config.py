@@ -62,3 +62,15 @@ def test_round_trips_through_yaml_and_pickle():
     cfg = load_config(SMOKE, ["train.lr=0.02", "aggregation.rule=dnc", "aggregation.params={b: 100, niters: 2}"])
     assert from_yaml_text(to_yaml(cfg)) == cfg
     assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_a_config_can_start_from_a_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(f"base: {SMOKE}\nfederation: {{num_rounds: 7}}\narms: [{{name: a}}]\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {lr: 0.5}\narms: [{name: b}, {name: c}]\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.local_steps=3"])
+    assert cfg.model.name == "builtin:tiny-llama"  # from the smoke file, two levels up
+    assert (cfg.federation.num_rounds, cfg.train.lr, cfg.train.local_steps) == (7, 0.5, 3)
+    assert [a.name for a in cfg.arms] == ["b", "c"]  # a list in the child replaces the base's
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
