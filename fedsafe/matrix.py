@@ -165,7 +165,7 @@ def _run_arms(session: Session, cfg: ExperimentConfig, todo: list[Arm]) -> None:
         fed_dir = cache_root(cfg) / "federations" / key
         fed_dir.mkdir(parents=True, exist_ok=True)
         (fed_dir / "config.yaml").write_text(to_yaml(fed_cfg))
-        tqdm.write(f"federated run {key}: {', '.join(a.spec.name for a in group)}")
+        tqdm.write(f"federated run {key} (resumed from its checkpoints if any), for: {', '.join(a.spec.name for a in group)}")
         data = load_data(_without_defense(fed_cfg), session.synth)
         coordinator = federate(session, fed_cfg, data, fed_dir)
         final_ref = coordinator.global_ref()

@@ -131,13 +131,15 @@ def plot_similarity(results: dict, cache: Path, out: Path) -> bool:
 
 
 def mean_weights(rounds: list[dict], num_clients: int, per_round: int) -> list[float | None]:
-    """Mean weight a client got in the rounds it was sampled, times clients per round (1.0 = FedAvg's
-    equal share); None for clients never sampled. Pure."""
+    """Mean share of the round's total weight a client got when sampled, times clients per round (1.0 =
+    FedAvg's equal share; rules such as FoolsGold report unnormalized weights); None for clients never
+    sampled. Pure."""
     sums, counts = [0.0] * num_clients, [0] * num_clients
     for r in rounds:
+        total = sum(r.get("weights", [])) or 1.0
         for client, weight in zip(r.get("clients", []), r.get("weights", [])):
             if 0 <= client < num_clients:
-                sums[client] += weight * per_round
+                sums[client] += weight / total * per_round
                 counts[client] += 1
     return [s / c if c else None for s, c in zip(sums, counts)]
 

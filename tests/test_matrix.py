@@ -74,6 +74,7 @@ def test_mean_weights_are_relative_to_an_equal_share():
     w = mean_weights(rounds, 5, 3)
     assert w[0] == pytest.approx(1.25) and w[1] == pytest.approx(1.5) and w[2] == pytest.approx(0.5)
     assert w[3] == pytest.approx(1.0) and w[4] is None
+    assert mean_weights([{"clients": [0, 1], "weights": [1.0, 1.0]}], 2, 2) == [1.0, 1.0]  # FoolsGold-style
 
 
 @pytest.mark.integration
