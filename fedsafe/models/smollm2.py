@@ -51,7 +51,9 @@ def build_smollm2(target: Path) -> None:
 
 
 # builtin:smollm2-135m-instruct-safe: the same model after a short safety SFT, as chat models ship
-# aligned. Fixed recipe (changing it changes the builtin model; bump SAFE_VERSION to rebuild caches).
+# aligned. Fixed recipe: the built folder is reused as long as it exists, so after changing the recipe
+# delete <model.cache_dir>/models/smollm2-135m-instruct-safe; the recipe and SAFE_VERSION it was built
+# with are saved beside it (fedsafe_recipe.json).
 SAFE_VERSION = 1
 SAFE_RECIPE = {"steps": 96, "batch_size": 8, "max_length": 128, "aligned_share": 0.3, "lr": 1e-3, "min_lr": 1e-4,
                "lora_r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"], "seed": 20251}
