@@ -3,6 +3,7 @@
     python launch.py --config configs/smoke.yaml                  # embedded local Ray, tiny model
     python launch.py --config configs/smoke.yaml federation.num_rounds=5 aggregation.rule=fedavg
     python launch.py --config configs/smoke.yaml --dry-run        # resolved config and plan, starts nothing
+    python launch.py --config configs/paper_gpu.yaml --dry-run --nodes 4x96:8   # plan for 4 nodes of 96 CPUs, 8 GPUs
     python launch.py --resume runs/smoke-20261122-101500          # continue from the last complete round
     RAY_ADDRESS=auto python launch.py --config ...                # join a running cluster (or cluster.address=auto)
 """
@@ -21,12 +22,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML config file (defaults: fedsafe/config.py)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete round")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, start nothing")
+    p.add_argument("--nodes", metavar="SPEC", help="with --dry-run: plan for these nodes instead of this machine, "
+                   "COUNTxCPUS:GPUS separated by commas, e.g. 1x16:0,4x96:8")
     p.add_argument("--debug", action="store_true", help="show tracebacks of configuration errors")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     args = p.parse_args(argv)
     if args.resume and args.config:
         p.error("--resume reads the run's own config.yaml; pass either --config or --resume, not both")
     return args
+
+
+def parse_nodes(spec: str) -> list[dict[str, float]]:
+    """``"1x16:0,4x96:8"`` -> one node of 16 CPUs and four of 96 CPUs with 8 GPUs each."""
+    nodes = []
+    for part in spec.split(","):
+        count, _, sizes = part.strip().rpartition("x")
+        cpus, _, gpus = sizes.partition(":")
+        try:
+            nodes += [{"CPU": float(cpus), "GPU": float(gpus or 0)}] * int(count or 1)
+        except ValueError:
+            raise ConfigError(f"--nodes {spec!r}: {part!r} is not COUNTxCPUS:GPUS (e.g. 4x96:8)") from None
+    return nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.dry_run:
             address = runtime.target_address(cfg.cluster)
-            local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
-            resources = local if not address else {"CPU": 0.0, "GPU": 0.0}
             print(to_yaml(cfg))
-            if address:
-                print(f"plan: resources are read from the cluster at {address} when the run starts")
+            if args.nodes:
+                print(f"plan for {args.nodes}:\n" + make_plan(cfg, parse_nodes(args.nodes)).describe())
+            elif address:
+                print(f"plan: resources are read from the cluster at {address} when the run starts "
+                      "(--nodes plans for a cluster you describe)")
             else:
-                print("plan (local Ray):\n" + make_plan(cfg, resources).describe())
+                local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
+                print("plan (local Ray):\n" + make_plan(cfg, local).describe())
             if cfg.arms:
                 from fedsafe.matrix import describe_arms
 

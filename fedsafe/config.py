@@ -110,6 +110,52 @@ class TrainConfig:
                f"train.threads_per_trainer must be >= 1, got {self.threads_per_trainer}")
 
 
+ENGINES = ("torch", "deepspeed")
+ZERO_STAGES = (0, 2, 3)
+
+
+@dataclass
+class TrainerConfig:
+    """How one client's local round runs: the engine, and the processes and GPUs one client uses.
+
+    ``gpus_per_client``: 0 trains on CPUs; below 1 a share of one GPU (several trainers on a GPU); 1 or more
+    a whole number of GPUs, one process each, forming a torch.distributed group (NCCL) that splits every
+    batch. ``world_size``: processes per client on CPUs (gloo); with GPUs it follows ``gpus_per_client``.
+    ``engine: deepspeed`` runs the steps through DeepSpeed with ZeRO ``zero_stage`` (0, 2 or 3) and, with
+    ``offload``, the optimizer state (and under ZeRO-3 the parameters) in CPU memory.
+    """
+
+    engine: str = "torch"
+    zero_stage: int = 0
+    offload: bool = False
+    gpus_per_client: float = 0.0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.engine in ENGINES, f"trainer.engine must be one of {ENGINES}, got {self.engine!r}")
+        _check(self.zero_stage in ZERO_STAGES, f"trainer.zero_stage must be one of {ZERO_STAGES}, got {self.zero_stage}")
+        _check(self.engine == "deepspeed" or (self.zero_stage == 0 and not self.offload),
+               "trainer.zero_stage and trainer.offload need trainer.engine=deepspeed")
+        _check(not self.offload or self.zero_stage > 0, "trainer.offload needs trainer.zero_stage 2 or 3")
+        _check(self.world_size >= 1, f"trainer.world_size must be >= 1, got {self.world_size}")
+        g = self.gpus_per_client
+        _check(g >= 0, f"trainer.gpus_per_client must be >= 0, got {g}")
+        _check(g <= 1 or float(g).is_integer(),
+               f"trainer.gpus_per_client above 1 must be a whole number of GPUs, got {g}")
+        _check(g == 0 or self.world_size in (1, max(1, int(g))),
+               f"trainer.world_size={self.world_size} with trainer.gpus_per_client={g}: on GPUs the world size "
+               "is the number of GPUs per client; leave trainer.world_size at 1")
+
+    @property
+    def processes(self) -> int:
+        """Processes (trainer actors) per client."""
+        return int(self.gpus_per_client) if self.gpus_per_client > 1 else self.world_size
+
+    @property
+    def gpus_per_process(self) -> float:
+        return self.gpus_per_client / self.processes
+
+
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 
 
@@ -205,6 +251,7 @@ class GenerationConfig:
     """The generation and judging pool (``fedsafe.cluster.generation``): replicas per model, started on
     first use. ``model``: the off-the-shelf LLM that synthesizes attack data and Level-2 defense data
     (PAPER.md §3-4; "" = the base model). ``dtype`` auto: bfloat16 on GPUs, float32 on CPUs.
+    ``gpus_per_replica``: a share of one GPU, or a whole number > 1 = vLLM's tensor-parallel size.
     ``cache``: reuse generations across runs, keyed by a hash of (model, adapter, prompts, sampling),
     under ``<output.root>/cache/generations``."""
 
@@ -233,6 +280,14 @@ class GenerationConfig:
         _check(0 < self.gpu_memory_utilization <= 1,
                f"generation.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         _check(self.hf_batch_size >= 1, f"generation.hf_batch_size must be >= 1, got {self.hf_batch_size}")
+        _check(self.gpus_per_replica >= 0, f"generation.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
+        _check(self.gpus_per_replica <= 1 or float(self.gpus_per_replica).is_integer(),
+               f"generation.gpus_per_replica above 1 is the tensor-parallel size, a whole number; got "
+               f"{self.gpus_per_replica}")
+        _check(not 0 < self.gpus_per_replica < 1 or self.gpu_memory_utilization <= self.gpus_per_replica,
+               f"generation.gpu_memory_utilization={self.gpu_memory_utilization} exceeds the replica's share of "
+               f"its GPU (generation.gpus_per_replica={self.gpus_per_replica}); what it takes beyond its share "
+               "would be the trainers'; lower it")
 
 
 LLM_JUDGES = ("none", "md_judge", "llama_guard3")
@@ -301,14 +356,17 @@ class EvaluationConfig:
 class ClusterConfig:
     """Where to run. ``address`` None starts a local Ray (unless RAY_ADDRESS is set); "auto" joins one.
 
-    ``num_trainers`` 0 means: as many as the cluster's resources allow, at most the clients per round.
+    ``num_trainers`` 0 means: as many trainers (trainer groups, with ``trainer.processes`` > 1) as the
+    cluster's resources allow, at most the clients per round; ``cpus_per_trainer`` is per process.
+    ``elastic``: between rounds, start trainers on nodes that joined; clients of a lost trainer always go
+    to the others.
     """
 
     address: Optional[str] = None
     num_cpus: int = 0
     num_trainers: int = 0
     cpus_per_trainer: int = 1
-    gpus_per_trainer: float = 0.0
+    elastic: bool = True
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     round_timeout_s: float = 3600.0
@@ -317,7 +375,6 @@ class ClusterConfig:
         _check(self.num_cpus >= 0, f"cluster.num_cpus must be >= 0 (0 = all of this machine), got {self.num_cpus}")
         _check(self.num_trainers >= 0, f"cluster.num_trainers must be >= 0 (0 = auto), got {self.num_trainers}")
         _check(self.cpus_per_trainer >= 1, f"cluster.cpus_per_trainer must be >= 1, got {self.cpus_per_trainer}")
-        _check(self.gpus_per_trainer >= 0, f"cluster.gpus_per_trainer must be >= 0, got {self.gpus_per_trainer}")
         _check(self.round_timeout_s > 0, f"cluster.round_timeout_s must be > 0, got {self.round_timeout_s}")
 
 
@@ -365,6 +422,7 @@ class ExperimentConfig:
     ])
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)

@@ -181,6 +181,7 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
         tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx) for c in sampled]
         if data.root:  # the server trains on its root data like a client (FLTrust's g0)
             tasks.append(client_task(cfg, SERVER, data.root, round_idx))
+        resized = session.pool.resize() if round_idx > start_round else {}
         bar = tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False)
         update_refs, metrics = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update())
         bar.close()
@@ -188,8 +189,11 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
         summary = coordinator.aggregate(round_idx, update_refs, server_ref)
         record = {
             "round": round_idx, "sampled": sampled, "lr": tasks[0].lrs[0],
-            "client_metrics": [vars(m) for m in metrics], "seconds": time.perf_counter() - round_start, **summary,
+            "client_metrics": [vars(m) for m in metrics], "seconds": time.perf_counter() - round_start,
+            "trainer_groups": len(session.pool.groups), **summary,
         }
+        if resized.get("added") or resized.get("dropped") or session.pool.lost:
+            record["trainer_pool"] = {**resized, "lost_total": session.pool.lost}
         if server_metrics is not None:
             record["server_metrics"] = vars(server_metrics)
         scalars = {"train/loss": sum(m.loss for m in metrics) / len(metrics), "round/seconds": record["seconds"]}

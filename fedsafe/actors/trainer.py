@@ -2,24 +2,30 @@
 
 A plain class (STYLE habit 6); ``fedsafe.cluster.pool`` makes it remote with its resources. Everything per
 call (global adapter, client records, round, learning rates, seed) is an argument, so one trainer serves
-any number of virtual clients.
+any number of virtual clients. A client may take a group of ``world_size`` trainers (one per GPU, or
+several CPU processes): ``start`` joins them into a torch.distributed group, every rank gets the same
+calls, each trains on its slice of every batch, and rank 0's update is the client's.
 
     trainer = Trainer(ModelConfig(), LoRAConfig(r=8), seed=0, threads=1)
+    trainer.start()                                    # one process; a group: start(address, port) on each
     update, metrics = trainer.train(trainer.initial_adapter().vector, task)
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
 
 import torch
 
 from fedsafe.attack import NO_ATTACK, build_attack
-from fedsafe.config import LoRAConfig, ModelConfig
+from fedsafe.config import LoRAConfig, ModelConfig, TrainerConfig
 from fedsafe.models.loading import load_model_and_tokenizer
-from fedsafe.training.lora import AdapterSpec, get_adapter_vector, make_lora_model, peft_config_dict, set_adapter_vector
-from fedsafe.training.sft import make_batches, response_loss, train_steps
+from fedsafe.training.engines import build_engine
+from fedsafe.training.lora import AdapterSpec, get_adapter_vector, make_lora_model, peft_config_dict
+from fedsafe.training.sft import make_batches
 from fedsafe.updates import ClientTask, ClientUpdate, TrainMetrics
 
 
@@ -30,15 +36,55 @@ class InitialAdapter:
     peft_config: dict
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(rank: int, world_size: int, address: str, port: int, engine: str) -> None:
+    """Join the client's torch.distributed group: NCCL on GPUs, gloo on CPUs (DeepSpeed's own init for
+    its engine). Ray shows each actor only its own GPUs, so the local device is always cuda:0."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR=address,
+                      MASTER_PORT=str(port))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if engine == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    else:
+        torch.distributed.init_process_group(backend, rank=rank, world_size=world_size)
+
+
 class Trainer:
-    def __init__(self, model_cfg: ModelConfig, lora_cfg: LoRAConfig, seed: int, threads: int = 1) -> None:
+    def __init__(self, model_cfg: ModelConfig, lora_cfg: LoRAConfig, seed: int, threads: int = 1,
+                 trainer_cfg: TrainerConfig | None = None, rank: int = 0, world_size: int = 1) -> None:
         torch.set_num_threads(threads)
+        self.cfg = trainer_cfg or TrainerConfig()
+        self.rank, self.world_size = rank, world_size
+        if self.cfg.engine == "deepspeed" and not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
         base, self.tokenizer = load_model_and_tokenizer(model_cfg)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = make_lora_model(base, lora_cfg, seed).to(self.device)
-        self.model.eval()
-        vector, self.spec = get_adapter_vector(self.model)
-        self._initial = InitialAdapter(vector.cpu(), self.spec, peft_config_dict(self.model))
+        model = make_lora_model(base, lora_cfg, seed).to(self.device)
+        model.eval()
+        vector, self.spec = get_adapter_vector(model)
+        self._initial = InitialAdapter(vector.cpu(), self.spec, peft_config_dict(model))
+        self._model = model
+        self.engine = None
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for its group: this node's IP and a free port."""
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def start(self, address: str = "127.0.0.1", port: int = 0) -> bool:
+        """Join the group (if any) and build the engine; every rank of a group at the same time."""
+        if self.world_size > 1 or self.cfg.engine == "deepspeed":
+            init_process_group(self.rank, self.world_size, address, port or free_port(), self.cfg.engine)
+        self.engine = build_engine(self.cfg.engine, self._model, self.cfg, self.rank, self.world_size)
+        return True
 
     def initial_adapter(self) -> InitialAdapter:
         return self._initial
@@ -46,16 +92,19 @@ class Trainer:
     def ready(self) -> bool:
         return True
 
-    def train(self, global_vector: torch.Tensor, task: ClientTask) -> tuple[ClientUpdate, TrainMetrics]:
-        """Local SFT from ``global_vector``; returns the (attack-hooked) delta and the round's metrics."""
+    def train(self, global_vector: torch.Tensor, task: ClientTask) -> tuple[ClientUpdate | None, TrainMetrics | None]:
+        """Local SFT from ``global_vector``; returns the (attack-hooked) delta and the round's metrics
+        (ranks other than 0 of a group return ``(None, None)``)."""
         start = time.perf_counter()
         attack = build_attack(task.attack, **task.attack_params) if task.role == "malicious" else NO_ATTACK
         records = attack.on_data(task.records)
-        set_adapter_vector(self.model, global_vector.to(self.device), self.spec)
+        self.engine.set_adapter(global_vector, self.spec)
         batches = make_batches(self.tokenizer, records, task.batch_size, task.max_length)
-        losses = train_steps(self.model, batches, task.lrs[: len(batches)], task.weight_decay, task.seed)
-        local, _ = get_adapter_vector(self.model)
-        delta = attack.on_update(local.cpu() - global_vector.cpu())
+        losses = self.engine.train(batches, task.lrs[: len(batches)], task.weight_decay, task.seed)
+        local = self.engine.get_adapter()
+        if self.rank != 0:
+            return None, None
+        delta = attack.on_update(local - global_vector.cpu())
         metrics = TrainMetrics(
             client_id=task.client_id, role=task.role, loss=sum(losses) / len(losses), first_loss=losses[0],
             seconds=time.perf_counter() - start, update_norm=float(delta.norm()),
@@ -65,5 +114,5 @@ class Trainer:
     def response_loss(self, global_vector: torch.Tensor, records: list[dict], batch_size: int,
                       max_length: int) -> float:
         """Mean loss per response token of ``records`` under the global adapter (helpfulness proxy)."""
-        set_adapter_vector(self.model, global_vector.to(self.device), self.spec)
-        return response_loss(self.model, make_batches(self.tokenizer, records, batch_size, max_length))
+        self.engine.set_adapter(global_vector, self.spec)
+        return self.engine.response_loss(make_batches(self.tokenizer, records, batch_size, max_length))

@@ -1,39 +1,73 @@
 """Turn a config plus the cluster's resources into an actor plan. Pure: no Ray, testable anywhere.
 
-    plan = make_plan(cfg, {"CPU": 2.0})   # -> 2 trainers x 1 CPU, coordinator with 0 CPU
+    plan = make_plan(cfg, {"CPU": 2.0})                          # one node: 1 trainer, 1 generator slot
+    plan = make_plan(cfg, [{"CPU": 96, "GPU": 8}] * 4)           # four nodes of 8 GPUs
+    print(plan.describe())
+
+The generation pool is placed first (each replica whole on one node, ``gpus_per_replica`` > 1 is its
+tensor-parallel size); trainer groups (``trainer.processes`` actors, ``trainer.gpus_per_process`` GPUs
+each, all on one node) fill what is left, at most one per client of a round. GPUs are counted one by one
+as Ray does: a share of a GPU goes to one GPU whose shares sum to at most 1, so trainers and replicas
+share a GPU only when the config asks for fractions (time-sharing, e.g. ``generation.gpus_per_replica:
+0.4`` and ``trainer.gpus_per_client: 0.6``), never by accident. The coordinator needs no CPU and runs on
+the driver's node (it writes the checkpoints). Ray places each trainer group with a placement group of
+exactly these bundles.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from fedsafe.config import ConfigError, ExperimentConfig
+
+Resources = dict[str, float]
+EPS = 1e-9
 
 
 @dataclass(frozen=True)
 class ActorPlan:
     role: str
-    count: int
-    num_cpus: float
-    num_gpus: float
+    count: int  # actors; for trainers, groups of ``group_size`` actors (one client each)
+    num_cpus: float  # per actor
+    num_gpus: float  # per actor
+    group_size: int = 1
+
+    @property
+    def bundles(self) -> list[Resources]:
+        """A placement group's bundles for one group (the trainers of one client)."""
+        bundle = {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.num_gpus else {})}
+        return [dict(bundle) for _ in range(self.group_size)]
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    resources: Resources
+    trainer_groups: int
+    generators: int
 
 
 @dataclass(frozen=True)
 class Plan:
-    resources: dict[str, float]
+    resources: Resources  # totals
     trainers: ActorPlan
     coordinator: ActorPlan
     generators: ActorPlan
     num_clients: int
     clients_per_round: int
+    nodes: tuple[NodePlan, ...] = ()
 
     def describe(self) -> str:
-        lines = [f"cluster resources: {self.resources}"]
-        for a in (self.trainers, self.coordinator, self.generators):
-            lines.append(f"  {a.role}: {a.count} actor(s) x {a.num_cpus:g} CPU, {a.num_gpus:g} GPU")
+        t, g = self.trainers, self.generators
+        lines = [f"cluster resources: {self.resources} on {len(self.nodes)} node(s)"]
+        lines.append(f"  trainer: {t.count} group(s) of {t.group_size} actor(s) x {t.num_cpus:g} CPU, "
+                     f"{t.num_gpus:g} GPU" + (" (one torch.distributed group per client)" if t.group_size > 1 else ""))
+        lines.append(f"  generator: {g.count} replica(s) x {g.num_cpus:g} CPU, {g.num_gpus:g} GPU"
+                     + (f" (tensor parallel {int(g.num_gpus)})" if g.num_gpus > 1 else ""))
+        lines.append("  coordinator: 1 actor x 0 CPU on the driver's node")
+        for i, n in enumerate(self.nodes):
+            lines.append(f"  node {i} {n.resources}: {n.trainer_groups} trainer group(s), {n.generators} generator(s)")
         lines.append(f"  clients: {self.num_clients} virtual, {self.clients_per_round} per round, "
-                     f"served by {self.trainers.count} trainer(s)")
+                     f"served by {t.count} trainer group(s)")
         return "\n".join(lines)
 
 
@@ -51,40 +85,104 @@ def generation_models(cfg: ExperimentConfig) -> list[str]:
 
 
 def generation_reserve(cfg: ExperimentConfig) -> tuple[float, float]:
-    """(CPUs, GPUs) the generation pool can hold at once; trainers get the rest."""
+    """(CPUs, GPUs) the generation pool can hold at once."""
     g = cfg.generation
     slots = len(generation_models(cfg)) * g.replicas
     return float(slots * g.cpus_per_replica), float(slots * g.gpus_per_replica)
 
 
-def make_plan(cfg: ExperimentConfig, resources: dict[str, float]) -> Plan:
-    c = cfg.cluster
-    gen_cpus, gen_gpus = generation_reserve(cfg)
-    cpus = float(resources.get("CPU", 0)) - gen_cpus
-    gpus = float(resources.get("GPU", 0)) - gen_gpus
-    if cpus < c.cpus_per_trainer:
-        raise ConfigError(f"the generation pool reserves {gen_cpus:g} CPUs (generation.replicas x cpus_per_replica "
-                          f"x {len(generation_models(cfg))} model(s)), leaving {cpus:g} of the cluster's "
-                          f"{resources.get('CPU', 0):g} for trainers; lower generation.replicas or add nodes")
-    if c.gpus_per_trainer > 0 and gpus <= 0:
-        raise ConfigError(f"cluster.gpus_per_trainer={c.gpus_per_trainer} but the cluster has no GPU; set it to 0")
-    if c.num_trainers:
-        count = c.num_trainers
-    else:
-        by_cpu = int(cpus // c.cpus_per_trainer)
-        by_gpu = int(math.floor(gpus / c.gpus_per_trainer + 1e-9)) if c.gpus_per_trainer > 0 else by_cpu
-        count = max(1, min(by_cpu, by_gpu, cfg.federation.clients_per_round))
-    if count * c.cpus_per_trainer > cpus:
-        raise ConfigError(
-            f"{count} trainer(s) x cluster.cpus_per_trainer={c.cpus_per_trainer} need more than the cluster's "
-            f"{cpus:g} CPUs; lower cluster.num_trainers or cluster.cpus_per_trainer"
-        )
+class NodeRoom:
+    """What is left on one node: CPUs and each GPU's free share (Ray puts a fractional GPU request on one
+    GPU whose shares still sum to at most 1, and a request of k > 1 GPUs on k whole GPUs)."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.cpus = float(resources.get("CPU", 0))
+        self.gpus = [1.0] * int(round(float(resources.get("GPU", 0))))
+
+    def take(self, cpus: float, gpus: float) -> bool:
+        """Reserve one actor's resources if they fit; returns whether they did."""
+        if self.cpus + EPS < cpus:
+            return False
+        if gpus > 1:
+            whole = [i for i, free in enumerate(self.gpus) if free >= 1 - EPS][: int(gpus)]
+            if len(whole) < gpus:
+                return False
+            for i in whole:
+                self.gpus[i] = 0.0
+        elif gpus > 0:
+            fitting = [i for i, free in enumerate(self.gpus) if free + EPS >= gpus]
+            if not fitting:
+                return False
+            self.gpus[fitting[0]] -= gpus
+        self.cpus -= cpus
+        return True
+
+    def take_group(self, cpus: float, gpus: float, size: int) -> bool:
+        """Reserve ``size`` actors at once (one trainer group), or nothing."""
+        saved = (self.cpus, list(self.gpus))
+        if all(self.take(cpus, gpus) for _ in range(size)):
+            return True
+        self.cpus, self.gpus = saved
+        return False
+
+
+def _place_generators(cfg: ExperimentConfig, rooms: list[NodeRoom], count: int) -> list[int]:
+    """Place ``count`` replicas one by one on the first node with room; returns replicas per node."""
+    g = cfg.generation
+    per_node = [0] * len(rooms)
+    for _ in range(count):
+        for i, room in enumerate(rooms):
+            if room.take(g.cpus_per_replica, g.gpus_per_replica):
+                per_node[i] += 1
+                break
+        else:
+            cpus, gpus = generation_reserve(cfg)
+            raise ConfigError(
+                f"the generation pool needs {count} replica(s) ({len(generation_models(cfg))} model(s) x "
+                f"generation.replicas={g.replicas}) of {g.cpus_per_replica} CPU and {g.gpus_per_replica:g} GPU "
+                f"each on one node ({cpus:g} CPUs, {gpus:g} GPUs in all), more than the cluster has; lower "
+                "generation.replicas or add nodes")
+    return per_node
+
+
+def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources]) -> Plan:
+    """``resources``: the cluster's totals as one node, or one entry per node."""
+    c, t, g = cfg.cluster, cfg.trainer, cfg.generation
+    nodes = [dict(resources)] if isinstance(resources, dict) else [dict(n) for n in resources]
+    rooms = [NodeRoom(n) for n in nodes]
+    gen_count = len(generation_models(cfg)) * g.replicas
+    gen_per_node = _place_generators(cfg, rooms, gen_count)
+
+    size, cpus, gpus = t.processes, float(c.cpus_per_trainer), t.gpus_per_process
+    largest_gpus = max(float(n.get("GPU", 0)) for n in nodes)
+    if gpus > 0 and largest_gpus <= 0:
+        raise ConfigError(f"trainer.gpus_per_client={t.gpus_per_client} but the cluster has no GPU; set it to 0")
+    if t.gpus_per_client > largest_gpus + EPS:
+        raise ConfigError(f"trainer.gpus_per_client={t.gpus_per_client:g}: a client's GPUs must be on one node and "
+                          f"the largest node has {largest_gpus:g}; lower it")
+    wanted = c.num_trainers or cfg.federation.clients_per_round
+    groups_per_node = [0] * len(rooms)
+    for i, room in enumerate(rooms):  # fill node by node
+        while sum(groups_per_node) < wanted and room.take_group(cpus, gpus, size):
+            groups_per_node[i] += 1
+    count = sum(groups_per_node)
+    if c.num_trainers and count < c.num_trainers:
+        raise ConfigError(f"cluster.num_trainers={c.num_trainers} group(s) of {size} x {cpus:g} CPU, {gpus:g} GPU "
+                          f"do not fit: after the generation pool the cluster has room for {count}; lower "
+                          "cluster.num_trainers or cluster.cpus_per_trainer, or add nodes")
+    if count < 1:
+        gen_cpus, gen_gpus = generation_reserve(cfg)
+        raise ConfigError(f"no trainer of {size} x {cpus:g} CPU, {gpus:g} GPU fits beside the generation pool "
+                          f"({gen_cpus:g} CPUs, {gen_gpus:g} GPUs: generation.replicas x cpus_per_replica x "
+                          f"{len(generation_models(cfg))} model(s)); lower generation.replicas or "
+                          "cluster.cpus_per_trainer, or add nodes")
     return Plan(
-        resources={"CPU": float(resources.get("CPU", 0)), "GPU": float(resources.get("GPU", 0))},
-        trainers=ActorPlan("trainer", count, float(c.cpus_per_trainer), float(c.gpus_per_trainer)),
+        resources={k: sum(float(n.get(k, 0)) for n in nodes) for k in ("CPU", "GPU")},
+        trainers=ActorPlan("trainer", count, cpus, gpus, size),
         coordinator=ActorPlan("coordinator", 1, 0.0, 0.0),
-        generators=ActorPlan("generator", len(generation_models(cfg)) * cfg.generation.replicas,
-                             float(cfg.generation.cpus_per_replica), float(cfg.generation.gpus_per_replica)),
+        generators=ActorPlan("generator", gen_count, float(g.cpus_per_replica), float(g.gpus_per_replica)),
         num_clients=cfg.num_clients,
         clients_per_round=cfg.federation.clients_per_round,
+        nodes=tuple(NodePlan({k: float(n.get(k, 0)) for k in ("CPU", "GPU")}, tg, gn)
+                    for n, tg, gn in zip(nodes, groups_per_node, gen_per_node)),
     )

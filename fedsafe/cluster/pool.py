@@ -1,67 +1,157 @@
 """The trainer pool and the coordinator handle: every ``ray.*`` call of a run lives here.
 
-Tasks go to idle trainers, one in flight per trainer; updates stay in the object store and go straight
-from the trainers to the coordinator; the driver only sees small metrics.
+Tasks go to idle trainer groups, one in flight per group; updates stay in the object store and go straight
+from the trainers to the coordinator; the driver only sees small metrics. A trainer group is the actors
+of one client (``trainer.processes``, usually 1) in one placement group, so its GPUs are reserved
+together on one node.
+
+Elastic: a group whose actor dies (its node left, it crashed) is dropped and its client goes to the next
+idle group in the same round; between rounds ``resize`` drops dead groups and, with ``cluster.elastic``,
+starts groups on resources that joined, up to what ``make_plan`` gives the cluster as it is now.
 """
 
 from __future__ import annotations
 
+import logging
+
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.coordinator import Coordinator
 from fedsafe.actors.trainer import InitialAdapter, Trainer
-from fedsafe.cluster.plan import Plan
-from fedsafe.config import ExperimentConfig
+from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
+from fedsafe.cluster.runtime import alive_nodes
+from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.updates import ClientTask, TrainMetrics
+
+log = logging.getLogger(__name__)
+
+
+class TrainerGroup:
+    """The trainer actors of one client, rank 0 first, in one placement group; started and joined into a
+    torch.distributed group (when more than one) before use."""
+
+    def __init__(self, spec: ActorPlan, cfg: ExperimentConfig, timeout: float) -> None:
+        self.pg = placement_group(spec.bundles, strategy="STRICT_PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=timeout)
+        except GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise TimeoutError(f"a trainer group of {spec.bundles} could not be placed within "
+                               f"cluster.round_timeout_s={timeout}s; the cluster lacks the resources") from None
+        remote = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0)(Trainer)
+        self.actors = [
+            remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
+            .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size)
+            for i in range(spec.group_size)
+        ]
+        address, port = ray.get(self.actors[0].address.remote(), timeout=timeout)
+        ray.get([a.start.remote(address, port) for a in self.actors], timeout=timeout)
+
+    def call(self, method: str, *args, num_returns: int = 1):
+        """Call ``method`` on every rank (a group's collectives need all); returns rank 0's ref(s)."""
+        refs = [getattr(a, method).options(num_returns=num_returns).remote(*args) for a in self.actors]
+        return refs[0]
+
+    def alive(self, timeout: float = 30.0) -> bool:
+        try:
+            ray.get([a.ready.remote() for a in self.actors], timeout=timeout)
+            return True
+        except (RayActorError, GetTimeoutError):
+            return False
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.pg)
 
 
 class TrainerPool:
     def __init__(self, plan: Plan, cfg: ExperimentConfig) -> None:
-        remote = ray.remote(num_cpus=plan.trainers.num_cpus, num_gpus=plan.trainers.num_gpus)(Trainer)
+        self.cfg, self.spec = cfg, plan.trainers
         self.timeout = cfg.cluster.round_timeout_s
-        self.actors = [
-            remote.remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer)
-            for _ in range(plan.trainers.count)
-        ]
-        ray.get([a.ready.remote() for a in self.actors], timeout=self.timeout)
+        self.groups = [TrainerGroup(self.spec, cfg, self.timeout) for _ in range(plan.trainers.count)]
+        self.lost = 0  # groups dropped because an actor died
 
     def initial_adapter(self) -> InitialAdapter:
-        return ray.get(self.actors[0].initial_adapter.remote(), timeout=self.timeout)
+        return ray.get(self.groups[0].actors[0].initial_adapter.remote(), timeout=self.timeout)
 
     def train(self, global_ref: ray.ObjectRef, tasks: list[ClientTask], on_done=None) -> tuple[list, list[TrainMetrics]]:
-        """Run ``tasks`` on idle trainers. Returns update refs and metrics, both in task order.
-        ``on_done(metrics)`` is called as each client finishes (progress bars)."""
+        """Run ``tasks`` on idle groups. Returns update refs and metrics, both in task order. A task whose
+        group dies goes back to the queue. ``on_done(metrics)`` is called as each client finishes."""
         pending = list(enumerate(tasks))
-        idle = list(self.actors)
-        in_flight: dict[ray.ObjectRef, tuple[int, object]] = {}
+        idle = list(self.groups)
+        in_flight: dict[ray.ObjectRef, tuple[int, TrainerGroup]] = {}
         update_refs: list = [None] * len(tasks)
         metrics: list = [None] * len(tasks)
         while pending or in_flight:
             while pending and idle:
                 index, task = pending.pop(0)
-                actor = idle.pop(0)
-                update_ref, metrics_ref = actor.train.options(num_returns=2).remote(global_ref, task)
-                update_refs[index] = update_ref
-                in_flight[metrics_ref] = (index, actor)
+                group = idle.pop(0)
+                update_refs[index], metrics_ref = group.call("train", global_ref, task, num_returns=2)
+                in_flight[metrics_ref] = (index, group)
+            if not in_flight:
+                raise RuntimeError("every trainer group has died; see the actors' logs (ray logs) and the "
+                                   "cluster's nodes")
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.timeout)
             if not done:
                 raise TimeoutError(f"no client finished within cluster.round_timeout_s={self.timeout}s; "
                                    "raise it or check the trainers' logs")
-            index, actor = in_flight.pop(done[0])
-            metrics[index] = ray.get(done[0])
-            idle.append(actor)
+            index, group = in_flight.pop(done[0])
+            try:
+                metrics[index] = ray.get(done[0])
+            except RayActorError as err:
+                self._drop(group, err)
+                pending.insert(0, (index, tasks[index]))
+                continue
+            idle.append(group)
             if on_done is not None:
                 on_done(metrics[index])
         return update_refs, metrics
 
+    def _drop(self, group: TrainerGroup, reason) -> None:
+        log.warning("a trainer group died (%s); its client goes to the other %d group(s)",
+                    str(reason).splitlines()[0], len(self.groups) - 1)
+        if group in self.groups:
+            self.groups.remove(group)
+            self.lost += 1
+        try:
+            group.kill()
+        except Exception:  # noqa: BLE001 - the group is gone either way
+            pass
+
+    def resize(self) -> dict:
+        """Between rounds: drop dead groups; with ``cluster.elastic``, add groups up to what the cluster as
+        it is now gives (``make_plan`` on the alive nodes). Returns the change."""
+        dropped = 0
+        for group in [g for g in self.groups if not g.alive()]:
+            self._drop(group, "not answering")
+            dropped += 1
+        added = 0
+        if self.cfg.cluster.elastic:
+            try:
+                target = make_plan(self.cfg, alive_nodes()).trainers.count
+            except ConfigError:
+                target = len(self.groups)
+            while len(self.groups) < target:
+                try:
+                    self.groups.append(TrainerGroup(self.spec, self.cfg, min(self.timeout, 120.0)))
+                except TimeoutError:
+                    break
+                added += 1
+        if not self.groups:
+            raise RuntimeError("no trainer group is left and none could be started; add nodes to the cluster")
+        return {"trainer_groups": len(self.groups), "added": added, "dropped": dropped}
+
     def response_loss(self, global_ref: ray.ObjectRef, records: list[dict], batch_size: int, max_length: int) -> float:
-        return ray.get(self.actors[0].response_loss.remote(global_ref, records, batch_size, max_length),
-                       timeout=self.timeout)
+        ref = self.groups[0].call("response_loss", global_ref, records, batch_size, max_length)
+        return ray.get(ref, timeout=self.timeout)
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        for group in self.groups:
+            group.kill()
 
 
 class CoordinatorHandle:

@@ -28,21 +28,28 @@ def target_address(cfg: ClusterConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> dict[str, float]:
-    """Start or join Ray; returns the cluster's total resources."""
+def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> list[dict[str, float]]:
+    """Start or join Ray; returns the resources of each alive node."""
     import ray
 
-    if ray.is_initialized():
-        return dict(ray.cluster_resources())
-    address = target_address(cfg)
-    common = dict(logging_level=logging.WARNING, runtime_env={"env_vars": WORKER_ENV})
-    if address:
-        ray.init(address=address, **common)
-    else:
-        res = local_resources(cfg, generation_cpus)
-        ray.init(num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), include_dashboard=cfg.dashboard,
-                 dashboard_host=cfg.dashboard_host, **common)
-    return dict(ray.cluster_resources())
+    if not ray.is_initialized():
+        address = target_address(cfg)
+        common = dict(logging_level=logging.WARNING, runtime_env={"env_vars": WORKER_ENV})
+        if address:
+            ray.init(address=address, **common)
+        else:
+            res = local_resources(cfg, generation_cpus)
+            ray.init(num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), include_dashboard=cfg.dashboard,
+                     dashboard_host=cfg.dashboard_host, **common)
+    return alive_nodes()
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Each alive node's total CPU and GPU (what ``fedsafe.cluster.plan.make_plan`` packs)."""
+    import ray
+
+    return [{"CPU": float(n["Resources"].get("CPU", 0)), "GPU": float(n["Resources"].get("GPU", 0))}
+            for n in ray.nodes() if n["Alive"]]
 
 
 def shutdown() -> None:

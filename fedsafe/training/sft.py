@@ -40,9 +40,45 @@ def make_batches(tokenizer, records: list[dict], batch_size: int, max_length: in
     return [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
 
 
+def shard_rows(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """Rank ``rank``'s contiguous slice of a batch's rows (possibly empty)."""
+    rows = batch["input_ids"].shape[0]
+    start, stop = rows * rank // world_size, rows * (rank + 1) // world_size
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
+def response_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Response tokens the loss counts (labels shifted by one, as the causal LM loss does)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def rank_loss(model, batch: dict[str, torch.Tensor], rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's share of a batch's loss, scaled so that the mean of the ranks' gradients (what a
+    data-parallel all-reduce computes) is the gradient of the whole batch's mean token loss. One rank:
+    the model's own mean loss."""
+    if world_size == 1:
+        return model(**batch).loss
+    part = shard_rows(batch, rank, world_size)
+    weight = float(world_size)
+    if part["input_ids"].shape[0] == 0:  # fewer rows than ranks: a zero loss keeps the collectives in step
+        part, weight = shard_rows(batch, 0, batch["input_ids"].shape[0]), 0.0
+    return model(**part, num_items_in_batch=response_tokens(batch)).loss * weight
+
+
+def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
+    """The whole batch's loss from the ranks' scaled shares (see ``rank_loss``)."""
+    value = value.detach().clone()
+    if world_size > 1:
+        torch.distributed.all_reduce(value)
+        value /= world_size
+    return float(value)
+
+
 def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float], weight_decay: float,
-                seed: int) -> list[float]:
-    """One optimizer step per batch with a fresh AdamW; ``lrs[i]`` is the rate of step i. Returns losses."""
+                seed: int, rank: int = 0, world_size: int = 1) -> list[float]:
+    """One optimizer step per batch with a fresh AdamW; ``lrs[i]`` is the rate of step i. Returns losses.
+    With ``world_size`` > 1 (an initialized torch.distributed group) each rank takes its slice of every
+    batch and the gradients are averaged over the group before each step."""
     if len(lrs) != len(batches):
         raise ValueError(f"need one learning rate per batch, got {len(lrs)} for {len(batches)} batches")
     torch.manual_seed(seed)  # LoRA dropout
@@ -55,11 +91,15 @@ def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float],
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = model(**batch).loss
+        loss = rank_loss(model, batch, rank, world_size)
         loss.backward()
+        if world_size > 1:
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world_size
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(mean_over_ranks(loss, world_size))
     model.eval()
     return losses
 
