@@ -166,9 +166,10 @@ def round_inputs(cfg: ExperimentConfig, inputs: EvalInputs) -> EvalInputs:
     return inputs if n == 0 else EvalInputs(inputs.harmful[:n], [])
 
 
-def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path) -> CoordinatorHandle:
+def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path,
+             on_round=None) -> CoordinatorHandle:
     """The round loop; continues after the last checkpoint in ``run_dir``. Returns the coordinator, which
-    holds the final global adapter."""
+    holds the final global adapter. ``on_round(record)`` is called after each round is logged."""
     rounds = cfg.federation.num_rounds
     start_round, resume_from = resume_point(run_dir)
     coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
@@ -202,6 +203,8 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
                                                     run_dir, f"round_{round_idx:04d}")
             scalars["safety/rule"] = record["evaluation"]["safety"]["rule"]
         log.log(record, scalars)
+        if on_round is not None:
+            on_round(record)
     log.close()
     if cfg.evaluation.client_similarity:
         roles = [c.role for c in data.clients]
@@ -229,9 +232,9 @@ def defend(session: Session, cfg: ExperimentConfig, records: list[dict], coordin
     return coordinator.apply_delta(update_ref)
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None) -> dict:
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:
     """Run (or continue, if ``run_dir`` holds checkpoints) one experiment; returns the results dict.
-    Configs with ``arms`` go to ``fedsafe.matrix.run_matrix``."""
+    Configs with ``arms`` go to ``fedsafe.matrix.run_matrix``. ``on_round``: see ``federate``."""
     if cfg.arms:
         from fedsafe.matrix import run_matrix
 
@@ -240,7 +243,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
     start_round = resume_point(run_dir)[0]
     session = Session(cfg, plan)
     data = load_data(cfg, session.synth)
-    coordinator = federate(session, cfg, data, run_dir)
+    coordinator = federate(session, cfg, data, run_dir, on_round)
     rounds = cfg.federation.num_rounds
     final_ref = coordinator.global_ref()
     models = {f"global (round {rounds})": session.evaluate(cfg, data.eval, final_ref, run_dir, "final")}

@@ -28,7 +28,7 @@ def ray_cluster():
 
     from fedsafe.cluster.runtime import WORKER_ENV
 
-    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV}, logging_level="ERROR")
+    ray.init(address="local", num_cpus=3, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV}, logging_level="ERROR")
     yield
     ray.shutdown()
 

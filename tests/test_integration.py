@@ -90,24 +90,6 @@ def test_resume_equals_uninterrupted_run(ray_cluster, smoke_cfg, tmp_path, overr
            [c["loss"] for m in read_metrics(full) for c in m["client_metrics"]]
 
 
-RULE_PARAMS = {"trimmed_mean": ["aggregation.params={num_trim: 1}"],
-               "fltrust": ["aggregation.root_dataset=toy_benign", "aggregation.root_examples=40"],
-               "dnc": ["aggregation.params={b: 2000}"]}
-
-
-@pytest.mark.parametrize("rule", __import__("fedsafe.aggregation", fromlist=["x"]).available_rules())
-def test_every_rule_runs_in_a_federated_run(ray_cluster, smoke_cfg, rule):
-    cfg = smoke_cfg(f"aggregation.rule={rule}", "federation.clients_per_round=7", "aggregation.num_malicious=1",
-                    "federation.num_rounds=2", "train.local_steps=2", "evaluation.num_prompts=4",
-                    "evaluation.benign_prompts=''", *RULE_PARAMS.get(rule, []))
-    run_dir = create_run_dir(cfg)
-    results = run_experiment(cfg, run_dir)
-    assert results["aggregation"] == rule
-    for m in read_metrics(run_dir):
-        assert len(m["weights"]) == 7 and min(m["weights"]) >= 0 and m["global_norm"] > 0
-        assert [c["client_id"] for c in m["client_metrics"]] == m["sampled"]  # no server row among clients
-
-
 def test_attack_lowers_safety_and_posthoc_defense_restores_it(ray_cluster, smoke_cfg):
     """The paper's first and third claims, on toy data: deterministic on CPU with the same seed."""
     defense = ["defense.name=posthoc_sft", "defense.steps=30", "defense.num_examples=200",

@@ -76,3 +76,142 @@ def test_dry_run_plans_for_described_nodes(capsys):
     out = capsys.readouterr().out
     assert "on 5 node(s)" in out and "node 1 {'CPU': 96.0, 'GPU': 8.0}: 3 trainer group(s), 3 generator(s)" in out
     assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "4xlots"]) == 2
+
+
+def run_scenario(name: str, tmp_path, model_cache: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", name, str(tmp_path), model_cache],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_elastic_pool_follows_nodes_joining_and_leaving(tmp_path, model_cache):
+    """Ray's local multi-node test cluster: a node joins after round 0 (its trainers take clients from
+    round 1) and disappears while round 2 trains (its clients go to the head's trainer); the run ends."""
+    shown = run_scenario("elastic", tmp_path, model_cache)
+    assert shown["rounds"] == [0, 1, 2, 3, 4] and shown["clients_trained"] == [3] * 5, shown
+    groups = shown["trainer_groups"]
+    assert groups[0] == 1 and groups[1] == 3 and groups[-1] == 1, shown  # 2 CPUs: generator + 1 trainer
+    assert shown["pool"][1]["added"] == 2 and [p for p in shown["pool"] if p][-1]["lost_total"] == 2, shown
+    assert 0 <= shown["final_rule"] <= 100
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_ray_job_submit_on_loopback_with_a_token(tmp_path, model_cache):
+    """README's recipe: `ray start --head` on 127.0.0.1 with token authentication, then `ray job submit
+    --working-dir . -- python launch.py ...` streams the run's log; a client without the token is refused."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    url = f"http://127.0.0.1:{(dashboard := free_port())}"
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                             "--num-cpus=3", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def jobs(client_env):
+            return subprocess.run([ray_cli, "job", "list", "--address", url], env=client_env,
+                                  capture_output=True, text=True, timeout=60)
+
+        deadline = time.time() + 120
+        while jobs(env).returncode != 0:
+            assert time.time() < deadline and head.poll() is None, "the head node did not come up"
+            time.sleep(2)
+        wrong = tmp_path / "wrong_token"
+        wrong.write_text(secrets.token_hex(32))
+        refused = jobs({**env, "RAY_AUTH_TOKEN_PATH": str(wrong)})
+        assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
+
+        runs = tmp_path / "runs"  # absolute: a job runs in a temporary copy of the working dir
+        job = subprocess.run(
+            [ray_cli, "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
+             sys.executable, "launch.py", "--config", "configs/smoke.yaml", "federation.num_rounds=2",
+             "evaluation.num_prompts=8", "evaluation.num_benign=8", f"output.root={runs}",
+             f"model.cache_dir={model_cache}", "output.tensorboard=false"],
+            env=env, capture_output=True, text=True, timeout=600)
+        out = job.stdout + job.stderr
+        assert job.returncode == 0 and "succeeded" in out, out[-3000:]
+        assert "rounds: 100%" in out and "wall time" in out  # the run's own log, streamed
+        assert len(list(runs.glob("smoke-*/results.json"))) == 1
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started (not other Ray clusters)
+        head.wait(timeout=60)
+
+
+def load_yaml(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_cluster_launcher_yaml_passes_rays_schema_and_plans_the_paper_setting():
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = load_yaml(ROOT / "deploy" / "cluster-aws.yaml")
+    validate_config(prepare_config(copy.deepcopy(raw)))  # Ray's own cluster-config schema
+    broken = copy.deepcopy(raw)
+    del broken["available_node_types"]["gpu_a100_x8"]["resources"]
+    with pytest.raises(Exception, match="resources"):
+        validate_config(prepare_config(broken))
+    types = raw["available_node_types"]
+    assert types[raw["head_node_type"]]["resources"] == {"CPU": 0}  # nothing of a run's work on the head
+    starts = " ".join(raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
+    assert starts.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in starts
+    workers = [dict(t["resources"]) for name, t in types.items() if name != raw["head_node_type"]
+               for _ in range(t["max_workers"])]
+    plan = make_plan(load_config(PAPER_GPU, ["federation.clients_per_round=10"]), [{"CPU": 0}] + workers)
+    assert plan.trainers.count == 10
+
+
+def test_rayjob_manifest_has_what_kuberay_requires_and_its_entrypoint_plans():
+    import shlex
+
+    job = load_yaml(ROOT / "deploy" / "rayjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob") and job["metadata"]["name"]
+    spec = job["spec"]
+    cluster = spec["rayClusterSpec"]
+    import ray
+
+    assert cluster["rayVersion"] == ray.__version__
+    groups = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for group in groups:  # the CRD types rayStartParams as map[string]string
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), group["rayStartParams"]
+        (container,) = group["template"]["spec"]["containers"]
+        assert container["image"] and container["resources"]["limits"] == container["resources"]["requests"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    for w in cluster["workerGroupSpecs"]:
+        assert w["groupName"] and w["minReplicas"] <= w["replicas"] <= w["maxReplicas"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["python", "launch.py", "--config"]
+    cfg = load_config(ROOT / argv[3], argv[4:])
+    assert cfg.output.root.startswith("/")  # a mounted volume, not the job's temporary working dir
+    nodes = [{"CPU": 0}] + [
+        {"CPU": float(w["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]),
+         "GPU": float(w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])}
+        for w in cluster["workerGroupSpecs"] for _ in range(w["replicas"])]
+    assert make_plan(cfg, nodes).trainers.count == cfg.federation.clients_per_round

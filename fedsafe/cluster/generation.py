@@ -21,8 +21,11 @@ import tempfile
 from pathlib import Path
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.generator import Generator, Request, adapter_key
+from fedsafe.cluster.plan import generation_models
 from fedsafe.config import ExperimentConfig
 
 
@@ -61,6 +64,13 @@ class GenerationPool:
         self.cfg = cfg
         g = cfg.generation
         self.remote = ray.remote(num_cpus=g.cpus_per_replica, num_gpus=g.gpus_per_replica)(Generator)
+        # the pool's resources are reserved up front (one bundle per replica of each model it may serve), so
+        # trainers started later, elastic ones included, never take them
+        models = generation_models(cfg)
+        self.slots = {m: list(range(i * g.replicas, (i + 1) * g.replicas)) for i, m in enumerate(models)}
+        bundle = {"CPU": float(g.cpus_per_replica), **({"GPU": float(g.gpus_per_replica)} if g.gpus_per_replica else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(len(models) * g.replicas)], strategy="PACK")
+        ray.get(self.pg.ready(), timeout=cfg.cluster.round_timeout_s)
         self.groups: dict[str, list] = {}
         self.adapters: dict[str, tuple] = {}  # key -> (vector ref, spec, peft_config)
         self.cache = GenerationCache(cache_dir) if (cache_dir is not None and g.cache) else None
@@ -79,14 +89,24 @@ class GenerationPool:
         if model not in self.groups:
             g, base = self.cfg.generation, model == self.base_model
             model_cfg = dataclasses.replace(self.cfg.model, name=model)
-            actors = [self.remote.remote(model_cfg, g, self.cfg.lora.r if base else 0, self.cfg.seed,
-                                         g.cpus_per_replica) for _ in range(g.replicas)]
+            actors = [self._in_slot(self.remote, model, i).remote(model_cfg, g, self.cfg.lora.r if base else 0,
+                                                                  self.cfg.seed, g.cpus_per_replica)
+                      for i in range(g.replicas)]
             ray.get([a.ready.remote() for a in actors], timeout=self.timeout)
             if base:
                 ray.get([a.add_adapter.remote(*entry) for a in actors for entry in self.adapters.values()],
                         timeout=self.timeout)
             self.groups[model] = actors
         return self.groups[model]
+
+    def _in_slot(self, remote, model: str, replica: int):
+        """``remote`` scheduled into the bundle reserved for ``model``'s ``replica`` (models the plan does
+        not know, e.g. in tests, are scheduled wherever Ray finds room)."""
+        if model not in self.slots:
+            return remote
+        bundle = self.slots[model][replica]
+        return remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=bundle))
 
     def register_adapter(self, vector_ref, spec, peft_config: dict) -> str:
         """Make an adapter of the base model available to requests; returns its key (a content hash)."""
@@ -122,7 +142,7 @@ class GenerationPool:
 
         g = self.cfg.generation
         task = ray.remote(num_cpus=g.cpus_per_replica, num_gpus=g.gpus_per_replica)(reward_scores)
-        return ray.get(task.remote(model, instructions, responses, 16, self.cfg.model.trust_remote_code),
+        return ray.get(self._in_slot(task, model, 0).remote(model, instructions, responses, 16, self.cfg.model.trust_remote_code),
                        timeout=self.timeout)
 
     def shutdown(self) -> None:
@@ -130,3 +150,4 @@ class GenerationPool:
             for actor in actors:
                 ray.kill(actor)
         self.groups.clear()
+        remove_placement_group(self.pg)

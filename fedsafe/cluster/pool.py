@@ -33,14 +33,17 @@ class TrainerGroup:
     """The trainer actors of one client, rank 0 first, in one placement group; started and joined into a
     torch.distributed group (when more than one) before use."""
 
-    def __init__(self, spec: ActorPlan, cfg: ExperimentConfig, timeout: float) -> None:
+    def __init__(self, spec: ActorPlan, cfg: ExperimentConfig, timeout: float, place_timeout: float | None = None) -> None:
+        """``place_timeout``: how long to wait for the resources (default ``timeout``), ``timeout``: for the
+        actors to load the model and join."""
         self.pg = placement_group(spec.bundles, strategy="STRICT_PACK")
+        wait = timeout if place_timeout is None else place_timeout
         try:
-            ray.get(self.pg.ready(), timeout=timeout)
+            ray.get(self.pg.ready(), timeout=wait)
         except GetTimeoutError:
             remove_placement_group(self.pg)
-            raise TimeoutError(f"a trainer group of {spec.bundles} could not be placed within "
-                               f"cluster.round_timeout_s={timeout}s; the cluster lacks the resources") from None
+            raise TimeoutError(f"a trainer group of {spec.bundles} could not be placed within {wait:g}s; the "
+                               "cluster lacks the resources (raise cluster.round_timeout_s if it is scaling up)") from None
         remote = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0)(Trainer)
         self.actors = [
             remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
@@ -63,9 +66,13 @@ class TrainerGroup:
             return False
 
     def kill(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        """Free the group's resources first: Ray would re-create a lost node's placement group elsewhere."""
         remove_placement_group(self.pg)
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except RayActorError:
+                pass
 
 
 class TrainerPool:
@@ -117,10 +124,7 @@ class TrainerPool:
         if group in self.groups:
             self.groups.remove(group)
             self.lost += 1
-        try:
-            group.kill()
-        except Exception:  # noqa: BLE001 - the group is gone either way
-            pass
+        group.kill()
 
     def resize(self) -> dict:
         """Between rounds: drop dead groups; with ``cluster.elastic``, add groups up to what the cluster as
@@ -136,8 +140,8 @@ class TrainerPool:
             except ConfigError:
                 target = len(self.groups)
             while len(self.groups) < target:
-                try:
-                    self.groups.append(TrainerGroup(self.spec, self.cfg, min(self.timeout, 120.0)))
+                try:  # a node that is leaving may still count as alive: do not wait long for its room
+                    self.groups.append(TrainerGroup(self.spec, self.cfg, self.timeout, place_timeout=10.0))
                 except TimeoutError:
                     break
                 added += 1

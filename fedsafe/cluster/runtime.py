@@ -1,6 +1,7 @@
 """Start an embedded local Ray, or join an existing cluster.
 
-No address (and no RAY_ADDRESS): a local Ray with this machine's CPUs, dashboard off or on 127.0.0.1.
+No address (and no RAY_ADDRESS): a new local Ray with this machine's CPUs, dashboard off or on 127.0.0.1
+(never a cluster that ``ray start`` left running here).
 ``cluster.address=auto`` or RAY_ADDRESS (set by ``ray job submit``): join that cluster.
 """
 
@@ -39,7 +40,7 @@ def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> list[dict[str, 
             ray.init(address=address, **common)
         else:
             res = local_resources(cfg, generation_cpus)
-            ray.init(num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), include_dashboard=cfg.dashboard,
+            ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), include_dashboard=cfg.dashboard,
                      dashboard_host=cfg.dashboard_host, **common)
     return alive_nodes()
 

@@ -1,0 +1,62 @@
+"""Runs on Ray's local multi-node test cluster, each in its own process (a driver can join one Ray only,
+and the other integration tests share one): ``python -m tests.cluster_scenarios elastic OUT_DIR MODEL_CACHE``
+prints one JSON line with what the run showed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def elastic(out: Path, model_cache: str) -> dict:
+    """A run that starts on a 2-CPU head node; a 2-CPU worker node joins after round 0 and is removed
+    (without warning, while round 2 trains) after round 1."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from fedsafe.cluster.runtime import WORKER_ENV
+    from fedsafe.config import load_config
+    from fedsafe.experiment import run_experiment
+    from tests.conftest import SMOKE
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    ray.init(address=cluster.address, runtime_env={"env_vars": WORKER_ENV}, logging_level="ERROR")
+    cfg = load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={out}", "output.tensorboard=false",
+                              "federation.num_rounds=5", "evaluation.num_prompts=8", "evaluation.num_benign=8",
+                              "cluster.round_timeout_s=300"])
+    events: list[str] = []
+    worker = {}
+
+    def remove_soon():
+        time.sleep(1.0)
+        cluster.remove_node(worker["node"], allow_graceful=False)
+        events.append(f"removed worker node at {time.strftime('%X')}")
+
+    def on_round(record: dict) -> None:
+        if record["round"] == 0:
+            worker["node"] = cluster.add_node(num_cpus=2)
+            cluster.wait_for_nodes()
+            events.append("added a 2-CPU worker node")
+        elif record["round"] == 1:
+            threading.Thread(target=remove_soon, daemon=True).start()
+
+    results = run_experiment(cfg, out / "run", on_round=on_round)
+    records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    ray.shutdown()
+    cluster.shutdown()
+    return {
+        "rounds": [r["round"] for r in records],
+        "trainer_groups": [r["trainer_groups"] for r in records],
+        "pool": [r.get("trainer_pool") for r in records],
+        "clients_trained": [len(r["client_metrics"]) for r in records],
+        "final_rule": results["evaluation"]["safety"]["rule"],
+        "events": events,
+    }
+
+
+if __name__ == "__main__":
+    name, out, cache = sys.argv[1:4]
+    print(json.dumps({"elastic": elastic}[name](Path(out), cache)))
