@@ -185,6 +185,9 @@ class AggregationConfig:
 
     ``num_malicious``: the f the rule is told; -1 = PAPER.md §5's round(clients_per_round * malicious / K).
     ``root_dataset``: the server's root data (rules that need a server update, such as FLTrust).
+    ``max_update_norm``: the coordinator rejects an update whose L2 norm exceeds it (0 = no bound); updates
+    with NaN/Inf or the wrong shape are always rejected. ``min_updates``: a round whose accepted updates
+    are fewer leaves the global adapter unchanged (recorded in the round's metrics).
     """
 
     rule: str = "fedavg"
@@ -194,9 +197,15 @@ class AggregationConfig:
     root_dataset: str = ""
     root_dataset_args: dict[str, Any] = field(default_factory=dict)
     root_examples: int = 100
+    max_update_norm: float = 0.0
+    min_updates: int = 1
 
     def __post_init__(self) -> None:
         from fedsafe.aggregation import available_rules
+
+        _check(self.max_update_norm >= 0, f"aggregation.max_update_norm must be >= 0 (0 = no bound), got "
+                                          f"{self.max_update_norm}")
+        _check(self.min_updates >= 1, f"aggregation.min_updates must be >= 1, got {self.min_updates}")
 
         _check(self.rule in available_rules(),
                f"aggregation.rule must be one of {available_rules()}, got {self.rule!r}")
@@ -438,6 +447,9 @@ class ExperimentConfig:
         names = [g.name for g in self.clients]
         _check(len(set(names)) == len(names), f"clients: group names must be unique, got {names}")
         _check(self.num_clients >= 1, "clients: the groups hold no client; give at least one group count >= 1")
+        _check(self.aggregation.min_updates <= self.federation.clients_per_round,
+               f"aggregation.min_updates ({self.aggregation.min_updates}) must be <= federation.clients_per_round "
+               f"({self.federation.clients_per_round}), or no round could close")
         _check(self.federation.clients_per_round <= self.num_clients,
                f"federation.clients_per_round ({self.federation.clients_per_round}) must be <= the number "
                f"of clients ({self.num_clients}); lower it or add clients")

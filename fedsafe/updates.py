@@ -48,3 +48,24 @@ class TrainMetrics:
     first_loss: float
     seconds: float
     update_norm: float
+
+
+def update_problem(update: object, numel: int, max_norm: float = 0.0) -> str | None:
+    """Why the coordinator must not aggregate ``update`` (None if it may): not a ClientUpdate, a delta of
+    the wrong type or shape, NaN or Inf entries, no examples, or an L2 norm above ``max_norm`` (0 = none)."""
+    if not isinstance(update, ClientUpdate) or not isinstance(update.delta, torch.Tensor):
+        return f"not a ClientUpdate with a tensor delta (got {type(update).__name__})"
+    delta = update.delta
+    if not delta.is_floating_point():
+        return f"delta has dtype {delta.dtype}, expected a floating point type"
+    if tuple(delta.shape) != (numel,):
+        return f"delta has shape {list(delta.shape)}, the global adapter has [{numel}]"
+    bad = int((~torch.isfinite(delta)).sum())
+    if bad:
+        return f"delta has {bad} NaN or Inf entries"
+    if update.num_examples < 1:
+        return f"num_examples is {update.num_examples}"
+    norm = float(delta.float().norm())
+    if max_norm > 0 and norm > max_norm:
+        return f"delta norm {norm:.4g} exceeds aggregation.max_update_norm={max_norm:g}"
+    return None

@@ -17,13 +17,15 @@ from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
 from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_checkpoint
 from fedsafe.training.lora import AdapterSpec
-from fedsafe.updates import ClientUpdate
+from fedsafe.updates import ClientUpdate, update_problem
 
 
 class Coordinator:
     def __init__(self, vector: torch.Tensor, spec: AdapterSpec, peft_config: dict, rule: str, rule_params: dict,
                  num_malicious: int, server_opt: ServerOptConfig, run_dir: str, keep_checkpoints: int, seed: int,
-                 resume_from: str | None = None, track_clients: bool = False) -> None:
+                 resume_from: str | None = None, track_clients: bool = False, max_update_norm: float = 0.0,
+                 min_updates: int = 1) -> None:
+        self.max_update_norm, self.min_updates = max_update_norm, min_updates
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.vector = vector.clone().to(self.device)
         self.spec = spec
@@ -54,9 +56,32 @@ class Coordinator:
         return state
 
     def aggregate(self, round_idx: int, server_update: ClientUpdate | None, *updates: ClientUpdate) -> dict:
-        """Apply the rule to the deltas (ordered by client id), the server optimizer, then checkpoint."""
-        if not updates:
-            raise ValueError(f"round {round_idx}: no client update arrived; nothing to aggregate")
+        """Validate the updates, apply the rule to the accepted deltas (ordered by client id), the server
+        optimizer, then checkpoint. Rejected updates are reported with their reasons; with fewer than
+        ``min_updates`` accepted the global adapter stays as it was (the round is still checkpointed)."""
+        numel = self.vector.numel()
+        problems = [update_problem(u, numel, self.max_update_norm) for u in updates]
+        rejected = [{"client_id": getattr(u, "client_id", None), "reason": p} for u, p in zip(updates, problems) if p]
+        accepted = [u for u, p in zip(updates, problems) if p is None]
+        skipped = None
+        if server_update is not None and (problem := update_problem(server_update, numel, self.max_update_norm)):
+            rejected.append({"client_id": "server", "reason": problem})
+            skipped = f"aggregation.rule={self.rule} needs the server's update, which was rejected"
+        elif len(accepted) < self.min_updates:
+            skipped = f"{len(accepted)} update(s) accepted, fewer than aggregation.min_updates={self.min_updates}"
+        else:
+            try:
+                summary = self._aggregate(round_idx, server_update, accepted)
+            except ValueError as err:  # e.g. Krum's n >= 2f + 3 after rejections
+                skipped = f"aggregation.rule={self.rule} on {len(accepted)} accepted update(s): {err}"
+        if skipped:
+            save_checkpoint(self.run_dir, round_idx, self.vector.cpu(), self.spec, self.peft_config, self.keep,
+                            self._server_state())
+            summary = {"clients": [], "weights": [], "update_norms": [], "aggregate_norm": 0.0,
+                       "global_norm": float(self.vector.norm()), "skipped": skipped}
+        return {**summary, "rejected": rejected} if rejected else summary
+
+    def _aggregate(self, round_idx: int, server_update: ClientUpdate | None, updates: list[ClientUpdate]) -> dict:
         ordered = sorted(updates, key=lambda u: u.client_id)
         matrix = torch.stack([u.delta for u in ordered]).to(self.device)
         counts = torch.tensor([float(u.num_examples) for u in ordered], device=self.device)

@@ -168,7 +168,8 @@ class CoordinatorHandle:
         a = cfg.aggregation
         self.actor = remote.remote(init.vector, init.spec, init.peft_config, a.rule, a.params,
                                    cfg.expected_malicious, a.server_opt, run_dir, cfg.output.keep_checkpoints,
-                                   cfg.seed, resume_from, cfg.evaluation.client_similarity)
+                                   cfg.seed, resume_from, cfg.evaluation.client_similarity, a.max_update_norm,
+                                   a.min_updates)
 
     def global_ref(self) -> ray.ObjectRef:
         return self.actor.global_vector.remote()

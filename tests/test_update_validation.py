@@ -1,0 +1,56 @@
+"""The coordinator rejects broken or hostile updates before aggregation, records why, and goes on."""
+
+import pytest
+import torch
+
+from fedsafe.actors.coordinator import Coordinator
+from fedsafe.config import ServerOptConfig
+from fedsafe.training.lora import AdapterSpec
+from fedsafe.updates import ClientUpdate, update_problem
+
+SPEC = AdapterSpec(names=("m.lora_A.weight", "m.lora_B.weight"), shapes=((2, 3), (3, 2)))  # d = 12
+
+
+def good(client_id: int, value: float = 1.0) -> ClientUpdate:
+    return ClientUpdate(client_id, 10, torch.full((12,), value))
+
+
+@pytest.mark.parametrize("update, reason", [
+    (ClientUpdate(1, 10, torch.tensor([float("nan")] + [0.0] * 11)), "NaN or Inf"),
+    (ClientUpdate(1, 10, torch.tensor([float("inf")] * 12)), "NaN or Inf"),
+    (ClientUpdate(1, 10, torch.zeros(11)), "shape [11]"),
+    (ClientUpdate(1, 10, torch.zeros(3, 4)), "shape [3, 4]"),
+    (ClientUpdate(1, 10, torch.zeros(12, dtype=torch.long)), "dtype"),
+    (ClientUpdate(1, 0, torch.zeros(12)), "num_examples"),
+    (ClientUpdate(1, 10, torch.full((12,), 100.0)), "max_update_norm"),
+    ({"client_id": 1, "delta": [0.0] * 12}, "not a ClientUpdate"),
+])
+def test_each_problem_is_named(update, reason):
+    assert reason in update_problem(update, 12, max_norm=50.0)
+    assert update_problem(good(1), 12, max_norm=50.0) is None
+
+
+def make_coordinator(tmp_path, **kw) -> Coordinator:
+    return Coordinator(torch.zeros(12), SPEC, {"r": 2}, kw.pop("rule", "fedavg"), {}, 0, ServerOptConfig(),
+                       str(tmp_path), 2, 0, **kw)
+
+
+def test_rejected_updates_are_recorded_and_the_round_goes_on(tmp_path):
+    coordinator = make_coordinator(tmp_path, max_update_norm=50.0)
+    hostile = [ClientUpdate(7, 10, torch.full((12,), float("nan"))), ClientUpdate(8, 10, torch.zeros(5)),
+               ClientUpdate(9, 10, torch.full((12,), 1e6))]
+    summary = coordinator.aggregate(0, None, good(1, 1.0), *hostile, good(2, 3.0))
+    assert summary["clients"] == [1, 2]
+    assert [r["client_id"] for r in summary["rejected"]] == [7, 8, 9]
+    assert torch.allclose(coordinator.global_vector(), torch.full((12,), 2.0))  # mean of the accepted two
+    assert (tmp_path / "checkpoints").exists() or any(tmp_path.iterdir())
+
+
+def test_too_few_accepted_updates_leave_the_global_adapter_unchanged(tmp_path):
+    coordinator = make_coordinator(tmp_path, min_updates=2)
+    summary = coordinator.aggregate(0, None, good(1), ClientUpdate(2, 10, torch.full((12,), float("inf"))))
+    assert "min_updates=2" in summary["skipped"] and summary["rejected"][0]["client_id"] == 2
+    assert torch.equal(coordinator.global_vector(), torch.zeros(12))
+    krum = make_coordinator(tmp_path / "krum", rule="krum")  # n >= 2f + 3 fails once updates are rejected
+    summary = krum.aggregate(0, None, good(1), ClientUpdate(2, 10, torch.zeros(3)))
+    assert "krum needs n >= 2f + 3" in summary["skipped"] and torch.equal(krum.global_vector(), torch.zeros(12))
