@@ -113,7 +113,7 @@ def test_dry_run_prints_config_and_plan_without_starting_ray():
     out = run_cli("--config", str(SMOKE), "--dry-run", "federation.num_rounds=9", "cluster.num_cpus=2")
     assert out.returncode == 0, out.stderr
     assert "num_rounds: 9" in out.stdout
-    assert "trainer: 2 actor(s) x 1 CPU" in out.stdout and "10 virtual, 3 per round" in out.stdout
+    assert "trainer: 2 group(s) of 1 actor(s) x 1 CPU" in out.stdout and "10 virtual, 3 per round" in out.stdout
     assert "ray" not in out.stderr.lower()
 
 

@@ -145,13 +145,16 @@ def test_ray_job_submit_on_loopback_with_a_token(tmp_path, model_cache):
         assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
 
         runs = tmp_path / "runs"  # absolute: a job runs in a temporary copy of the working dir
-        job = subprocess.run(
-            [ray_cli, "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
-             sys.executable, "launch.py", "--config", "configs/smoke.yaml", "federation.num_rounds=2",
-             "evaluation.num_prompts=8", "evaluation.num_benign=8", f"output.root={runs}",
-             f"model.cache_dir={model_cache}", "output.tensorboard=false"],
-            env=env, capture_output=True, text=True, timeout=600)
-        out = job.stdout + job.stderr
+        submit = [ray_cli, "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
+                  sys.executable, "launch.py", "--config", "configs/smoke.yaml", "federation.num_rounds=2",
+                  "evaluation.num_prompts=8", "evaluation.num_benign=8", f"output.root={runs}",
+                  f"model.cache_dir={model_cache}", "output.tensorboard=false"]
+        for _ in range(20):  # the job agent may register a little after the dashboard answers
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+            out = job.stdout + job.stderr
+            if "No available agent to submit job" not in out:
+                break
+            time.sleep(3)
         assert job.returncode == 0 and "succeeded" in out, out[-3000:]
         assert "rounds: 100%" in out and "wall time" in out  # the run's own log, streamed
         assert len(list(runs.glob("smoke-*/results.json"))) == 1
