@@ -97,7 +97,8 @@ def test_elastic_pool_follows_nodes_joining_and_leaving(tmp_path, model_cache):
     assert shown["rounds"] == [0, 1, 2, 3, 4] and shown["clients_trained"] == [3] * 5, shown
     groups = shown["trainer_groups"]
     assert groups[0] == 1 and groups[1] == 3 and groups[-1] == 1, shown  # 2 CPUs: generator + 1 trainer
-    assert shown["pool"][1]["added"] == 2 and [p for p in shown["pool"] if p][-1]["lost_total"] == 2, shown
+    # the 2 groups of the removed node are lost (a group started on it while it was leaving may be too)
+    assert shown["pool"][1]["added"] == 2 and [p for p in shown["pool"] if p][-1]["lost_total"] >= 2, shown
     assert 0 <= shown["final_rule"] <= 100
 
 

@@ -50,8 +50,12 @@ class TrainerGroup:
             .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size)
             for i in range(spec.group_size)
         ]
-        address, port = ray.get(self.actors[0].address.remote(), timeout=timeout)
-        ray.get([a.start.remote(address, port) for a in self.actors], timeout=timeout)
+        try:
+            address, port = ray.get(self.actors[0].address.remote(), timeout=timeout)
+            ray.get([a.start.remote(address, port) for a in self.actors], timeout=timeout)
+        except (RayActorError, GetTimeoutError) as err:  # e.g. placed on a node that was leaving
+            self.kill()
+            raise TimeoutError(f"a trainer group did not start: {str(err).splitlines()[0]}") from None
 
     def call(self, method: str, *args, num_returns: int = 1):
         """Call ``method`` on every rank (a group's collectives need all); returns rank 0's ref(s)."""
