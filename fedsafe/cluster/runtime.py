@@ -40,8 +40,8 @@ def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> list[dict[str, 
             ray.init(address=address, **common)
         else:
             res = local_resources(cfg, generation_cpus)
-            ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), include_dashboard=cfg.dashboard,
-                     dashboard_host=cfg.dashboard_host, **common)
+            ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]),
+                     include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host, **common)
     return alive_nodes()
 
 
