@@ -33,9 +33,11 @@ class TrainerGroup:
     """The trainer actors of one client, rank 0 first, in one placement group; started and joined into a
     torch.distributed group (when more than one) before use."""
 
-    def __init__(self, spec: ActorPlan, cfg: ExperimentConfig, timeout: float, place_timeout: float | None = None) -> None:
+    def __init__(self, spec: ActorPlan, cfg: ExperimentConfig, timeout: float, place_timeout: float | None = None,
+                 start: bool = True) -> None:
         """``place_timeout``: how long to wait for the resources (default ``timeout``), ``timeout``: for the
-        actors to load the model and join."""
+        actors to load the model and join. ``start=False`` leaves the start to ``start_groups`` (several
+        groups loading the model at once)."""
         self.pg = placement_group(spec.bundles, strategy="STRICT_PACK")
         wait = timeout if place_timeout is None else place_timeout
         try:
@@ -50,12 +52,10 @@ class TrainerGroup:
             .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size)
             for i in range(spec.group_size)
         ]
-        try:
-            address, port = ray.get(self.actors[0].address.remote(), timeout=timeout)
-            ray.get([a.start.remote(address, port) for a in self.actors], timeout=timeout)
-        except (RayActorError, GetTimeoutError) as err:  # e.g. placed on a node that was leaving
-            self.kill()
-            raise TimeoutError(f"a trainer group did not start: {str(err).splitlines()[0]}") from None
+        self.timeout = timeout
+        self.address = self.actors[0].address.remote()  # answers once rank 0 has loaded the model
+        if start:
+            start_groups([self])
 
     def call(self, method: str, *args, num_returns: int = 1):
         """Call ``method`` on every rank (a group's collectives need all); returns rank 0's ref(s)."""
@@ -79,11 +79,28 @@ class TrainerGroup:
                 pass
 
 
+def start_groups(groups: list[TrainerGroup]) -> None:
+    """Join each group's ranks and build their engines; the groups' models load side by side. If one
+    fails (e.g. placed on a node that was leaving), all are freed and TimeoutError says why."""
+    try:
+        started = []
+        for group in groups:
+            address, port = ray.get(group.address, timeout=group.timeout)
+            started.append([a.start.remote(address, port) for a in group.actors])
+        for group, refs in zip(groups, started):
+            ray.get(refs, timeout=group.timeout)
+    except (RayActorError, GetTimeoutError) as err:
+        for group in groups:
+            group.kill()
+        raise TimeoutError(f"a trainer group did not start: {str(err).splitlines()[0]}") from None
+
+
 class TrainerPool:
     def __init__(self, plan: Plan, cfg: ExperimentConfig) -> None:
         self.cfg, self.spec = cfg, plan.trainers
         self.timeout = cfg.cluster.round_timeout_s
-        self.groups = [TrainerGroup(self.spec, cfg, self.timeout) for _ in range(plan.trainers.count)]
+        self.groups = [TrainerGroup(self.spec, cfg, self.timeout, start=False) for _ in range(plan.trainers.count)]
+        start_groups(self.groups)
         self.lost = 0  # groups dropped because an actor died
 
     def initial_adapter(self) -> InitialAdapter:
@@ -143,12 +160,18 @@ class TrainerPool:
                 target = make_plan(self.cfg, alive_nodes()).trainers.count
             except ConfigError:
                 target = len(self.groups)
-            while len(self.groups) < target:
+            new: list[TrainerGroup] = []
+            while len(self.groups) + len(new) < target:
                 try:  # a node that is leaving may still count as alive: do not wait long for its room
-                    self.groups.append(TrainerGroup(self.spec, self.cfg, self.timeout, place_timeout=10.0))
+                    new.append(TrainerGroup(self.spec, self.cfg, self.timeout, place_timeout=10.0, start=False))
                 except TimeoutError:
                     break
-                added += 1
+            try:
+                start_groups(new)
+                self.groups += new
+                added = len(new)
+            except TimeoutError as err:
+                log.warning("%s; the pool stays at %d group(s)", err, len(self.groups))
         if not self.groups:
             raise RuntimeError("no trainer group is left and none could be started; add nodes to the cluster")
         return {"trainer_groups": len(self.groups), "added": added, "dropped": dropped}
