@@ -129,6 +129,8 @@ def test_ray_job_submit_on_loopback_with_a_token(tmp_path, model_cache):
     url = f"http://127.0.0.1:{(dashboard := free_port())}"
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                             # ports whose defaults the tests' own local Ray already holds (its job agent: 52365)
+                             f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
                              "--num-cpus=3", "--disable-usage-stats"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
