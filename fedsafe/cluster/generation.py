@@ -25,7 +25,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.generator import Generator, Request, adapter_key
-from fedsafe.cluster.plan import generation_models
+from fedsafe.cluster.plan import bundle, generation_models
 from fedsafe.config import ExperimentConfig
 
 
@@ -68,8 +68,8 @@ class GenerationPool:
         # trainers started later, elastic ones included, never take them
         models = generation_models(cfg)
         self.slots = {m: list(range(i * g.replicas, (i + 1) * g.replicas)) for i, m in enumerate(models)}
-        bundle = {"CPU": float(g.cpus_per_replica), **({"GPU": float(g.gpus_per_replica)} if g.gpus_per_replica else {})}
-        self.pg = placement_group([dict(bundle) for _ in range(len(models) * g.replicas)], strategy="PACK")
+        slots = len(models) * g.replicas
+        self.pg = placement_group([bundle(g.cpus_per_replica, g.gpus_per_replica) for _ in range(slots)], strategy="PACK")
         ray.get(self.pg.ready(), timeout=cfg.cluster.round_timeout_s)
         self.groups: dict[str, list] = {}
         self.adapters: dict[str, tuple] = {}  # key -> (vector ref, spec, peft_config)
@@ -104,9 +104,8 @@ class GenerationPool:
         not know, e.g. in tests, are scheduled wherever Ray finds room)."""
         if model not in self.slots:
             return remote
-        bundle = self.slots[model][replica]
         return remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-            self.pg, placement_group_bundle_index=bundle))
+            self.pg, placement_group_bundle_index=self.slots[model][replica]))
 
     def register_adapter(self, vector_ref, spec, peft_config: dict) -> str:
         """Make an adapter of the base model available to requests; returns its key (a content hash)."""

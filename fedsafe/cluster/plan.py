@@ -24,6 +24,11 @@ Resources = dict[str, float]
 EPS = 1e-9
 
 
+def bundle(cpus: float, gpus: float) -> Resources:
+    """One actor's placement-group bundle (no GPU key when it needs none: Ray rejects zero entries)."""
+    return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+
+
 @dataclass(frozen=True)
 class ActorPlan:
     role: str
@@ -35,8 +40,7 @@ class ActorPlan:
     @property
     def bundles(self) -> list[Resources]:
         """A placement group's bundles for one group (the trainers of one client)."""
-        bundle = {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.num_gpus else {})}
-        return [dict(bundle) for _ in range(self.group_size)]
+        return [bundle(self.num_cpus, self.num_gpus) for _ in range(self.group_size)]
 
 
 @dataclass(frozen=True)
