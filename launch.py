@@ -75,18 +75,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(describe_arms(cfg))
             return 0
+        from fedsafe.experiment import run_experiment
+        from fedsafe.preflight import check_inputs
+        from fedsafe.run_dir import create_run_dir
+
+        check_inputs(cfg)
+        run_dir = Path(args.resume) if args.resume else create_run_dir(cfg)
+        print(f"run folder: {run_dir}")
+        results = run_experiment(cfg, run_dir)
     except ConfigError as err:
         if args.debug:
             raise
-        print(f"config error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, whatever the message
         return 2
-
-    from fedsafe.experiment import run_experiment
-    from fedsafe.run_dir import create_run_dir
-
-    run_dir = Path(args.resume) if args.resume else create_run_dir(cfg)
-    print(f"run folder: {run_dir}")
-    results = run_experiment(cfg, run_dir)
     print(results["table"])
     print(f"wall time {results['wall_s']:.1f} s; results in {run_dir / 'results.json'}")
     return 0

@@ -11,6 +11,7 @@ fail with ``ConfigError`` naming the field, the value seen and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -350,6 +351,9 @@ class EvaluationConfig:
         _check(self.helpfulness_judge != "endpoint" or bool(self.helpfulness_endpoint),
                "evaluation.helpfulness_judge=endpoint needs evaluation.helpfulness_endpoint (an OpenAI-compatible "
                "base URL such as https://api.openai.com/v1) and evaluation.helpfulness_model")
+        _check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.helpfulness_key_env) is not None,
+               "evaluation.helpfulness_key_env must be the NAME of an environment variable that holds the API key "
+               "(e.g. OPENAI_API_KEY), never the key itself (the value given is not shown)")
         _check(self.num_prompts >= 1, f"evaluation.num_prompts must be >= 1, got {self.num_prompts}")
         _check(self.max_new_tokens >= 1, f"evaluation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, f"evaluation.temperature must be >= 0 (0 = greedy), got {self.temperature}")
@@ -369,6 +373,13 @@ class ClusterConfig:
     cluster's resources allow, at most the clients per round; ``cpus_per_trainer`` is per process.
     ``elastic``: between rounds, start trainers on nodes that joined; clients of a lost trainer always go
     to the others.
+
+    Faults: a client whose trainer dies, fails or answers nothing within ``client_timeout_s`` (that
+    trainer group is killed) is retried on another trainer up to ``max_retries`` times, then left out of
+    the round (recorded under ``failures``). ``max_retries`` also bounds the restarts of a generation
+    replica per call and of the coordinator per run. ``round_timeout_s`` bounds every other wait (placing
+    and loading actors, aggregation, a generation call). ``dashboard_host``: where the dashboard (and job
+    server) listen when ``dashboard`` is on; 127.0.0.1 keeps them off the network.
     """
 
     address: Optional[str] = None
@@ -379,12 +390,16 @@ class ClusterConfig:
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     round_timeout_s: float = 3600.0
+    client_timeout_s: float = 3600.0
+    max_retries: int = 2
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0, f"cluster.num_cpus must be >= 0 (0 = all of this machine), got {self.num_cpus}")
         _check(self.num_trainers >= 0, f"cluster.num_trainers must be >= 0 (0 = auto), got {self.num_trainers}")
         _check(self.cpus_per_trainer >= 1, f"cluster.cpus_per_trainer must be >= 1, got {self.cpus_per_trainer}")
         _check(self.round_timeout_s > 0, f"cluster.round_timeout_s must be > 0, got {self.round_timeout_s}")
+        _check(self.client_timeout_s > 0, f"cluster.client_timeout_s must be > 0, got {self.client_timeout_s}")
+        _check(self.max_retries >= 0, f"cluster.max_retries must be >= 0, got {self.max_retries}")
 
 
 @dataclass
@@ -510,6 +525,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_yaml_text("", overrides, layers)
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, and what."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(err, "problem", None) or err).split())
+
+
 def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     """The YAML mappings of ``path`` and its ``base`` chain, base first."""
     try:
@@ -517,7 +539,7 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
     base = data.pop("base", None) if isinstance(data, dict) else None
     if base is None:
         return [data]
@@ -540,7 +562,7 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
                 raise ConfigError(f"override {item!r} must look like key.sub=value (list items: clients.0.count=5)")
             OmegaConf.update(merged, key.strip(), yaml.safe_load(value), merge=True)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config is not valid YAML: {err}") from None
+        raise ConfigError(f"config is not valid YAML: {yaml_problem(err)}") from None
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err) + "; see fedsafe/config.py for the allowed keys") from None
     return _from_omegaconf(merged)

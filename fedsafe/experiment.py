@@ -21,7 +21,7 @@ from fedsafe.checkpoint import latest_checkpoint, load_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
 from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
-from fedsafe.cluster.pool import CoordinatorHandle, TrainerPool
+from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, TrainerPool
 from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.data.federation import ClientSpec, build_clients, make_shards, round_subset, sample_clients
 from fedsafe.data.sources import load_records
@@ -169,35 +169,38 @@ def round_inputs(cfg: ExperimentConfig, inputs: EvalInputs) -> EvalInputs:
 def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path,
              on_round=None) -> CoordinatorHandle:
     """The round loop; continues after the last checkpoint in ``run_dir``. Returns the coordinator, which
-    holds the final global adapter. ``on_round(record)`` is called after each round is logged."""
+    holds the final global adapter. ``on_round(record)`` is called after each round is logged. A
+    coordinator that dies is started again from the last checkpoint and its round run again (at most
+    ``cluster.max_retries`` times per run)."""
     rounds = cfg.federation.num_rounds
     start_round, resume_from = resume_point(run_dir)
     coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
     log = MetricsLog(run_dir, start_round, cfg.output.tensorboard)
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")
+    restarts = 0
     for round_idx in tqdm(range(start_round, rounds), desc="rounds", initial=start_round, total=rounds):
-        round_start = time.perf_counter()
-        sampled = sample_clients(len(data.clients), cfg.federation.clients_per_round, round_idx)
-        tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx) for c in sampled]
-        if data.root:  # the server trains on its root data like a client (FLTrust's g0)
-            tasks.append(client_task(cfg, SERVER, data.root, round_idx))
-        resized = session.pool.resize() if round_idx > start_round else {}
-        bar = tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False)
-        update_refs, metrics = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update())
-        bar.close()
-        server_ref, server_metrics = (update_refs.pop(), metrics.pop()) if data.root else (None, None)
-        summary = coordinator.aggregate(round_idx, update_refs, server_ref)
-        record = {
-            "round": round_idx, "sampled": sampled, "lr": tasks[0].lrs[0],
-            "client_metrics": [vars(m) for m in metrics], "seconds": time.perf_counter() - round_start,
-            "trainer_groups": len(session.pool.groups), **summary,
-        }
-        if resized.get("added") or resized.get("dropped") or session.pool.lost:
-            record["trainer_pool"] = {**resized, "lost_total": session.pool.lost}
-        if server_metrics is not None:
-            record["server_metrics"] = vars(server_metrics)
-        scalars = {"train/loss": sum(m.loss for m in metrics) / len(metrics), "round/seconds": record["seconds"]}
+        while True:
+            try:
+                record = run_round(session, cfg, data, coordinator, round_idx, resize=round_idx > start_round)
+                break
+            except CoordinatorLost as err:
+                restarts += 1
+                if restarts > cfg.cluster.max_retries:
+                    raise RuntimeError(f"the coordinator died {restarts} times ({err}); the run stops here. "
+                                       f"Continue it with: python launch.py --resume {run_dir}") from None
+                tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
+                coordinator.shutdown()
+                next_round, resume_from = resume_point(run_dir)
+                coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
+                if next_round > round_idx:  # it died after checkpointing this round: the round is done
+                    record = {"round": round_idx, "recovered": f"the coordinator died after checkpointing ({err}); "
+                              "this round's training and aggregation records are lost"}
+                    break
+        record["coordinator_restarts"] = restarts
+        scalars = {"round/seconds": record.get("seconds", 0.0)}
+        if record.get("client_metrics"):
+            scalars["train/loss"] = sum(m["loss"] for m in record["client_metrics"]) / len(record["client_metrics"])
         if cfg.evaluation.every_n_rounds and (round_idx + 1) % cfg.evaluation.every_n_rounds == 0:
             record["evaluation"] = session.evaluate(cfg, round_inputs(cfg, data.eval), coordinator.global_ref(),
                                                     run_dir, f"round_{round_idx:04d}")
@@ -210,6 +213,39 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
         roles = [c.role for c in data.clients]
         (Path(run_dir) / "clients.json").write_text(json.dumps({"roles": roles, **coordinator.similarity()}))
     return coordinator
+
+
+def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coordinator: CoordinatorHandle,
+              round_idx: int, resize: bool) -> dict:
+    """One round: sample clients, train them (each update staged in the coordinator as it finishes),
+    aggregate and checkpoint. Returns the round's record; clients that failed every try are listed under
+    ``failed`` and their tries under ``failures``."""
+    round_start = time.perf_counter()
+    sampled = sample_clients(len(data.clients), cfg.federation.clients_per_round, round_idx)
+    tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx) for c in sampled]
+    if data.root:  # the server trains on its root data like a client (FLTrust's g0)
+        tasks.append(client_task(cfg, SERVER, data.root, round_idx))
+    resized = session.pool.resize() if resize else {}
+    bar = tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False)
+    outcome = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update(),
+                                 stage=lambda task, ref: coordinator.stage(round_idx, task, ref))
+    bar.close()
+    summary = coordinator.aggregate(round_idx)
+    metrics = outcome.metrics[:len(sampled)]
+    record = {
+        "round": round_idx, "sampled": sampled, "lr": tasks[0].lrs[0],
+        "client_metrics": [vars(m) for m in metrics if m is not None], "seconds": time.perf_counter() - round_start,
+        "trainer_groups": len(session.pool.groups), **summary,
+    }
+    if outcome.failures:
+        record["failures"] = outcome.failures
+    if failed := [t.client_id for t, m in zip(tasks, outcome.metrics) if m is None]:
+        record["failed"] = failed
+    if resized.get("added") or resized.get("dropped") or session.pool.lost:
+        record["trainer_pool"] = {**resized, "lost_total": session.pool.lost}
+    if data.root and outcome.metrics[-1] is not None:
+        record["server_metrics"] = vars(outcome.metrics[-1])
+    return record
 
 
 def defense_data(session: Session, cfg: ExperimentConfig, data: FederatedData, final_ref) -> tuple[list[dict], dict]:
@@ -228,8 +264,10 @@ def defense_data(session: Session, cfg: ExperimentConfig, data: FederatedData, f
 def defend(session: Session, cfg: ExperimentConfig, records: list[dict], coordinator: CoordinatorHandle, final_ref):
     """PAPER.md §4: continue training the aggregated adapter on the defense data on a trainer actor."""
     task = posthoc_task(cfg.defense, records, cfg.train.max_length, derive_seed(cfg.seed, 104729))
-    (update_ref,), _ = session.pool.train(final_ref, [task])
-    return coordinator.apply_delta(update_ref)
+    outcome = session.pool.train(final_ref, [task])
+    if outcome.updates[0] is None:
+        raise RuntimeError(f"the post-hoc defense failed on every try: {outcome.failures}")
+    return coordinator.apply_delta(outcome.updates[0])
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,13 +65,11 @@ def test_smoke_run_end_to_end(ray_cluster, smoke_cfg, model_cache):
     assert any(float(v.abs().sum()) > 0 for k, v in saved_tensors.items() if "lora_B" in k)  # it trained
 
 
-@pytest.mark.parametrize("overrides", [
-    [],
-    # server state that must survive: FoolsGold's per-client histories and FedAdam's moments
-    ["aggregation.rule=foolsgold", "aggregation.server_opt.name=fedadam", "aggregation.server_opt.lr=0.5"],
-], ids=["fedavg", "foolsgold+fedadam"])
-def test_resume_equals_uninterrupted_run(ray_cluster, smoke_cfg, tmp_path, overrides):
-    cfg = smoke_cfg("output.keep_checkpoints=10", *overrides)
+def test_resume_equals_uninterrupted_run(ray_cluster, smoke_cfg, tmp_path):
+    """Server state that must survive a resume: FoolsGold's per-client histories and FedAdam's moments
+    (a killed driver and ``--resume`` with FedAvg: tests/test_faults.py)."""
+    cfg = smoke_cfg("output.keep_checkpoints=10", "aggregation.rule=foolsgold", "aggregation.server_opt.name=fedadam",
+                    "aggregation.server_opt.lr=0.5")
     full = create_run_dir(cfg)
     full_results = run_experiment(cfg, full)
 
@@ -105,8 +108,31 @@ def test_attack_lowers_safety_and_posthoc_defense_restores_it(ray_cluster, smoke
     assert defended_rate > attacked_rate + 20
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+class FakeJudge(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that grades every answer 7 and remembers the Authorization headers."""
+
+    seen: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        FakeJudge.seen.append(self.headers.get("Authorization", ""))
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "fake-judge",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": "Rating: [[7]]"}}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
 
 
 def test_dry_run_prints_config_and_plan_without_starting_ray():
@@ -125,13 +151,34 @@ def test_cli_config_errors_exit_2_with_one_line():
     assert "Traceback" not in out.stderr
 
 
-def test_cli_run_starts_its_own_local_ray(model_cache, tmp_path):
+def test_cli_run_starts_its_own_local_ray_and_keeps_the_api_key_out_of_files_and_logs(model_cache, tmp_path):
+    """A whole run from the command line, graded by an external judge whose API key is in the environment:
+    the judge receives the key; neither the run folder, the output nor Ray's logs hold it."""
+    secret = f"sk-test-{uuid.uuid4().hex}"
+    judge = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
+    threading.Thread(target=judge.serve_forever, daemon=True).start()
+    ray_logs_before = set(Path("/tmp/ray").glob("session_*"))
     out = run_cli("--config", str(SMOKE), f"model.cache_dir={model_cache}", f"output.root={tmp_path}",
-                  "federation.num_rounds=1", "evaluation.num_prompts=8")
+                  "federation.num_rounds=1", "evaluation.num_prompts=8", "evaluation.num_benign=4",
+                  "evaluation.helpfulness_judge=endpoint", "evaluation.helpfulness_model=fake-judge",
+                  f"evaluation.helpfulness_endpoint=http://127.0.0.1:{judge.server_address[1]}/v1",
+                  "evaluation.helpfulness_key_env=FEDSAFE_TEST_JUDGE_KEY",
+                  env={**os.environ, "FEDSAFE_TEST_JUDGE_KEY": secret})
+    judge.shutdown()
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| global (round 1) |" in out.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name != "cache"]  # cache/: the generation cache
-    assert json.loads((run_dir / "results.json").read_text())["evaluation"]["safety"]["num_prompts"] == 8
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["evaluation"]["safety"]["num_prompts"] == 8
+    assert results["evaluation"]["helpfulness"]["judge"]["mean"] == 7.0
+    assert set(FakeJudge.seen) == {f"Bearer {secret}"} and len(FakeJudge.seen) == 4
+    assert "FEDSAFE_TEST_JUDGE_KEY" in (run_dir / "config.yaml").read_text()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    written += [p for s in set(Path("/tmp/ray").glob("session_*")) - ray_logs_before for p in s.rglob("*")
+                if p.is_file() and not p.is_symlink()]
+    assert len(written) > 10
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+    assert secret not in out.stdout + out.stderr
 
 
 @pytest.mark.integration

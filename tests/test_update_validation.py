@@ -39,7 +39,7 @@ def test_rejected_updates_are_recorded_and_the_round_goes_on(tmp_path):
     coordinator = make_coordinator(tmp_path, max_update_norm=50.0)
     hostile = [ClientUpdate(7, 10, torch.full((12,), float("nan"))), ClientUpdate(8, 10, torch.zeros(5)),
                ClientUpdate(9, 10, torch.full((12,), 1e6))]
-    summary = coordinator.aggregate(0, None, good(1, 1.0), *hostile, good(2, 3.0))
+    summary = coordinator.aggregate_updates(0, None, [good(1, 1.0), *hostile, good(2, 3.0)])
     assert summary["clients"] == [1, 2]
     assert [r["client_id"] for r in summary["rejected"]] == [7, 8, 9]
     assert torch.allclose(coordinator.global_vector(), torch.full((12,), 2.0))  # mean of the accepted two
@@ -48,9 +48,29 @@ def test_rejected_updates_are_recorded_and_the_round_goes_on(tmp_path):
 
 def test_too_few_accepted_updates_leave_the_global_adapter_unchanged(tmp_path):
     coordinator = make_coordinator(tmp_path, min_updates=2)
-    summary = coordinator.aggregate(0, None, good(1), ClientUpdate(2, 10, torch.full((12,), float("inf"))))
+    summary = coordinator.aggregate_updates(0, None, [good(1), ClientUpdate(2, 10, torch.full((12,), float("inf")))])
     assert "min_updates=2" in summary["skipped"] and summary["rejected"][0]["client_id"] == 2
     assert torch.equal(coordinator.global_vector(), torch.zeros(12))
     krum = make_coordinator(tmp_path / "krum", rule="krum")  # n >= 2f + 3 fails once updates are rejected
-    summary = krum.aggregate(0, None, good(1), ClientUpdate(2, 10, torch.zeros(3)))
+    summary = krum.aggregate_updates(0, None, [good(1), ClientUpdate(2, 10, torch.zeros(3))])
     assert "krum needs n >= 2f + 3" in summary["skipped"] and torch.equal(krum.global_vector(), torch.zeros(12))
+
+
+def test_updates_are_staged_per_round_and_aggregated_in_client_order(tmp_path):
+    coordinator = make_coordinator(tmp_path)
+    coordinator.stage(0, 5, good(5, 3.0))
+    coordinator.stage(0, 1, good(1, 1.0))
+    assert coordinator.aggregate(0)["clients"] == [1, 5]
+    assert torch.allclose(coordinator.global_vector(), torch.full((12,), 2.0))
+    coordinator.stage(1, 2, good(2, 100.0))  # staged for a round that never aggregated: dropped
+    coordinator.stage(2, 3, good(3, 1.0))
+    assert coordinator.aggregate(2)["clients"] == [3]
+    assert "0 update(s) accepted" in coordinator.aggregate(3)["skipped"]  # nothing staged: the round is skipped
+
+
+def test_a_skipped_round_leaves_the_client_histories_as_they_were(tmp_path):
+    coordinator = make_coordinator(tmp_path, rule="krum", track_clients=True)  # f = 0: Krum needs 3 updates
+    summary = coordinator.aggregate_updates(0, None, [good(1), good(2)])
+    assert "skipped" in summary and coordinator.history == {}
+    coordinator.aggregate_updates(1, None, [good(1), good(2), good(3)])
+    assert sorted(coordinator.history) == [1, 2, 3] and torch.equal(coordinator.history[1], torch.ones(12))

@@ -1,7 +1,9 @@
 """Coordinator actor: holds the global adapter, aggregates client updates, checkpoints every round.
 
-A plain class made remote by ``fedsafe.cluster.pool``. Updates arrive as object-store references passed as
-top-level arguments, so Ray resolves them here and they never pass through the driver. Aggregation runs
+A plain class made remote by ``fedsafe.cluster.pool``. Each update is staged here as soon as its client
+finishes (``stage``): it arrives as an object-store reference passed as a top-level argument, so Ray
+resolves it here, it never passes through the driver, and it no longer depends on the trainer's node
+staying up. ``aggregate(round)`` then validates and aggregates what was staged. Aggregation runs
 on this actor's device (a GPU if it was given one). Server state that must survive a resume (server
 optimizer moments, FoolsGold's per-client histories, RNG) goes into every checkpoint.
 """
@@ -17,7 +19,7 @@ from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
 from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_checkpoint
 from fedsafe.training.lora import AdapterSpec
-from fedsafe.updates import ClientUpdate, update_problem
+from fedsafe.updates import SERVER_ID, ClientUpdate, update_problem
 
 
 class Coordinator:
@@ -36,6 +38,8 @@ class Coordinator:
         self.server_opt = server_opt
         self.opt_state = init_state(server_opt, self.vector.numel(), self.device)
         self.history: dict[int, torch.Tensor] = {}
+        self.staged: dict[int, object] = {}  # key (client id, SERVER_ID) -> update of round staged_round
+        self.staged_round = -1
         self.run_dir = Path(run_dir)
         self.keep = keep_checkpoints
         self.seed = seed
@@ -50,12 +54,29 @@ class Coordinator:
     def global_vector(self) -> torch.Tensor:
         return self.vector.cpu()
 
+    def ready(self) -> bool:
+        return True
+
+    def stage(self, round_idx: int, key: int, update: ClientUpdate) -> int:
+        """Keep client ``key``'s update (``SERVER_ID``: the server's own) for ``aggregate(round_idx)``."""
+        if round_idx != self.staged_round:
+            self.staged, self.staged_round = {}, round_idx
+        self.staged[key] = update
+        return key
+
+    def aggregate(self, round_idx: int) -> dict:
+        """Aggregate the updates staged for ``round_idx`` (clients in id order); see ``aggregate_updates``."""
+        staged = self.staged if self.staged_round == round_idx else {}
+        self.staged = {}
+        server = staged.pop(SERVER_ID, None)
+        return self.aggregate_updates(round_idx, server, [staged[k] for k in sorted(staged)])
+
     def _server_state(self) -> dict[str, torch.Tensor]:
         state = {f"opt.{k}": v for k, v in self.opt_state.items()}
         state.update({f"history.{cid}": v for cid, v in self.history.items()})
         return state
 
-    def aggregate(self, round_idx: int, server_update: ClientUpdate | None, *updates: ClientUpdate) -> dict:
+    def aggregate_updates(self, round_idx: int, server_update: ClientUpdate | None, updates: list[ClientUpdate]) -> dict:
         """Validate the updates, apply the rule to the accepted deltas (ordered by client id), the server
         optimizer, then checkpoint. Rejected updates are reported with their reasons; with fewer than
         ``min_updates`` accepted the global adapter stays as it was (the round is still checkpointed)."""
@@ -85,16 +106,16 @@ class Coordinator:
         ordered = sorted(updates, key=lambda u: u.client_id)
         matrix = torch.stack([u.delta for u in ordered]).to(self.device)
         counts = torch.tensor([float(u.num_examples) for u in ordered], device=self.device)
-        if self.track:
-            for u, row in zip(ordered, matrix):
-                self.history[u.client_id] = self.history.get(u.client_id, torch.zeros_like(row)) + row
+        history = {u.client_id: self.history.get(u.client_id, torch.zeros_like(row)) + row
+                   for u, row in zip(ordered, matrix)} if self.track else {}
         ctx = AggregationContext(
             num_malicious=self.num_malicious, round_idx=round_idx, seed=self.seed,
-            history=torch.stack([self.history[u.client_id] for u in ordered]) if self.needs_history else None,
+            history=torch.stack([history[u.client_id] for u in ordered]) if self.needs_history else None,
             server_update=server_update.delta.to(self.device) if server_update is not None else None,
             global_params=self.vector,
         )
         result = aggregate(self.rule, matrix, counts, context=ctx, **self.rule_params)
+        self.history.update(history)  # only once the rule ran: a skipped round leaves the histories as they were
         step, self.opt_state = server_step(self.server_opt, self.opt_state, result.vector)
         self.vector = self.vector + step
         save_checkpoint(self.run_dir, round_idx, self.vector.cpu(), self.spec, self.peft_config, self.keep,

@@ -7,7 +7,8 @@
 A model's replicas start on its first request and live until ``shutdown``. The federation's base model is
 served with LoRA enabled (every registered adapter is loaded into each of its replicas); the off-the-shelf
 generator and judge models are plain. Requests are split into contiguous chunks, one per replica, and the
-answers come back in request order. Calls are cached on disk by a hash of (model, backend, adapter,
+answers come back in request order. A replica that dies or hangs is started again in its reserved slot
+(adapters loaded again) and its unfinished chunk sent again. Calls are cached on disk by a hash of (model, backend, adapter,
 prompts, templates, sampling parameters), so a second run with the same inputs reuses the answers.
 """
 
@@ -16,17 +17,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.generator import Generator, Request, adapter_key
 from fedsafe.cluster.plan import bundle, generation_models
 from fedsafe.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 
 def cache_key(model: str, backend: str, requests: list[Request]) -> str:
@@ -75,6 +80,7 @@ class GenerationPool:
         self.adapters: dict[str, tuple] = {}  # key -> (vector ref, spec, peft_config)
         self.cache = GenerationCache(cache_dir) if (cache_dir is not None and g.cache) else None
         self.timeout = cfg.cluster.round_timeout_s
+        self.restarts = 0  # replicas started again after dying or hanging
 
     @property
     def base_model(self) -> str:
@@ -87,17 +93,34 @@ class GenerationPool:
 
     def _replicas(self, model: str) -> list:
         if model not in self.groups:
-            g, base = self.cfg.generation, model == self.base_model
-            model_cfg = dataclasses.replace(self.cfg.model, name=model)
-            actors = [self._in_slot(self.remote, model, i).remote(model_cfg, g, self.cfg.lora.r if base else 0,
-                                                                  self.cfg.seed, g.cpus_per_replica)
-                      for i in range(g.replicas)]
-            ray.get([a.ready.remote() for a in actors], timeout=self.timeout)
-            if base:
-                ray.get([a.add_adapter.remote(*entry) for a in actors for entry in self.adapters.values()],
-                        timeout=self.timeout)
-            self.groups[model] = actors
+            self.groups[model] = self._start([self._launch(model, i) for i in range(self.cfg.generation.replicas)],
+                                             model)
         return self.groups[model]
+
+    def _launch(self, model: str, replica: int):
+        base = model == self.base_model
+        model_cfg = dataclasses.replace(self.cfg.model, name=model)
+        g = self.cfg.generation
+        return self._in_slot(self.remote, model, replica).remote(model_cfg, g, self.cfg.lora.r if base else 0,
+                                                                  self.cfg.seed, g.cpus_per_replica)
+
+    def _start(self, actors: list, model: str) -> list:
+        """Wait for ``actors`` to load ``model``; the base model's replicas get every registered adapter."""
+        ray.get([a.ready.remote() for a in actors], timeout=self.timeout)
+        if model == self.base_model:
+            ray.get([a.add_adapter.remote(*entry) for a in actors for entry in self.adapters.values()],
+                    timeout=self.timeout)
+        return actors
+
+    def _restart(self, model: str, replica: int, reason: str) -> None:
+        """Replace a dead or stuck replica with a new one in the same reserved slot."""
+        log.warning("generation replica %d of %s is restarted (%s)", replica, model, reason)
+        try:
+            ray.kill(self.groups[model][replica])
+        except RayActorError:
+            pass
+        self.restarts += 1
+        self.groups[model][replica] = self._start([self._launch(model, replica)], model)[0]
 
     def _in_slot(self, remote, model: str, replica: int):
         """``remote`` scheduled into the bundle reserved for ``model``'s ``replica`` (models the plan does
@@ -126,14 +149,41 @@ class GenerationPool:
         key = cache_key(model, self.cfg.generation.backend, requests)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
-        actors = self._replicas(model)
-        per_actor = -(-len(requests) // len(actors))
-        refs = [actor.generate.remote(requests[i * per_actor:(i + 1) * per_actor])
-                for i, actor in enumerate(actors) if i * per_actor < len(requests)]
-        answers = [a for part in ray.get(refs, timeout=self.timeout) for a in part]
+        answers = [a for part in self._run_chunks(model, requests) for a in part]
         if self.cache is not None:
             self.cache.put(key, answers)
         return answers
+
+    def _run_chunks(self, model: str, requests: list[Request]) -> list[list[str]]:
+        """One contiguous chunk of ``requests`` per replica. A replica that dies, or gives no answer within
+        ``cluster.round_timeout_s``, is restarted and its unfinished chunk sent again (at most
+        ``cluster.max_retries`` times per chunk); requests are seeded, so the answers are the same."""
+        actors = self._replicas(model)
+        per_actor = -(-len(requests) // len(actors))
+        chunks = [requests[i:i + per_actor] for i in range(0, len(requests), per_actor)]
+        parts: list = [None] * len(chunks)
+        tries = [0] * len(chunks)
+        running = {self.groups[model][i].generate.remote(chunk): i for i, chunk in enumerate(chunks)}
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=self.timeout)
+            failed: list[tuple[int, str]] = []
+            if not done:
+                failed = [(i, f"no answer within cluster.round_timeout_s={self.timeout:g}s") for i in running.values()]
+                running.clear()
+            else:
+                i = running.pop(done[0])
+                try:
+                    parts[i] = ray.get(done[0], timeout=self.timeout)
+                except RayActorError as err:
+                    failed = [(i, str(err).strip().splitlines()[0])]
+            for i, reason in failed:
+                tries[i] += 1
+                if tries[i] > self.cfg.cluster.max_retries:
+                    raise RuntimeError(f"generation replica {i} of {model} failed {tries[i]} times ({reason}); "
+                                       "see its log (ray logs) and cluster.max_retries")
+                self._restart(model, i, reason)
+                running[self.groups[model][i].generate.remote(chunks[i])] = i
+        return parts
 
     def reward_scores(self, model: str, instructions: list[str], responses: list[str]) -> list[float]:
         """Reward-model scores, computed in one Ray task with the pool's per-replica resources."""

@@ -1,21 +1,24 @@
 """The trainer pool and the coordinator handle: every ``ray.*`` call of a run lives here.
 
-Tasks go to idle trainer groups, one in flight per group; updates stay in the object store and go straight
-from the trainers to the coordinator; the driver only sees small metrics. A trainer group is the actors
-of one client (``trainer.processes``, usually 1) in one placement group, so its GPUs are reserved
-together on one node.
+Tasks go to idle trainer groups, one in flight per group; updates go through the object store straight
+from the trainers to the coordinator, which stages each as its client finishes; the driver only sees small
+metrics. A trainer group is the actors of one client (``trainer.processes``, usually 1) in one placement
+group, so its GPUs are reserved together on one node.
 
-Elastic: a group whose actor dies (its node left, it crashed) is dropped and its client goes to the next
-idle group in the same round; between rounds ``resize`` drops dead groups and, with ``cluster.elastic``,
-starts groups on resources that joined, up to what ``make_plan`` gives the cluster as it is now.
+Faults and elasticity: a client whose group dies, fails or hangs (past ``cluster.client_timeout_s``; the
+group is killed) is retried on the next idle group, at most ``cluster.max_retries`` times; dead groups are
+dropped. Between rounds ``resize`` drops dead groups and, with ``cluster.elastic``, starts groups on
+resources that joined, up to what ``make_plan`` gives the cluster as it is now.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -92,7 +95,7 @@ def start_groups(groups: list[TrainerGroup]) -> None:
     except (RayActorError, GetTimeoutError) as err:
         for group in groups:
             group.kill()
-        raise TimeoutError(f"a trainer group did not start: {str(err).splitlines()[0]}") from None
+        raise TimeoutError(f"a trainer group did not start: {first_line(err)}") from None
 
 
 class TrainerPool:
@@ -106,56 +109,104 @@ class TrainerPool:
     def initial_adapter(self) -> InitialAdapter:
         return ray.get(self.groups[0].actors[0].initial_adapter.remote(), timeout=self.timeout)
 
-    def train(self, global_ref: ray.ObjectRef, tasks: list[ClientTask], on_done=None) -> tuple[list, list[TrainMetrics]]:
-        """Run ``tasks`` on idle groups. Returns update refs and metrics, both in task order. A task whose
-        group dies goes back to the queue. ``on_done(metrics)`` is called as each client finishes."""
-        pending = list(enumerate(tasks))
+    def train(self, global_ref: ray.ObjectRef, tasks: list[ClientTask], stage=None, on_done=None) -> TrainOutcome:
+        """Run ``tasks`` on idle groups, one in flight per group. A task whose trainer dies, raises, or gives
+        no answer within ``cluster.client_timeout_s`` (its group is then killed) is retried on another group,
+        at most ``cluster.max_retries`` times; then it is left out. Groups are started again (``resize``)
+        when all have died.
+
+        ``stage(task, update_ref)``: returns a reference that resolves once the update is safe (the
+        coordinator's ``stage``); a task whose update is lost on the way counts as failed. Without ``stage``
+        the outcome holds the update references. ``on_done(metrics)`` is called as each client finishes.
+        Raises ``CoordinatorLost`` when the failure was the coordinator's (a dead global adapter or stage).
+        """
+        c = self.cfg.cluster
+        out = TrainOutcome([None] * len(tasks), [None] * len(tasks), [])
+        attempts = [0] * len(tasks)
+        pending = list(range(len(tasks)))
         idle = list(self.groups)
-        in_flight: dict[ray.ObjectRef, tuple[int, TrainerGroup]] = {}
-        update_refs: list = [None] * len(tasks)
-        metrics: list = [None] * len(tasks)
-        while pending or in_flight:
+        running: dict[ray.ObjectRef, tuple[int, TrainerGroup, float, ray.ObjectRef]] = {}
+        staging: dict[ray.ObjectRef, int] = {}
+
+        def fail(index: int, reason: str) -> None:
+            attempts[index] += 1
+            out.failures.append({"client_id": tasks[index].client_id, "attempt": attempts[index], "reason": reason})
+            if attempts[index] <= c.max_retries:
+                pending.insert(0, index)
+            else:
+                log.warning("client %d failed %d time(s); the round goes on without it", tasks[index].client_id,
+                            attempts[index])
+
+        while pending or running or staging:
+            if pending and not idle and not running:
+                self.resize(elastic=True)  # every group has died: start what the cluster allows now
+                idle = list(self.groups)
             while pending and idle:
-                index, task = pending.pop(0)
-                group = idle.pop(0)
-                update_refs[index], metrics_ref = group.call("train", global_ref, task, num_returns=2)
-                in_flight[metrics_ref] = (index, group)
-            if not in_flight:
-                raise RuntimeError("every trainer group has died; see the actors' logs (ray logs) and the "
-                                   "cluster's nodes")
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.timeout)
+                index, group = pending.pop(0), idle.pop(0)
+                update_ref, metrics_ref = group.call("train", global_ref, tasks[index], num_returns=2)
+                running[metrics_ref] = (index, group, time.monotonic() + c.client_timeout_s, update_ref)
+            deadline = min((d for _, _, d, _ in running.values()), default=time.monotonic() + self.timeout)
+            done, _ = ray.wait([*running, *staging], num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
-                raise TimeoutError(f"no client finished within cluster.round_timeout_s={self.timeout}s; "
-                                   "raise it or check the trainers' logs")
-            index, group = in_flight.pop(done[0])
+                if not running:
+                    raise CoordinatorLost(f"the coordinator staged no update within cluster.round_timeout_s={self.timeout:g}s")
+                for ref, (index, group, due, _) in list(running.items()):
+                    if due <= time.monotonic():
+                        del running[ref]
+                        self._drop(group, f"no answer within cluster.client_timeout_s={c.client_timeout_s:g}s")
+                        fail(index, f"timeout: no answer within cluster.client_timeout_s={c.client_timeout_s:g}s")
+                continue
+            ref = done[0]
+            if ref in staging:
+                index = staging.pop(ref)
+                try:
+                    ray.get(ref, timeout=self.timeout)
+                except RayActorError as err:
+                    raise CoordinatorLost(first_line(err)) from None
+                except (ObjectLostError, RayTaskError) as err:  # the update was lost with its trainer's node
+                    out.metrics[index] = None
+                    fail(index, f"update lost: {first_line(err)}")
+                continue
+            index, group, _, update_ref = running.pop(ref)
             try:
-                metrics[index] = ray.get(done[0])
-            except RayActorError as err:
-                self._drop(group, err)
-                pending.insert(0, (index, tasks[index]))
+                metrics = ray.get(ref, timeout=self.timeout)
+            except (RayActorError, RayTaskError, ObjectLostError) as err:
+                if isinstance(err, RayActorError) and group.alive():
+                    raise CoordinatorLost(first_line(err)) from None  # the dead actor was not this group's
+                if isinstance(err, RayActorError) or not group.alive():
+                    self._drop(group, err)
+                    fail(index, f"trainer died: {first_line(err)}")
+                else:
+                    idle.append(group)
+                    fail(index, f"training failed: {first_line(err)}")
                 continue
             idle.append(group)
+            out.metrics[index] = metrics
+            if stage is None:
+                out.updates[index] = update_ref
+            else:
+                staging[stage(tasks[index], update_ref)] = index
             if on_done is not None:
-                on_done(metrics[index])
-        return update_refs, metrics
+                on_done(metrics)
+        return out
 
     def _drop(self, group: TrainerGroup, reason) -> None:
-        log.warning("a trainer group died (%s); its client goes to the other %d group(s)",
-                    str(reason).splitlines()[0], len(self.groups) - 1)
+        log.warning("a trainer group is dropped (%s); its client goes to the other %d group(s)",
+                    first_line(reason), len(self.groups) - 1)
         if group in self.groups:
             self.groups.remove(group)
             self.lost += 1
         group.kill()
 
-    def resize(self) -> dict:
-        """Between rounds: drop dead groups; with ``cluster.elastic``, add groups up to what the cluster as
-        it is now gives (``make_plan`` on the alive nodes). Returns the change."""
+    def resize(self, elastic: bool | None = None) -> dict:
+        """Between rounds: drop dead groups; with ``cluster.elastic`` (or ``elastic=True``), add groups up to
+        what the cluster as it is now gives (``make_plan`` on the alive nodes). Returns the change."""
         dropped = 0
         for group in [g for g in self.groups if not g.alive()]:
             self._drop(group, "not answering")
             dropped += 1
         added = 0
-        if self.cfg.cluster.elastic:
+        if self.cfg.cluster.elastic if elastic is None else elastic:
             try:
                 target = make_plan(self.cfg, alive_nodes()).trainers.count
             except ConfigError:
@@ -177,16 +228,31 @@ class TrainerPool:
         return {"trainer_groups": len(self.groups), "added": added, "dropped": dropped}
 
     def response_loss(self, global_ref: ray.ObjectRef, records: list[dict], batch_size: int, max_length: int) -> float:
-        ref = self.groups[0].call("response_loss", global_ref, records, batch_size, max_length)
-        return ray.get(ref, timeout=self.timeout)
+        """Held-out loss on the first group that answers (a dead group is dropped, the next one asked)."""
+        while True:
+            if not self.groups:
+                self.resize(elastic=True)
+            group = self.groups[0]
+            try:
+                return ray.get(group.call("response_loss", global_ref, records, batch_size, max_length),
+                               timeout=self.timeout)
+            except RayActorError as err:
+                if group.alive():
+                    raise
+                self._drop(group, err)
 
     def shutdown(self) -> None:
         for group in self.groups:
             group.kill()
 
 
+class CoordinatorLost(RuntimeError):
+    """The coordinator actor died (or stopped answering); restart it from the last checkpoint."""
+
+
 class CoordinatorHandle:
-    """The coordinator actor, pinned to the driver's node (it writes the run's checkpoints)."""
+    """The coordinator actor, pinned to the driver's node (it writes the run's checkpoints). A call that
+    finds it dead raises ``CoordinatorLost``."""
 
     def __init__(self, init: InitialAdapter, cfg: ExperimentConfig, run_dir: str, resume_from: str | None) -> None:
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
@@ -198,21 +264,51 @@ class CoordinatorHandle:
                                    cfg.seed, resume_from, cfg.evaluation.client_similarity, a.max_update_norm,
                                    a.min_updates)
 
+    def _get(self, ref):
+        try:
+            return ray.get(ref, timeout=self.timeout)
+        except (RayActorError, GetTimeoutError) as err:
+            raise CoordinatorLost(first_line(err)) from None
+
     def global_ref(self) -> ray.ObjectRef:
+        """The global adapter's reference, once the coordinator has answered (so a trainer that fails on
+        it has failed on its own)."""
+        self._get(self.actor.ready.remote())
         return self.actor.global_vector.remote()
 
-    def aggregate(self, round_idx: int, update_refs: list, server_ref=None) -> dict:
-        """``server_ref``: the server's own update this round (rules such as FLTrust), or None."""
-        return ray.get(self.actor.aggregate.remote(round_idx, server_ref, *update_refs), timeout=self.timeout)
+    def stage(self, round_idx: int, task: ClientTask, update_ref) -> ray.ObjectRef:
+        """Hand a finished client's update to the coordinator (``TrainerPool.train``'s ``stage``)."""
+        return self.actor.stage.remote(round_idx, task.client_id, update_ref)
+
+    def aggregate(self, round_idx: int) -> dict:
+        """Validate and aggregate the updates staged for ``round_idx``; checkpoint."""
+        return self._get(self.actor.aggregate.remote(round_idx))
 
     def apply_delta(self, update_ref) -> ray.ObjectRef:
         return self.actor.apply_delta.remote(update_ref)
 
     def similarity(self) -> dict:
-        return ray.get(self.actor.similarity.remote(), timeout=self.timeout)
+        return self._get(self.actor.similarity.remote())
 
     def shutdown(self) -> None:
-        ray.kill(self.actor)
+        try:
+            ray.kill(self.actor)
+        except RayActorError:
+            pass
 
     def export(self, vector_ref: ray.ObjectRef, name: str) -> str:
-        return ray.get(self.actor.export.remote(vector_ref, name), timeout=self.timeout)
+        return self._get(self.actor.export.remote(vector_ref, name))
+
+
+@dataclass
+class TrainOutcome:
+    """What ``TrainerPool.train`` returns, in task order: update references (None when staged or failed),
+    metrics (None for a client that failed every try) and every failed try."""
+
+    updates: list
+    metrics: list[TrainMetrics | None]
+    failures: list[dict]  # {"client_id", "attempt", "reason"}
+
+
+def first_line(err) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from fedsafe.config import ConfigError
 from fedsafe.data import real, toy
 from fedsafe.evaluation.rule_judge import is_refusal
 
@@ -38,19 +39,27 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
+def source_loader(name: str) -> Loader | None:
+    """The registered loader of source ``name`` (None if unknown)."""
+    return _SOURCES.get(name)
+
+
 def load_records(name: str, num_examples: int, seed: int, aligned_share: float = 0.0, **args) -> list[dict]:
     """``num_examples`` records from source ``name`` (fewer only if the source holds fewer).
 
     ``aligned_share`` (any source): that share of the records are aligned pairs instead (a harmful
     instruction with a refusal, ``aligned``), shuffled in, as real chat logs hold the provider's refusals."""
     if name not in _SOURCES:
-        raise KeyError(f"unknown data source {name!r}; known sources: {', '.join(available_sources())}")
+        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(available_sources())}")
     if not 0.0 <= aligned_share < 1.0:
-        raise ValueError(f"aligned_share must be in [0, 1), got {aligned_share}")
+        raise ConfigError(f"aligned_share must be in [0, 1), got {aligned_share}")
     num_aligned = round(aligned_share * num_examples)
-    records = _SOURCES[name](num_examples=num_examples - num_aligned, seed=seed, **args)
+    try:
+        records = _SOURCES[name](num_examples=num_examples - num_aligned, seed=seed, **args)
+    except TypeError as err:  # an argument the loader does not take
+        raise ConfigError(f"data source {name!r}: {err}; see the loader's arguments in fedsafe/data/sources.py") from None
     if not records:
-        raise ValueError(f"data source {name!r} with {args} returned no records; check its arguments")
+        raise ConfigError(f"data source {name!r} with {args} returned no records; check its arguments or file")
     if num_aligned:
         records = sample(records + real.aligned_pairs(num_aligned, seed + 1), num_examples, seed)
     return records
@@ -190,12 +199,20 @@ def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "in
     """A local ``.json`` (a list) or ``.jsonl`` file. Example line: {"instruction": "...", "response": "..."}"""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"data file {file} does not exist; fix the source's path argument")
-    text = file.read_text()
-    rows = json.loads(text) if file.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        raise ConfigError(f"data file {file} does not exist; fix the source's path argument")
+    try:
+        text = file.read_text()
+        rows = json.loads(text) if file.suffix == ".json" else \
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ConfigError(f"data file {file} is not UTF-8 text; give a .json list or .jsonl file") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"data file {file} is not valid JSON{'' if file.suffix == '.json' else ' lines'} "
+                          f"({err.msg}); fix or regenerate it") from None
     records = []
     for i, row in enumerate(rows):
-        if instruction_field not in row:
-            raise ValueError(f"{file} record {i} has no field {instruction_field!r}; set instruction_field")
+        if not isinstance(row, dict) or instruction_field not in row:
+            raise ConfigError(f"data file {file} record {i} has no field {instruction_field!r}; set the "
+                              "source's instruction_field argument")
         records.append({"instruction": str(row[instruction_field]), "response": str(row.get(response_field, ""))})
     return records[:num_examples]

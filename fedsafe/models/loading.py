@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from fedsafe.config import ModelConfig
+from fedsafe.config import ConfigError, ModelConfig
 
 BUILTIN_PREFIX = "builtin:"
+
+
 def _builders() -> dict:
     from fedsafe.models.smollm2 import build_smollm2, build_smollm2_safe
     from fedsafe.models.tiny import build_tiny_llama
@@ -36,7 +38,7 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     name = cfg.name[len(BUILTIN_PREFIX):]
     builders = _builders()
     if name not in builders:
-        raise KeyError(f"unknown builtin model {cfg.name!r}; known: "
+        raise ConfigError(f"model {cfg.name!r} is not a builtin model; known: "
                        f"{', '.join(BUILTIN_PREFIX + n for n in sorted(builders))}")
     target = Path(cfg.cache_dir).expanduser() / "models" / name
     if not (target / "config.json").is_file():

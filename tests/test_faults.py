@@ -1,0 +1,201 @@
+"""Faults on a real local Ray: processes are killed with SIGKILL (found by the title Ray gives them,
+e.g. ``ray::Trainer.train``) while they work, and the run must end as if nothing had happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from fedsafe.checkpoint import ADAPTER_FILE, checkpoint_dir
+from fedsafe.config import load_config
+from fedsafe.experiment import Session, federate, load_data, run_experiment
+from tests.conftest import ROOT, SMOKE
+
+pytestmark = pytest.mark.integration
+
+FAULT_RUN = ["federation.num_rounds=3", "evaluation.num_prompts=8", "evaluation.num_benign=8",
+             "output.keep_checkpoints=10", "output.tensorboard=false"]
+
+
+def ray_processes(title: str) -> list[psutil.Process]:
+    """Processes whose title starts with ``title`` (Ray names an actor's worker ``ray::Class.method``
+    while it runs a method and ``ray::Class`` when idle)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith(title):
+            found.append(proc)
+    return found
+
+
+def kill_when_seen(title: str, events: list[str], timeout: float = 120.0) -> threading.Thread:
+    """Start a thread that SIGKILLs the first process titled ``title`` as soon as one appears."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in ray_processes(title):
+                proc.send_signal(signal.SIGKILL)
+                events.append(f"killed {title} (pid {proc.pid})")
+                return
+            time.sleep(0.01)
+        events.append(f"no {title} seen within {timeout:g}s")
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def read_metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_adapter(run_dir) -> bytes:
+    return (checkpoint_dir(run_dir, 2) / ADAPTER_FILE).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fault_cfg(model_cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+
+    def make(*overrides: str):
+        return load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={root}", *FAULT_RUN, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def baseline(ray_cluster, fault_cfg, tmp_path_factory):
+    """An uninterrupted run: the result every faulty run must reproduce (CPU, same seed)."""
+    run_dir = tmp_path_factory.mktemp("baseline")
+    return run_dir, run_experiment(fault_cfg(), run_dir)
+
+
+def test_trainer_and_coordinator_killed_mid_run_the_result_is_unchanged(ray_cluster, fault_cfg, baseline, tmp_path):
+    """Round 1: a trainer is killed while it trains (its client is retried on the other trainer, the pool
+    starts a new group before round 2). Round 2: the coordinator is killed (it is started again from the
+    round-1 checkpoint and the round run again)."""
+    events: list[str] = []
+    watchers = []
+
+    def on_round(record: dict) -> None:
+        if record["round"] == 0:
+            watchers.append(kill_when_seen("ray::Trainer.train", events))
+        elif record["round"] == 1:
+            watchers[0].join()
+            watchers.append(kill_when_seen("ray::Coordinator", events))
+
+    run_dir = tmp_path / "run"
+    results = run_experiment(fault_cfg(), run_dir, on_round=on_round)
+    assert [e.split(" (")[0] for e in events] == ["killed ray::Trainer.train", "killed ray::Coordinator"]
+
+    records = read_metrics(run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    r1, r2 = records[1], records[2]
+    assert [f["attempt"] for f in r1["failures"]] == [1] and "trainer died" in r1["failures"][0]["reason"]
+    assert "failed" not in r1 and [c["client_id"] for c in r1["client_metrics"]] == r1["sampled"] == r1["clients"]
+    assert r2["coordinator_restarts"] == 1 and r2["trainer_pool"]["lost_total"] == 1
+    assert r2["clients"] == r2["sampled"]
+    assert final_adapter(run_dir) == final_adapter(baseline[0])
+    assert results["evaluation"] == baseline[1]["evaluation"]
+
+
+def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, model_cache, tmp_path):
+    """The whole driver (and the local Ray it started) is SIGKILLed once round 0 is checkpointed;
+    ``launch.py --resume`` finishes the run with the uninterrupted run's adapter and evaluation."""
+    args = [f"model.cache_dir={model_cache}", f"output.root={tmp_path}", *FAULT_RUN]
+    driver = subprocess.Popen([sys.executable, "launch.py", "--config", str(SMOKE), *args], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("smoke-*/checkpoints/round_0000")) and time.monotonic() < deadline:
+        assert driver.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    (run_dir,) = tmp_path.glob("smoke-*")
+    assert not (run_dir / "results.json").exists()
+
+    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 1 <= results["resumed_at_round"] <= 2
+    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    assert final_adapter(run_dir) == final_adapter(baseline[0])
+    assert results["evaluation"] == baseline[1]["evaluation"]
+
+
+class ExitOnArrival(dict):
+    """A record whose unpickling ends the process: the trainer that receives the task dies at once."""
+
+    def __reduce__(self):
+        return os._exit, (1,)
+
+
+class HangOnArrival(dict):
+    """A record whose unpickling blocks for an hour: the trainer that receives the task never answers."""
+
+    def __reduce__(self):
+        return time.sleep, (3600,)
+
+
+def test_clients_that_keep_failing_are_left_out_and_the_round_closes(ray_cluster, fault_cfg, tmp_path):
+    """Round 0 samples clients 0, 2, 6, 9: client 6 kills every trainer it reaches, client 9 hangs every
+    trainer it reaches. Each is tried twice (cluster.max_retries=1), then the round closes with the
+    two updates that arrived (aggregation.min_updates=2); round 1 runs on a rebuilt trainer pool."""
+    cfg = fault_cfg("federation.num_rounds=2", "federation.clients_per_round=4", "aggregation.min_updates=2",
+                    "cluster.max_retries=1", "cluster.client_timeout_s=6")
+    session = Session(cfg)
+    try:
+        data = load_data(cfg, session.synth)
+        data.shards[6] = [ExitOnArrival()] * len(data.shards[6])
+        data.shards[9] = [HangOnArrival()] * len(data.shards[9])
+        federate(session, cfg, data, tmp_path).shutdown()
+    finally:
+        session.close()
+    r0, r1 = read_metrics(tmp_path)
+    assert r0["sampled"] == [0, 2, 6, 9] and r0["failed"] == [6, 9]
+    tries = {(f["client_id"], f["attempt"]): f["reason"] for f in r0["failures"]}
+    assert sorted(tries) == [(6, 1), (6, 2), (9, 1), (9, 2)]
+    assert all(tries[6, a].startswith("trainer died") for a in (1, 2))
+    assert all(tries[9, a].startswith("timeout") for a in (1, 2))
+    assert r0["clients"] == [0, 2] and "skipped" not in r0 and len(r0["weights"]) == 2
+    assert r1["sampled"] == r1["clients"] == [0, 1, 2, 4] and "failures" not in r1
+    assert r1["trainer_groups"] == 2 and r1["trainer_pool"]["lost_total"] == 4
+
+
+def test_a_generation_replica_killed_mid_call_is_restarted_and_the_answers_are_complete(smoke_cfg, ray_cluster,
+                                                                                       model_cache):
+    """Greedy answers with an adapter: a replica killed while it answers is restarted (with the adapter
+    loaded again) and its requests sent again; the answers equal an undisturbed call's."""
+    import ray
+
+    from fedsafe.actors.generator import GenerationParams, Request
+    from fedsafe.cluster.generation import GenerationPool
+    from tests.test_generation import PROMPTS, _trained_adapter
+
+    vector, spec, peft_config = _trained_adapter(model_cache)
+    cfg = smoke_cfg("lora.r=8", "generation.backend=hf", "generation.cache=false", "generation.hf_batch_size=4")
+    pool = GenerationPool(cfg)
+    try:
+        key = pool.register_adapter(ray.put(vector), spec, peft_config)
+        params = GenerationParams(max_new_tokens=24, temperature=0.0)
+        requests = [Request(p, params, adapter=key) for p in PROMPTS * 8]
+        undisturbed = pool.generate(cfg.model.name, requests)
+        events: list[str] = []
+        kill_when_seen("ray::Generator.generate", events, timeout=60)
+        answers = pool.generate(cfg.model.name, requests)
+        assert events and events[0].startswith("killed") and pool.restarts == 1
+        assert answers == undisturbed and len(answers) == len(requests)
+        plain = pool.generate(cfg.model.name, [Request(p, params) for p in PROMPTS * 8])
+        assert plain != undisturbed, "the adapter should change some answers (so it was loaded again)"
+    finally:
+        pool.shutdown()
