@@ -17,8 +17,8 @@ from fedsafe.config import ExperimentConfig
 from fedsafe.training.lora import AdapterSpec
 from tests.conftest import ROOT
 
-UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("torch", "load"), ("cloudpickle", "load"),
-              ("cloudpickle", "loads"), ("joblib", "load"), ("dill", "load"), ("dill", "loads"), ("pickle", "Unpickler")}
+UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("torch", "load"),
+              ("cloudpickle", "load"), ("cloudpickle", "loads"), ("joblib", "load"), ("dill", "load"), ("dill", "loads")}
 
 
 def package_sources() -> list:

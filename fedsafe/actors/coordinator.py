@@ -76,7 +76,8 @@ class Coordinator:
         state.update({f"history.{cid}": v for cid, v in self.history.items()})
         return state
 
-    def aggregate_updates(self, round_idx: int, server_update: ClientUpdate | None, updates: list[ClientUpdate]) -> dict:
+    def aggregate_updates(self, round_idx: int, server_update: ClientUpdate | None,
+                          updates: list[ClientUpdate]) -> dict:
         """Validate the updates, apply the rule to the accepted deltas (ordered by client id), the server
         optimizer, then checkpoint. Rejected updates are reported with their reasons; with fewer than
         ``min_updates`` accepted the global adapter stays as it was (the round is still checkpointed)."""

@@ -8,8 +8,9 @@ A model's replicas start on its first request and live until ``shutdown``. The f
 served with LoRA enabled (every registered adapter is loaded into each of its replicas); the off-the-shelf
 generator and judge models are plain. Requests are split into contiguous chunks, one per replica, and the
 answers come back in request order. A replica that dies or hangs is started again in its reserved slot
-(adapters loaded again) and its unfinished chunk sent again. Calls are cached on disk by a hash of (model, backend, adapter,
-prompts, templates, sampling parameters), so a second run with the same inputs reuses the answers.
+(adapters loaded again) and its unfinished chunk sent again. Calls are cached on disk by a hash of (model,
+backend, adapter, prompts, templates, sampling parameters), so a second run with the same inputs reuses
+the answers.
 """
 
 from __future__ import annotations

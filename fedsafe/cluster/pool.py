@@ -149,7 +149,8 @@ class TrainerPool:
             done, _ = ray.wait([*running, *staging], num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not done:
                 if not running:
-                    raise CoordinatorLost(f"the coordinator staged no update within cluster.round_timeout_s={self.timeout:g}s")
+                    raise CoordinatorLost(f"the coordinator staged no update within "
+                                          f"cluster.round_timeout_s={self.timeout:g}s")
                 for ref, (index, group, due, _) in list(running.items()):
                     if due <= time.monotonic():
                         del running[ref]

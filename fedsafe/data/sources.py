@@ -57,7 +57,8 @@ def load_records(name: str, num_examples: int, seed: int, aligned_share: float =
     try:
         records = _SOURCES[name](num_examples=num_examples - num_aligned, seed=seed, **args)
     except TypeError as err:  # an argument the loader does not take
-        raise ConfigError(f"data source {name!r}: {err}; see the loader's arguments in fedsafe/data/sources.py") from None
+        raise ConfigError(f"data source {name!r}: {err}; see the loader's arguments in "
+                          "fedsafe/data/sources.py") from None
     if not records:
         raise ConfigError(f"data source {name!r} with {args} returned no records; check its arguments or file")
     if num_aligned:
