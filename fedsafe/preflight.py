@@ -7,6 +7,7 @@ the config names, every model folder, and what the CPU vLLM backend can serve. E
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from pathlib import Path
@@ -74,17 +75,18 @@ def looks_local(name: str) -> bool:
 
 
 def check_models(cfg: ExperimentConfig) -> None:
-    from fedsafe.models.loading import BUILTIN_PREFIX, _builders, resolve_model_path
+    from fedsafe.models.loading import BUILTIN_PREFIX, builtin_name, resolve_model_path
 
     cpu_vllm = cfg.generation.backend == "vllm" and cfg.generation.gpus_per_replica == 0
     for field, name, served in model_fields(cfg):
         if name.startswith(BUILTIN_PREFIX):
-            if name[len(BUILTIN_PREFIX):] not in _builders():
-                raise ConfigError(f"{field}: {name!r} is not a builtin model; known: "
-                                  f"{', '.join(BUILTIN_PREFIX + n for n in sorted(_builders()))}")
+            try:
+                builtin_name(name)
+            except ConfigError as err:
+                raise ConfigError(f"{field}: {err}") from None
             if not (served and cpu_vllm):
                 continue
-            folder = Path(resolve_model_path(_model_cfg(cfg, name)))
+            folder = Path(resolve_model_path(dataclasses.replace(cfg.model, name=name)))
         elif looks_local(name):
             folder = Path(name).expanduser()
             if not folder.is_dir():
@@ -101,12 +103,6 @@ def check_models(cfg: ExperimentConfig) -> None:
             if head is not None and head not in VLLM_CPU_HEAD_SIZES:
                 raise ConfigError(f"{field}: {name} has attention head size {head}, which vLLM on CPUs cannot run "
                                   f"(it runs {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}); set generation.backend=hf")
-
-
-def _model_cfg(cfg: ExperimentConfig, name: str):
-    import dataclasses
-
-    return dataclasses.replace(cfg.model, name=name)
 
 
 def head_size(config_file: Path) -> int | None:

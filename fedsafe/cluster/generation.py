@@ -30,6 +30,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.generator import Generator, Request, adapter_key
 from fedsafe.cluster.plan import bundle, generation_models
+from fedsafe.cluster.runtime import first_line
 from fedsafe.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class GenerationPool:
                 try:
                     parts[i] = ray.get(done[0], timeout=self.timeout)
                 except RayActorError as err:
-                    failed = [(i, str(err).strip().splitlines()[0])]
+                    failed = [(i, first_line(err))]
             for i, reason in failed:
                 tries[i] += 1
                 if tries[i] > self.cfg.cluster.max_retries:

@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from fedsafe.actors.coordinator import Coordinator
 from fedsafe.actors.trainer import InitialAdapter, Trainer
 from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
-from fedsafe.cluster.runtime import alive_nodes
+from fedsafe.cluster.runtime import alive_nodes, first_line
 from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.updates import ClientTask, TrainMetrics
 
@@ -309,7 +309,3 @@ class TrainOutcome:
     updates: list
     metrics: list[TrainMetrics | None]
     failures: list[dict]  # {"client_id", "attempt", "reason"}
-
-
-def first_line(err) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -66,3 +66,9 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def first_line(err) -> str:
+    """An exception (or reason) in one line, for logs and round records."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

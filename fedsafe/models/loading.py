@@ -28,6 +28,15 @@ def _builders() -> dict:
             "smollm2-135m-instruct-safe": build_smollm2_safe}
 
 
+def builtin_name(model: str) -> str:
+    """``builtin:tiny-llama`` -> ``tiny-llama``; ConfigError naming the known ones if there is no such model."""
+    name = model[len(BUILTIN_PREFIX):]
+    if name not in _builders():
+        raise ConfigError(f"model {model!r} is not a builtin model; known: "
+                          f"{', '.join(BUILTIN_PREFIX + n for n in sorted(_builders()))}")
+    return name
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,11 +44,8 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     """A path or hub id that ``from_pretrained`` accepts; builds a builtin model first if needed."""
     if not cfg.name.startswith(BUILTIN_PREFIX):
         return cfg.name
-    name = cfg.name[len(BUILTIN_PREFIX):]
+    name = builtin_name(cfg.name)
     builders = _builders()
-    if name not in builders:
-        raise ConfigError(f"model {cfg.name!r} is not a builtin model; known: "
-                       f"{', '.join(BUILTIN_PREFIX + n for n in sorted(builders))}")
     target = Path(cfg.cache_dir).expanduser() / "models" / name
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
