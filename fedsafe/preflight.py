@@ -8,7 +8,6 @@ the config names, every model folder, and what the CPU vLLM backend can serve. E
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from pathlib import Path
 
@@ -37,26 +36,17 @@ def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict]]:
 
 def check_data(cfg: ExperimentConfig) -> None:
     from fedsafe.data.generated import GENERATED_SOURCES
-    from fedsafe.data.sources import available_sources, load_records, source_loader
+    from fedsafe.data.sources import check_source, load_records
 
     for field, name, args in data_fields(cfg):
         if name in GENERATED_SOURCES:
             continue
-        loader = source_loader(name)
-        if loader is None:
-            raise ConfigError(f"{field}: unknown data source {name!r}; known: "
-                              f"{', '.join(available_sources() + list(GENERATED_SOURCES))}")
-        loader_args = {k: v for k, v in args.items() if k != "aligned_share"}
         try:
-            inspect.signature(loader).bind(num_examples=1, seed=0, **loader_args)
-        except TypeError as err:
-            raise ConfigError(f"{field}_args for source {name!r}: {err}; see its loader in "
-                              "fedsafe/data/sources.py") from None
-        if name in LOCAL_FILE_SOURCES:
-            try:
+            check_source(name, {k: v for k, v in args.items() if k != "aligned_share"})
+            if name in LOCAL_FILE_SOURCES:
                 load_records(name, 1, 0, **args)
-            except ConfigError as err:
-                raise ConfigError(f"{field}: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{field}: {err}") from None
 
 
 def model_fields(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:

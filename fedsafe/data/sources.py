@@ -12,6 +12,7 @@ Each loader's docstring shows one record.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from pathlib import Path
@@ -39,9 +40,16 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def source_loader(name: str) -> Loader | None:
-    """The registered loader of source ``name`` (None if unknown)."""
-    return _SOURCES.get(name)
+def check_source(name: str, args: dict) -> Loader:
+    """The loader of source ``name``, once ``args`` fit its arguments; ConfigError says what is wrong."""
+    if name not in _SOURCES:
+        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(available_sources())}")
+    try:
+        inspect.signature(_SOURCES[name]).bind(num_examples=1, seed=0, **args)
+    except TypeError as err:
+        raise ConfigError(f"data source {name!r}: {err}; see its loader's arguments in "
+                          "fedsafe/data/sources.py") from None
+    return _SOURCES[name]
 
 
 def load_records(name: str, num_examples: int, seed: int, aligned_share: float = 0.0, **args) -> list[dict]:
@@ -49,16 +57,11 @@ def load_records(name: str, num_examples: int, seed: int, aligned_share: float =
 
     ``aligned_share`` (any source): that share of the records are aligned pairs instead (a harmful
     instruction with a refusal, ``aligned``), shuffled in, as real chat logs hold the provider's refusals."""
-    if name not in _SOURCES:
-        raise ConfigError(f"unknown data source {name!r}; known sources: {', '.join(available_sources())}")
+    loader = check_source(name, args)
     if not 0.0 <= aligned_share < 1.0:
         raise ConfigError(f"aligned_share must be in [0, 1), got {aligned_share}")
     num_aligned = round(aligned_share * num_examples)
-    try:
-        records = _SOURCES[name](num_examples=num_examples - num_aligned, seed=seed, **args)
-    except TypeError as err:  # an argument the loader does not take
-        raise ConfigError(f"data source {name!r}: {err}; see the loader's arguments in "
-                          "fedsafe/data/sources.py") from None
+    records = loader(num_examples=num_examples - num_aligned, seed=seed, **args)
     if not records:
         raise ConfigError(f"data source {name!r} with {args} returned no records; check its arguments or file")
     if num_aligned:
