@@ -1,6 +1,6 @@
 """Runs on Ray's local multi-node test cluster, each in its own process (a driver can join one Ray only,
-and the other integration tests share one): ``python -m tests.cluster_scenarios elastic OUT_DIR MODEL_CACHE``
-prints one JSON line with what the run showed."""
+and the other integration tests share one): ``python -m tests.cluster_scenarios NAME OUT_DIR MODEL_CACHE``
+(NAME: elastic, lost_update) prints one JSON line with what the run showed."""
 
 from __future__ import annotations
 
@@ -57,6 +57,53 @@ def elastic(out: Path, model_cache: str) -> dict:
     }
 
 
+def lost_update(out: Path, model_cache: str) -> dict:
+    """One round on a 2-CPU head (the generation slot and 1 trainer group) and a 2-CPU worker (2 groups).
+    The moment the first update that lives in the worker's object store is handed to the coordinator, the
+    worker node is removed without warning: that update is lost on its way (LoRA r=16: 136 KB, above
+    Ray's 100 KiB inline limit, so it sits in the worker's store), and the worker's other client dies
+    mid-training."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from fedsafe.cluster.pool import CoordinatorHandle
+    from fedsafe.cluster.runtime import WORKER_ENV
+    from fedsafe.config import load_config
+    from fedsafe.data.federation import sample_clients
+    from fedsafe.experiment import Session, client_task, load_data
+    from tests.conftest import SMOKE
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    ray.init(address=cluster.address, runtime_env={"env_vars": WORKER_ENV}, logging_level="ERROR")
+    cfg = load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={out}", "output.tensorboard=false",
+                              "lora.r=16", "lora.alpha=32", "cluster.round_timeout_s=300"])
+    session = Session(cfg)
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    grown = session.pool.resize()
+    data = load_data(cfg, session.synth)
+    coordinator = CoordinatorHandle(session.init, cfg, str(out), None)
+    sampled = sample_clients(len(data.clients), cfg.federation.clients_per_round, 0)
+    tasks = [client_task(cfg, data.clients[c], data.shards[c], 0) for c in sampled]
+    events: list[str] = []
+
+    def stage(task, update_ref):
+        if not events:
+            nodes = ray.experimental.get_object_locations([update_ref])[update_ref]["node_ids"]
+            if worker.node_id in nodes:
+                cluster.remove_node(worker, allow_graceful=False)
+                events.append(f"removed the worker node holding client {task.client_id}'s update")
+        return coordinator.stage(0, task, update_ref)
+
+    outcome = session.pool.train(coordinator.global_ref(), tasks, stage=stage)
+    summary = coordinator.aggregate(0)
+    session.close()
+    ray.shutdown()
+    cluster.shutdown()
+    return {"groups_after_join": grown["trainer_groups"], "events": events, "sampled": sampled,
+            "failures": outcome.failures, "aggregated": summary["clients"]}
+
+
 if __name__ == "__main__":
     name, out, cache = sys.argv[1:4]
-    print(json.dumps({"elastic": elastic}[name](Path(out), cache)))
+    print(json.dumps({"elastic": elastic, "lost_update": lost_update}[name](Path(out), cache)))

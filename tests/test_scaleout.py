@@ -102,6 +102,19 @@ def test_elastic_pool_follows_nodes_joining_and_leaving(tmp_path, model_cache):
     assert 0 <= shown["final_rule"] <= 100
 
 
+@pytest.mark.integration
+def test_an_update_lost_with_its_node_is_trained_again(tmp_path, model_cache):
+    """The worker node holding a finished client's update (in its object store) is removed as the update is
+    handed to the coordinator: the update is lost on its way, the client is trained again elsewhere, and
+    the round aggregates every sampled client."""
+    shown = run_scenario("lost_update", tmp_path, model_cache)
+    assert shown["groups_after_join"] == 3 and len(shown["events"]) == 1, shown
+    lost = [f for f in shown["failures"] if f["reason"].startswith("update lost")]
+    assert len(lost) == 1, shown
+    assert f"client {lost[0]['client_id']}'s update" in shown["events"][0], shown
+    assert shown["aggregated"] == sorted(shown["sampled"]), shown
+
+
 def free_port() -> int:
     import socket
 

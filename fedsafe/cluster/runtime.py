@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from fedsafe.config import ClusterConfig
 
@@ -68,7 +69,11 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def first_line(err) -> str:
-    """An exception (or reason) in one line, for logs and round records."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def first_line(reason) -> str:
+    """A reason (text or exception) in one line, for logs and round records; an exception as its type and
+    first line (a failed task's by its cause), without terminal colours."""
+    if not isinstance(reason, BaseException):
+        return str(reason).strip().splitlines()[0]
+    err = getattr(reason, "cause", None) or reason
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
