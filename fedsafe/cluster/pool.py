@@ -151,11 +151,12 @@ class TrainerPool:
                 if not running:
                     raise CoordinatorLost(f"the coordinator staged no update within "
                                           f"cluster.round_timeout_s={self.timeout:g}s")
+                silent = f"no answer within cluster.client_timeout_s={c.client_timeout_s:g}s"
                 for ref, (index, group, due, _) in list(running.items()):
                     if due <= time.monotonic():
                         del running[ref]
-                        self._drop(group, f"no answer within cluster.client_timeout_s={c.client_timeout_s:g}s")
-                        fail(index, f"timeout: no answer within cluster.client_timeout_s={c.client_timeout_s:g}s")
+                        self._drop(group, silent)
+                        fail(index, f"timeout: {silent}")
                 continue
             ref = done[0]
             if ref in staging:
@@ -172,14 +173,15 @@ class TrainerPool:
             try:
                 metrics = ray.get(ref, timeout=self.timeout)
             except (RayActorError, RayTaskError, ObjectLostError) as err:
-                if isinstance(err, RayActorError) and group.alive():
+                alive = group.alive()
+                if alive and isinstance(err, RayActorError):
                     raise CoordinatorLost(first_line(err)) from None  # the dead actor was not this group's
-                if isinstance(err, RayActorError) or not group.alive():
-                    self._drop(group, err)
-                    fail(index, f"trainer died: {first_line(err)}")
-                else:
+                if alive:
                     idle.append(group)
                     fail(index, f"training failed: {first_line(err)}")
+                else:
+                    self._drop(group, err)
+                    fail(index, f"trainer died: {first_line(err)}")
                 continue
             idle.append(group)
             out.metrics[index] = metrics
