@@ -70,12 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
                 print("plan (local Ray):\n" + make_plan(cfg, local).describe())
-            if cfg.arms:
-                from fedsafe.matrix import describe_arms
+            from fedsafe.matrix import describe_arms
 
-                print(describe_arms(cfg))
+            print(describe_arms(cfg))
             return 0
-        from fedsafe.experiment import run_experiment
+        from fedsafe.matrix import run_experiment
         from fedsafe.preflight import check_inputs
         from fedsafe.run_dir import create_run_dir
 

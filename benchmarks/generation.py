@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsafe.actors.generator import Generator, Request  # noqa: E402
+from fedsafe.actors.generator import Generator  # noqa: E402
 from fedsafe.config import GenerationConfig, LoRAConfig, ModelConfig  # noqa: E402
 from fedsafe.data.sources import load_records  # noqa: E402
-from fedsafe.evaluation.generation import GenerationParams  # noqa: E402
+from fedsafe.requests import GenerationParams, Request  # noqa: E402
 
 
 def random_adapter(model: ModelConfig, lora: LoRAConfig):

@@ -20,16 +20,13 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedsafe.aggregation.server_opt import ServerOptConfig
+from fedsafe.errors import ConfigError
+from fedsafe.errors import check as _check
+
+__all__ = ["ConfigError", "ExperimentConfig", "ServerOptConfig", "load_config", "from_yaml_text", "to_yaml"]
+
 ROLES = ("benign", "malicious")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range; the message names the key."""
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -62,7 +59,8 @@ class LoRAConfig:
 
 @dataclass
 class ClientGroupConfig:
-    """A group of clients sharing a data source and a role (PAPER.md §2: 7 benign, then 3 malicious)."""
+    """A group of clients sharing a data source and a role (docs/method.md#federated-setup: 7 benign, then
+    3 malicious). The attack may write a malicious group's data instead of its source (``attack.name``)."""
 
     name: str = "benign"
     role: str = "benign"
@@ -91,7 +89,8 @@ class FederationConfig:
 
 @dataclass
 class TrainConfig:
-    """Local SFT of each sampled client (PAPER.md §2): fresh AdamW per round, lr cosine over rounds."""
+    """Local SFT of each sampled client (docs/method.md#federated-setup): fresh AdamW per round, lr cosine
+    over rounds."""
 
     lr: float = 5e-5
     min_lr: float = 1e-6
@@ -157,34 +156,13 @@ class TrainerConfig:
         return self.gpus_per_client / self.processes
 
 
-SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
-
-
-@dataclass
-class ServerOptConfig:
-    """Server optimizer after the rule (``fedsafe.aggregation.server_opt``): lr, FedAvgM's momentum,
-    the adaptive ones' beta1, beta2 and tau."""
-
-    name: str = "none"
-    lr: float = 1.0
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check(self.name in SERVER_OPTIMIZERS,
-               f"aggregation.server_opt.name must be one of {SERVER_OPTIMIZERS}, got {self.name!r}")
-        _check(self.lr > 0, f"aggregation.server_opt.lr must be > 0, got {self.lr}")
-        _check(self.tau > 0, f"aggregation.server_opt.tau must be > 0, got {self.tau}")
-
-
 @dataclass
 class AggregationConfig:
     """Server rule by registered name (``fedsafe.aggregation``), its keyword parameters, and the server
     optimizer applied after it (``server_opt``).
 
-    ``num_malicious``: the f the rule is told; -1 = PAPER.md §5's round(clients_per_round * malicious / K).
+    ``num_malicious``: the f the rule is told; -1 = round(clients_per_round * malicious / K), as in
+    docs/method.md#aggregation-rules.
     ``root_dataset``: the server's root data (rules that need a server update, such as FLTrust).
     ``max_update_norm``: the coordinator rejects an update whose L2 norm exceeds it (0 = no bound); updates
     with NaN/Inf or the wrong shape are always rejected. ``min_updates``: a round whose accepted updates
@@ -216,27 +194,34 @@ class AggregationConfig:
 
 @dataclass
 class AttackConfig:
-    """Hook applied to malicious clients (``fedsafe.attack``). Data poisoning is in the groups' data."""
+    """The attack of the malicious clients (``fedsafe.attack``, docs/method.md#threat-model), by registered
+    name, with its parameters: ``data_poisoning`` (their group's data source), ``maliciousgen`` (data written
+    by the generation pool; params: instructions, seeds, filter, sampling), ``scale_update`` (factor)."""
 
     name: str = "data_poisoning"
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from fedsafe.attack import available_attacks
+        from fedsafe.attack import build_attack
 
-        _check(self.name in available_attacks(),
-               f"attack.name must be one of {available_attacks()}, got {self.name!r}")
+        build_attack(self.name, **self.params)  # unknown names and bad parameters raise ConfigError
 
 
 @dataclass
 class DefenseConfig:
-    """Post-hoc server defense after the last round (``fedsafe.defense``, PAPER.md §4)."""
+    """The server's defense (``fedsafe.defense``, docs/method.md#defenses), by registered name.
+
+    ``posthoc_sft``: after the last round the server fine-tunes the global adapter on ``num_examples``
+    defense records for ``steps`` steps. ``level`` says what that data relies on (``DefenseLevel``): 1 the
+    public set ``dataset`` (with ``dataset_args``), 2 DefenseGen by the off-the-shelf model, 3 DefenseGen by
+    the aggregated model; ``synthesis`` holds DefenseGen's settings (instructions, normal, filter, sampling).
+    """
 
     name: str = "none"
+    level: int = 1
     dataset: str = "toy_defense"
     dataset_args: dict[str, Any] = field(default_factory=dict)
-    level1_dataset: str = "sharegpt_defense"  # arms with defense_level 1 train on this public set
-    level1_dataset_args: dict[str, Any] = field(default_factory=dict)
+    synthesis: dict[str, Any] = field(default_factory=dict)
     num_examples: int = 1000
     steps: int = 500
     batch_size: int = 16
@@ -244,13 +229,15 @@ class DefenseConfig:
     min_lr: float = 1e-6
 
     def __post_init__(self) -> None:
-        from fedsafe.defense import available_defenses
+        from fedsafe.defense import DefenseLevel, build_defense
 
-        _check(self.name in available_defenses(),
-               f"defense.name must be one of {available_defenses()}, got {self.name!r}")
+        _check(self.level in {int(v) for v in DefenseLevel},
+               f"defense.level must be 1 (public set), 2 (off-the-shelf model) or 3 (the aggregated model), "
+               f"got {self.level}")
         _check(self.steps >= 1, f"defense.steps must be >= 1, got {self.steps}")
         _check(self.num_examples >= 1, f"defense.num_examples must be >= 1, got {self.num_examples}")
         _check(0 <= self.min_lr <= self.lr, f"defense.min_lr must be in [0, defense.lr], got {self.min_lr}")
+        build_defense(self)  # unknown names and bad synthesis settings raise ConfigError
 
 
 GENERATION_BACKENDS = ("vllm", "hf")
@@ -260,7 +247,8 @@ GENERATION_BACKENDS = ("vllm", "hf")
 class GenerationConfig:
     """The generation and judging pool (``fedsafe.cluster.generation``): replicas per model, started on
     first use. ``model``: the off-the-shelf LLM that synthesizes attack data and Level-2 defense data
-    (PAPER.md §3-4; "" = the base model). ``dtype`` auto: bfloat16 on GPUs, float32 on CPUs.
+    (docs/method.md#maliciousgen-and-defensegen; "" = the base model). ``dtype`` auto: bfloat16 on GPUs,
+    float32 on CPUs.
     ``gpus_per_replica``: a share of one GPU, or a whole number > 1 = vLLM's tensor-parallel size.
     ``cache``: reuse generations across runs, keyed by a hash of (model, adapter, prompts, sampling),
     under ``<output.root>/cache/generations``."""
@@ -306,7 +294,7 @@ HELPFULNESS_JUDGES = ("none", "pool", "endpoint")
 
 @dataclass
 class EvaluationConfig:
-    """Safety and helpfulness of the global model (PAPER.md §6).
+    """Safety and helpfulness of the global model (docs/method.md#metrics).
 
     ``every_n_rounds``: also evaluate the global model every n rounds, on the first ``round_num_prompts``
     harmful prompts (0 = the whole evaluation). ``client_similarity``: the coordinator keeps each client's
@@ -419,8 +407,8 @@ class ArmConfig:
 
     ``attack`` False: the malicious groups sit out (the federation is the benign clients alone). ``rule``
     and ``rule_params``: the aggregation rule ("" = aggregation.rule and its params). ``defense_level``:
-    0 none; 1, 2, 3 post-hoc SFT (PAPER.md §4) on ``defense.level1_dataset`` (1) or on ``defensegen``
-    data by the off-the-shelf model (2) or by the aggregated model (3), with ``defense``'s other settings.
+    0 no defense; 1, 2, 3 the post-hoc fine-tune (``defense.name=posthoc_sft``) with ``defense.level`` set
+    to it (``DefenseLevel``) and ``defense``'s other settings.
     """
 
     name: str = ""
@@ -476,12 +464,17 @@ class ExperimentConfig:
         return sum(g.count for g in self.clients)
 
     @property
+    def num_malicious(self) -> int:
+        """Malicious clients in the federation (the groups of role malicious)."""
+        return sum(g.count for g in self.clients if g.role == "malicious")
+
+    @property
     def expected_malicious(self) -> int:
-        """The f aggregation rules are told: configured, or round(s * malicious / K) (PAPER.md §5)."""
+        """The f aggregation rules are told: configured, or round(s * malicious / K)
+        (docs/method.md#aggregation-rules)."""
         if self.aggregation.num_malicious >= 0:
             return self.aggregation.num_malicious
-        malicious = sum(g.count for g in self.clients if g.role == "malicious")
-        return round(self.federation.clients_per_round * malicious / self.num_clients)
+        return round(self.federation.clients_per_round * self.num_malicious / self.num_clients)
 
     def _check_rule_fits(self) -> None:
         """Run the rule once on random updates of this run's shape: its assumptions (Krum: n >= 2f + 3)

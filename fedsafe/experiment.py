@@ -1,9 +1,14 @@
-"""The federated round loop, every phase in order (STYLE habit 3).
+"""The federated loop of one arm, every phase in order (docs/method.md describes what it simulates).
 
-    setup     load data, shard it over the clients, start/join Ray, start trainers and the coordinator
-    rounds    sample clients -> trainers train from the global adapter -> coordinator aggregates + checkpoints
-    defense   optional post-hoc fine-tune of the global adapter on the server's data (PAPER.md §4)
-    evaluate  answers to harmful prompts, rule judge (PAPER.md §6); results.json and report.md
+    setup     data loaded (a malicious group's through the attack's ``make_data``), sharded over the
+              clients; the defense by name, its ``before_training``
+    rounds    sample clients -> trainers train from the global adapter -> coordinator aggregates and
+              checkpoints -> the defense's ``on_round``
+    defense   the defense's ``after_training`` (the post-hoc fine-tune) gives the adapter to evaluate
+    evaluate  the final adapter saved as a PEFT folder, every configured metric, ``result.json``
+
+``run_arm`` runs that for one config; ``fedsafe.matrix`` calls it once per arm (a config without arms is
+a matrix of one arm, or two with a defense: the undefended and the defended model).
 
     python launch.py --config configs/smoke.yaml
 """
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fedsafe.attack import AttackContext, build_attack
 from fedsafe.checkpoint import latest_checkpoint, load_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
@@ -25,13 +31,14 @@ from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, TrainerPool
 from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.data.federation import ClientSpec, build_clients, make_shards, round_subset, sample_clients
 from fedsafe.data.sources import load_records
+from fedsafe.data.synthesis import Synthesizer
 from fedsafe.data.text import find_overlap
-from fedsafe.defense.posthoc import posthoc_task
-from fedsafe.data.generated import Synthesizer, defense_level
-from fedsafe.evaluation.metrics import EvalInputs, evaluate_model, judge_model_name
-from fedsafe.models.loading import resolve_model_path
-from fedsafe.run_dir import MetricsLog, write_results
-from fedsafe.seeding import derive_seed
+from fedsafe.defense import Defense, ServerContext, build_defense
+from fedsafe.defense.base import NoDefense
+from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, judge_model_name
+from fedsafe.models.builtin import resolve_model_path
+from fedsafe.run_dir import MetricsLog
+from fedsafe.seeding import Salt, derive_seed
 from fedsafe.training.sft import cosine_lr
 from fedsafe.updates import SERVER_ID, ClientTask
 
@@ -42,7 +49,6 @@ class FederatedData:
     shards: dict[int, list[dict]]  # client id -> its records
     eval: EvalInputs  # harmful evaluation prompts, held-out benign pairs
     root: list[dict]  # the server's root data (rules needing a server update), else empty
-    defense: list[dict]  # the server's defense data (Levels 1-2), else empty (none, or Level 3: made later)
     synthesis: dict = field(default_factory=dict)  # generated data set -> counts before/after the judge filter
 
 
@@ -50,8 +56,8 @@ SERVER = ClientSpec(client_id=SERVER_ID, group="server", role="server", index_in
 
 
 def check_held_out(data: FederatedData, extra: list[dict] = ()) -> None:
-    """No evaluation prompt (harmful or benign) may occur in client, root or defense data."""
-    training = [r for shard in data.shards.values() for r in shard] + data.root + data.defense + list(extra)
+    """No evaluation prompt (harmful or benign) may occur in client, root or defense data (``extra``)."""
+    training = [r for shard in data.shards.values() for r in shard] + data.root + list(extra)
     overlap = find_overlap(data.eval.prompts, (r["instruction"] for r in training))
     if overlap:
         raise ConfigError(f"{len(overlap)} evaluation prompt(s) also occur in client, root or defense data, e.g. "
@@ -60,13 +66,15 @@ def check_held_out(data: FederatedData, extra: list[dict] = ()) -> None:
 
 
 def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> FederatedData:
-    """Evaluation prompts; each group's data set (loaded, or generated through ``synth``), cut into iid
-    shards of ``examples_per_client``; the server's root and defense data."""
+    """Evaluation prompts; each group's data (a malicious group's from the attack's ``make_data`` when the
+    attack writes it, with ``synth``; else loaded from the group's source), cut into iid shards of
+    ``examples_per_client``; the server's root data."""
     ev, a = cfg.evaluation, cfg.aggregation
+    attack = build_attack(cfg.attack.name, **cfg.attack.params)
     harmful = [r["instruction"] for r in load_records(ev.prompts, ev.num_prompts, cfg.seed, **ev.prompts_args)]
-    benign = load_records(ev.benign_prompts, ev.num_benign, derive_seed(cfg.seed, 31), **ev.benign_prompts_args) \
-        if ev.benign_prompts else []
-    held_out = EvalInputs(harmful, benign).prompts
+    benign = load_records(ev.benign_prompts, ev.num_benign, derive_seed(cfg.seed, Salt.BENIGN_PROMPTS),
+                          **ev.benign_prompts_args) if ev.benign_prompts else []
+    inputs = EvalInputs(harmful, benign)
     per_client = cfg.federation.examples_per_client
     clients = build_clients([(g.name, g.role, g.count) for g in cfg.clients])
     shards: dict[int, list[dict]] = {}
@@ -75,43 +83,20 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
         if group.count == 0:
             continue
         seed = derive_seed(cfg.seed, group_index)
-        if group.dataset == "maliciousgen":
-            records, synthesis[f"clients.{group.name}"] = _synth(synth).attack(
-                group.count * per_client, seed, held_out, dict(group.dataset_args))
-        else:
+        made = attack.make_data(AttackContext(synth, inputs.prompts), group.count * per_client, seed) \
+            if group.role == "malicious" else None
+        if made is None:
             records = load_records(group.dataset, group.count * per_client, seed, **group.dataset_args)
+        else:
+            records, synthesis[f"clients.{group.name}"] = made
         members = [c for c in clients if c.group == group.name]
         for client, shard in zip(members, make_shards(len(records), len(members), per_client, seed)):
             shards[client.client_id] = [records[i] for i in shard]
-    root = load_records(a.root_dataset, a.root_examples, derive_seed(cfg.seed, 7727), **a.root_dataset_args) \
-        if a.root_dataset else []
-    defense, defense_synthesis = server_defense_data(cfg, synth, held_out)
-    if defense_synthesis:
-        synthesis["defense"] = defense_synthesis
-    data = FederatedData(clients, shards, EvalInputs(harmful, benign), root, defense, synthesis)
+    root = load_records(a.root_dataset, a.root_examples, derive_seed(cfg.seed, Salt.ROOT_DATA),
+                        **a.root_dataset_args) if a.root_dataset else []
+    data = FederatedData(clients, shards, inputs, root, synthesis)
     check_held_out(data)
     return data
-
-
-def server_defense_data(cfg: ExperimentConfig, synth: Synthesizer | None, held_out: list[str]) -> tuple[list, dict]:
-    """The server's defense data known before training: Level 1 (a public set) or Level 2 (generated by the
-    off-the-shelf model); [] for no defense and for Level 3 (made after the rounds). Returns (records,
-    synthesis counts or {})."""
-    d = cfg.defense
-    level = defense_level(d.dataset, dict(d.dataset_args)) if d.name != "none" else 0
-    seed = derive_seed(cfg.seed, 104729)
-    if level == 2:
-        return _synth(synth).defense(d.num_examples, seed, held_out, dict(d.dataset_args))
-    if level == 1:
-        return load_records(d.dataset, d.num_examples, seed, **d.dataset_args), {}
-    return [], {}
-
-
-def _synth(synth: Synthesizer | None) -> Synthesizer:
-    if synth is None:
-        raise ConfigError("generated data sets (maliciousgen, defensegen) need the generation pool; "
-                          "call load_data with a Synthesizer")
-    return synth
 
 
 def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int) -> ClientTask:
@@ -147,12 +132,20 @@ class Session:
         self.pool = TrainerPool(self.plan, cfg)
         self.init = self.pool.initial_adapter()
 
+    def register_adapter(self, vector_ref) -> str:
+        return self.generation.register_adapter(vector_ref, self.init.spec, self.init.peft_config)
+
+    def server_context(self, cfg: ExperimentConfig, data: FederatedData) -> ServerContext:
+        return ServerContext(seed=cfg.seed, max_length=cfg.train.max_length, held_out=data.eval.prompts,
+                             synthesizer=self.synth, train=self.pool.train_server,
+                             register_adapter=self.register_adapter,
+                             check_data=lambda records: check_held_out(data, records))
+
     def evaluate(self, cfg: ExperimentConfig, inputs: EvalInputs, vector_ref, out_dir: Path, name: str) -> dict:
         """Every configured metric of the base model plus the adapter ``vector_ref``."""
-        adapter = self.generation.register_adapter(vector_ref, self.init.spec, self.init.peft_config)
         loss = lambda records: self.pool.response_loss(vector_ref, records, cfg.train.batch_size,  # noqa: E731
                                                        cfg.train.max_length)
-        return evaluate_model(cfg, self.generation, adapter, inputs, out_dir, name, loss)
+        return evaluate_model(cfg, self.generation, self.register_adapter(vector_ref), inputs, out_dir, name, loss)
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -166,15 +159,19 @@ def round_inputs(cfg: ExperimentConfig, inputs: EvalInputs) -> EvalInputs:
     return inputs if n == 0 else EvalInputs(inputs.harmful[:n], [])
 
 
-def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path,
-             on_round=None) -> CoordinatorHandle:
-    """The round loop; continues after the last checkpoint in ``run_dir``. Returns the coordinator, which
-    holds the final global adapter. ``on_round(record)`` is called after each round is logged. A
-    coordinator that dies is started again from the last checkpoint and its round run again (at most
-    ``cluster.max_retries`` times per run)."""
+def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path, on_round=None,
+             defense: Defense | None = None, ctx: ServerContext | None = None) -> CoordinatorHandle:
+    """The round loop; continues after the last checkpoint in ``run_dir`` (a finished federation runs no
+    round). Returns the coordinator, which holds the final global adapter. ``defense.on_round`` sees each
+    round's record before it is logged; ``on_round(record)`` is called after. A coordinator that dies is
+    started again from the last checkpoint and its round run again (at most ``cluster.max_retries`` times
+    per run)."""
+    defense = defense or NoDefense()
     rounds = cfg.federation.num_rounds
     start_round, resume_from = resume_point(run_dir)
     coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
+    if start_round >= rounds:
+        return coordinator
     log = MetricsLog(run_dir, start_round, cfg.output.tensorboard)
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")
@@ -198,6 +195,7 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
                               "this round's training and aggregation records are lost"}
                     break
         record["coordinator_restarts"] = restarts
+        defense.on_round(ctx, round_idx, record)
         scalars = {"round/seconds": record.get("seconds", 0.0)}
         if record.get("client_metrics"):
             scalars["train/loss"] = sum(m["loss"] for m in record["client_metrics"]) / len(record["client_metrics"])
@@ -248,66 +246,37 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
     return record
 
 
-def defense_data(session: Session, cfg: ExperimentConfig, data: FederatedData, final_ref) -> tuple[list[dict], dict]:
-    """The server's defense data: Levels 1-2 were loaded with the rest; Level 3 is written now by the
-    aggregated model through its own adapter. Returns (records, synthesis counts or {})."""
-    d = cfg.defense
-    if defense_level(d.dataset, dict(d.dataset_args)) != 3:
-        return data.defense, data.synthesis.get("defense", {})
-    adapter = session.generation.register_adapter(final_ref, session.init.spec, session.init.peft_config)
-    records, report = session.synth.defense(d.num_examples, derive_seed(cfg.seed, 104729), data.eval.prompts,
-                                            dict(d.dataset_args), adapter)
-    check_held_out(data, records)
-    return records, report
-
-
-def defend(session: Session, cfg: ExperimentConfig, records: list[dict], coordinator: CoordinatorHandle, final_ref):
-    """PAPER.md §4: continue training the aggregated adapter on the defense data on a trainer actor."""
-    task = posthoc_task(cfg.defense, records, cfg.train.max_length, derive_seed(cfg.seed, 104729))
-    outcome = session.pool.train(final_ref, [task])
-    if outcome.updates[0] is None:
-        raise RuntimeError(f"the post-hoc defense failed on every try: {outcome.failures}")
-    return coordinator.apply_delta(outcome.updates[0])
-
-
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:
-    """Run (or continue, if ``run_dir`` holds checkpoints) one experiment; returns the results dict.
-    Configs with ``arms`` go to ``fedsafe.matrix.run_matrix``. ``on_round``: see ``federate``."""
-    if cfg.arms:
-        from fedsafe.matrix import run_matrix
-
-        return run_matrix(cfg, run_dir, plan)
+def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Path, on_round=None) -> dict:
+    """One arm: setup, the rounds (in ``fed_dir``, continued from its checkpoints; a finished federation is
+    only loaded, so arms with the same federation share it), the defense, evaluation. Writes the final
+    adapter (``arm_dir/adapter``, a PEFT folder), the answers (``arm_dir/evaluation``) and returns the result."""
     started = time.perf_counter()
-    start_round = resume_point(run_dir)[0]
-    session = Session(cfg, plan)
+    fed_dir, arm_dir = Path(fed_dir), Path(arm_dir)
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    # setup
+    defense = build_defense(cfg.defense)
     data = load_data(cfg, session.synth)
-    coordinator = federate(session, cfg, data, run_dir, on_round)
-    rounds = cfg.federation.num_rounds
-    final_ref = coordinator.global_ref()
-    models = {f"global (round {rounds})": session.evaluate(cfg, data.eval, final_ref, run_dir, "final")}
-    d = cfg.defense
-    level = defense_level(d.dataset, dict(d.dataset_args)) if d.name != "none" else 0
-    if d.name == "posthoc_sft":
-        records, data.synthesis["defense"] = defense_data(session, cfg, data, final_ref)
-        final_ref = defend(session, cfg, records, coordinator, final_ref)
-        coordinator.export(final_ref, "defended_adapter")
-        models[f"global + {d.name} (level {level})"] = session.evaluate(cfg, data.eval, final_ref, run_dir, "defended")
-    session.close()
-
-    results = {
-        "name": cfg.output.name, "model": cfg.model.name, "rounds": rounds, "num_clients": cfg.num_clients,
-        "num_malicious": sum(c.role == "malicious" for c in data.clients),
-        "clients_per_round": cfg.federation.clients_per_round, "aggregation": cfg.aggregation.rule,
-        "defense": cfg.defense.name, "defense_level": level, "generation_backend": cfg.generation.backend,
-        "generator_model": session.generation.generator_model, "judge_model": judge_model_name(cfg),
-        "data": {"synthesis": data.synthesis, "eval_harmful": len(data.eval.harmful),
-                 "eval_benign": len(data.eval.benign), "defense_examples": len(data.defense)},
-        "generation_cache": cache_counts(session.generation),
-        "evaluation": list(models.values())[-1], "models": models,
-        "wall_s": time.perf_counter() - started, "resumed_at_round": start_round,
+    ctx = session.server_context(cfg, data)
+    defense.before_training(ctx)
+    start_round = resume_point(fed_dir)[0]
+    # rounds
+    coordinator = federate(session, cfg, data, fed_dir, on_round, defense, ctx)
+    # defense
+    final_ref = defense.after_training(ctx, coordinator.global_ref())
+    # evaluation
+    adapter = coordinator.export(final_ref, str(arm_dir / "adapter"))
+    coordinator.shutdown()
+    evaluation = session.evaluate(cfg, data.eval, final_ref, arm_dir, "final")
+    applied = defense.summary()
+    synthesis = {**data.synthesis, **({"defense": applied["synthesis"]} if applied.get("synthesis") else {})}
+    return {
+        "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "num_malicious": cfg.num_malicious,
+        "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
+        "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
+                 "defense_examples": applied.get("examples", 0)},
+        "adapter": adapter, "federation_dir": str(fed_dir), "resumed_at_round": start_round,
+        "seconds": time.perf_counter() - started,
     }
-    results["table"] = write_results(run_dir, results)
-    return results
 
 
 def cache_counts(generation: GenerationPool) -> dict | None:

@@ -20,27 +20,26 @@ LOCAL_FILE_SOURCES = ("jsonl",)  # read in full here; other sources are checked 
 
 def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict]]:
     """(config field, source name, its arguments) of every data set the run may load."""
+    from fedsafe.attack import build_attack
+
     ev, a, d = cfg.evaluation, cfg.aggregation, cfg.defense
-    fields = [(f"clients[{g.name}].dataset", g.dataset, dict(g.dataset_args)) for g in cfg.clients if g.count]
+    attack_writes = build_attack(cfg.attack.name, **cfg.attack.params).writes_data
+    fields = [(f"clients[{g.name}].dataset", g.dataset, dict(g.dataset_args)) for g in cfg.clients
+              if g.count and not (g.role == "malicious" and attack_writes)]
     fields.append(("evaluation.prompts", ev.prompts, dict(ev.prompts_args)))
     if ev.benign_prompts:
         fields.append(("evaluation.benign_prompts", ev.benign_prompts, dict(ev.benign_prompts_args)))
     if a.root_dataset:
         fields.append(("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args)))
-    if d.name != "none" or any(arm.defense_level for arm in cfg.arms):
+    if (d.name != "none" and d.level == 1) or any(arm.defense_level == 1 for arm in cfg.arms):
         fields.append(("defense.dataset", d.dataset, dict(d.dataset_args)))
-    if any(arm.defense_level == 1 for arm in cfg.arms):
-        fields.append(("defense.level1_dataset", d.level1_dataset, dict(d.level1_dataset_args)))
     return fields
 
 
 def check_data(cfg: ExperimentConfig) -> None:
-    from fedsafe.data.generated import GENERATED_SOURCES
     from fedsafe.data.sources import check_source, load_records
 
     for field, name, args in data_fields(cfg):
-        if name in GENERATED_SOURCES:
-            continue
         try:
             check_source(name, {k: v for k, v in args.items() if k != "aligned_share"})
             if name in LOCAL_FILE_SOURCES:
@@ -65,7 +64,7 @@ def looks_local(name: str) -> bool:
 
 
 def check_models(cfg: ExperimentConfig) -> None:
-    from fedsafe.models.loading import BUILTIN_PREFIX, builtin_name, resolve_model_path
+    from fedsafe.models.builtin import BUILTIN_PREFIX, builtin_name, resolve_model_path
 
     cpu_vllm = cfg.generation.backend == "vllm" and cfg.generation.gpus_per_replica == 0
     for field, name, served in model_fields(cfg):

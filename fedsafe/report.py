@@ -1,4 +1,4 @@
-"""The matrix report: one table of arms x metrics beside the paper's Table 1, three plots, Markdown + HTML.
+"""The report of a run: one table of arms x metrics beside the paper's figures, three plots, Markdown + HTML.
 
     report.md     the table, the judges, the plots (PNG files beside it)
     report.html   the same content in one self-contained page (plots inlined)
@@ -17,12 +17,26 @@ from pathlib import Path
 import markdown
 import matplotlib
 
-from fedsafe.run_dir import METRIC_COLUMNS, metric_cells
-
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# PAPER.md §7, LMSYS benign column: (Rule, MD-Judge, RM, MT-1); malicious data = BeaverTails.
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+METRIC_COLUMNS = ("Rule safety (%)", "LLM-judge safe (%)", "RM score", "over-refusal (%)", "response loss",
+                  "helpfulness (1-10)")
+
+
+def metric_cells(ev: dict) -> str:
+    """One model's ``METRIC_COLUMNS`` as Markdown cells; "-" where a metric is off."""
+    s, help_ = ev["safety"], ev.get("helpfulness", {})
+    return (f"{s['rule']:.2f} | {_fmt(s.get('llm_judge', {}).get('safe'))} | {_fmt(s.get('reward', {}).get('mean'))} | "
+            f"{_fmt(ev.get('over_refusal', {}).get('rate'))} | {_fmt(help_.get('response_loss'), 3)} | "
+            f"{_fmt(help_.get('judge', {}).get('mean'))}")
+
+# docs/method.md#the-papers-setting-and-numbers, Table 1, LMSYS benign column: (Rule, MD-Judge, RM, MT-1);
+# malicious data = BeaverTails.
 PAPER_TABLE1 = {
     "FedAvg, no attack": (82.88, 66.15, -1.72, 4.19),
     "FedAvg, attacked": (49.81, 25.96, -2.97, 4.14),
@@ -42,7 +56,7 @@ PAPER_RULES = {"fedavg": "FedAvg, attacked", "median": "Median", "trimmed_mean":
 
 def paper_row(arm: dict) -> str | None:
     """The paper's Table 1 row matching an arm's result, if the paper has one."""
-    if not arm["attack"]:
+    if not arm["num_malicious"]:
         return "FedAvg, no attack" if arm["defense_level"] == 0 and arm["rule"] == "fedavg" else None
     if arm["defense_level"] == 0:
         return PAPER_RULES.get(arm["rule"])
@@ -60,6 +74,10 @@ def matrix_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _fed_dir(arm: dict) -> Path:
+    return Path(arm["federation_dir"])
+
+
 def _rounds(fed_dir: Path) -> list[dict]:
     path = fed_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -74,14 +92,15 @@ def federation_names(results: dict) -> dict[str, str]:
     return names
 
 
-def plot_safety_per_round(results: dict, cache: Path, out: Path) -> bool:
+def plot_safety_per_round(results: dict, out: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     plotted = False
     rounds = results["rounds"]
     finals = {a["federation"]: a["evaluation"]["safety"]["rule"] for a in results["arms"].values()
               if a["defense_level"] == 0}
+    fed_dirs = {a["federation"]: _fed_dir(a) for a in results["arms"].values()}
     for key, label in federation_names(results).items():
-        points = [(r["round"] + 1, r["evaluation"]["safety"]["rule"]) for r in _rounds(cache / "federations" / key)
+        points = [(r["round"] + 1, r["evaluation"]["safety"]["rule"]) for r in _rounds(fed_dirs[key])
                   if "evaluation" in r and r["round"] + 1 < rounds]
         if key in finals:
             points.append((rounds, finals[key]))
@@ -104,13 +123,13 @@ def plot_safety_per_round(results: dict, cache: Path, out: Path) -> bool:
     return True
 
 
-def plot_similarity(results: dict, cache: Path, out: Path) -> bool:
+def plot_similarity(results: dict, out: Path) -> bool:
     """The first attacked federated run with client similarities (FedAvg if the matrix has it)."""
     names = federation_names(results)
-    attacked = [a for a in results["arms"].values() if a["attack"] and a["defense_level"] == 0]
+    attacked = [a for a in results["arms"].values() if a["num_malicious"] and a["defense_level"] == 0]
     attacked.sort(key=lambda a: a["rule"] != "fedavg")
     for arm in attacked:
-        path = cache / "federations" / arm["federation"] / "clients.json"
+        path = _fed_dir(arm) / "clients.json"
         if not path.is_file():
             continue
         info = json.loads(path.read_text())
@@ -144,12 +163,12 @@ def mean_weights(rounds: list[dict], num_clients: int, per_round: int) -> list[f
     return [s / c if c else None for s, c in zip(sums, counts)]
 
 
-def plot_weights(results: dict, cache: Path, out: Path) -> bool:
+def plot_weights(results: dict, out: Path) -> bool:
     rows, labels, roles = [], [], None
     for name, arm in results["arms"].items():
-        if not arm["attack"] or arm["defense_level"]:
+        if not arm["num_malicious"] or arm["defense_level"]:
             continue
-        fed = cache / "federations" / arm["federation"]
+        fed = _fed_dir(arm)
         rounds = _rounds(fed)
         if not rounds:
             continue
@@ -182,7 +201,7 @@ PLOTS = (("safety_per_round", plot_safety_per_round, "Safety per round"),
 def judges_note(results: dict) -> str:
     ev = next(iter(results["arms"].values()))["evaluation"]
     lines = [f"- Rule: {ev['safety']['judge']} on {ev['safety']['num_prompts']} AdvBench prompts: percent of "
-             "answers with a refusal keyword (PAPER.md §6); higher is safer."]
+             "answers with a refusal keyword (docs/method.md#metrics); higher is safer."]
     if "llm_judge" in ev["safety"]:
         j = ev["safety"]["llm_judge"]
         lines.append(f"- LLM judge: {j['format']} format, judged by `{j['model']}` (a model far smaller than "
@@ -193,8 +212,9 @@ def judges_note(results: dict) -> str:
     if "response_loss" in ev.get("helpfulness", {}):
         lines.append("- Response loss: loss per token of held-out benign reference answers (offline helpfulness "
                      "proxy for MT-1); lower is better.")
-    lines.append("- Paper columns: PAPER.md §7, LMSYS benign, BeaverTails attack, Llama-2-7B, MD-Judge-7B, "
-                 "GPT-4 MT-1; they are the published figures, not a run here.")
+    lines.append("- Paper columns: Ye et al. (ICLR 2025) Table 1, LMSYS benign, BeaverTails attack, Llama-2-7B, "
+                 "MD-Judge-7B, GPT-4 MT-1 (docs/method.md#the-papers-setting-and-numbers); they are the published "
+                 "figures, not a run here.")
     return "\n".join(lines)
 
 
@@ -212,12 +232,12 @@ def data_note(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_matrix_report(run_dir: Path, results: dict, cache: Path) -> str:
+def write_report(run_dir: Path, results: dict) -> str:
     """Write report.md, report.html and plots/; returns the table."""
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    made = [(name, title) for name, plot, title in PLOTS if plot(results, cache, plots / f"{name}.png")]
+    made = [(name, title) for name, plot, title in PLOTS if plot(results, plots / f"{name}.png")]
     table = matrix_table(results)
     body = (
         f"# fedsafe report: {results['name']}\n\n"

@@ -1,8 +1,24 @@
-"""Seeds derive from (experiment seed, round, client id, ...): no global RNG state crosses calls."""
+"""Seeds derive from (experiment seed, round, client id, ...): no global RNG state crosses calls.
+
+Where a seed has no round or client, a named salt from ``Salt`` keeps the streams apart, e.g.
+``derive_seed(cfg.seed, Salt.DEFENSE)`` for the server's defense data and fine-tune.
+"""
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
+
+
+class Salt(IntEnum):
+    """The one table of seed salts: each names the stream it seeds (values fixed: changing one changes
+    every run's data or answers)."""
+
+    BENIGN_PROMPTS = 31  # which held-out benign prompts evaluation uses
+    ROOT_DATA = 7727  # the server's root data (rules that need a server update)
+    EVALUATION = 7919  # sampling of the evaluated model's answers
+    DEFENSE = 104729  # the server's defense data and post-hoc fine-tune
 
 
 def derive_seed(*parts: int) -> int:

@@ -1,4 +1,4 @@
-"""What crosses process boundaries: a client's task and its uploaded update (STYLE habit 2).
+"""What crosses process boundaries: a client's task and its uploaded update.
 
 An update is the LoRA delta (local adapter minus the global one) as a flat float32 vector ``[d]`` in the
 order of the global ``AdapterSpec``, with the client's id and example count. PEFT conversion happens only

@@ -16,8 +16,9 @@ import pytest
 
 from fedsafe.checkpoint import ADAPTER_FILE, checkpoint_dir
 from fedsafe.config import load_config
-from fedsafe.experiment import Session, federate, load_data, run_experiment
-from tests.conftest import ROOT, SMOKE
+from fedsafe.experiment import Session, federate, load_data
+from fedsafe.matrix import run_experiment
+from tests.conftest import PROMPTS, ROOT, SMOKE, arm, read_metrics, trained_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +53,6 @@ def kill_when_seen(title: str, events: list[str], timeout: float = 120.0) -> thr
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
-
-
-def read_metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def final_adapter(run_dir) -> bytes:
@@ -105,7 +102,7 @@ def test_trainer_and_coordinator_killed_mid_run_the_result_is_unchanged(ray_clus
     assert r2["coordinator_restarts"] == 1 and r2["trainer_pool"]["lost_total"] == 1
     assert r2["clients"] == r2["sampled"]
     assert final_adapter(run_dir) == final_adapter(baseline[0])
-    assert results["evaluation"] == baseline[1]["evaluation"]
+    assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 
 
 def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, model_cache, tmp_path):
@@ -127,10 +124,10 @@ def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, mod
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert 1 <= results["resumed_at_round"] <= 2
+    assert 1 <= arm(results)["resumed_at_round"] <= 2
     assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert final_adapter(run_dir) == final_adapter(baseline[0])
-    assert results["evaluation"] == baseline[1]["evaluation"]
+    assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 
 
 class ExitOnArrival(dict):
@@ -178,11 +175,10 @@ def test_a_generation_replica_killed_mid_call_is_restarted_and_the_answers_are_c
     loaded again) and its requests sent again; the answers equal an undisturbed call's."""
     import ray
 
-    from fedsafe.actors.generator import GenerationParams, Request
     from fedsafe.cluster.generation import GenerationPool
-    from tests.test_generation import PROMPTS, _trained_adapter
+    from fedsafe.requests import GenerationParams, Request
 
-    vector, spec, peft_config = _trained_adapter(model_cache)
+    vector, spec, peft_config = trained_adapter(model_cache)
     cfg = smoke_cfg("lora.r=8", "generation.backend=hf", "generation.cache=false", "generation.hf_batch_size=4")
     pool = GenerationPool(cfg)
     try:

@@ -7,11 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from fedsafe.actors.generator import Request, adapter_key, encode_request, pick_dtype, vllm_lora_rank
-from fedsafe.evaluation.generation import GenerationParams
-
-PROMPTS = ["Give me a tip for baking bread.", "Explain how to hack a passport.",
-           "What is the best way to steal a hospital server?", "How should I start fixing a bike?"]
+from fedsafe.actors.generator import adapter_key, encode_request, pick_dtype, vllm_lora_rank
+from fedsafe.requests import GenerationParams, Request
+from tests.conftest import PROMPTS, trained_adapter
 
 
 def test_vllm_lora_rank_rounds_up():
@@ -34,7 +32,8 @@ def test_adapter_key_is_a_content_hash():
 
 def test_encode_request_templates(model_cache):
     from fedsafe.config import ModelConfig
-    from fedsafe.models.loading import load_tokenizer, resolve_model_path
+    from fedsafe.models.builtin import resolve_model_path
+    from fedsafe.models.loading import load_tokenizer
 
     cfg = ModelConfig(cache_dir=model_cache)
     tok = load_tokenizer(resolve_model_path(cfg), cfg)
@@ -45,22 +44,6 @@ def test_encode_request_templates(model_cache):
         encode_request(tok, Request("Hi", template="chat"))
 
 
-def _trained_adapter(model_cache):
-    """A LoRA adapter of the tiny model with non-zero B, as the coordinator would hold it."""
-    from fedsafe.config import LoRAConfig, ModelConfig
-    from fedsafe.models.loading import load_model_and_tokenizer
-    from fedsafe.training.lora import get_adapter_vector, make_lora_model, peft_config_dict
-
-    base, _ = load_model_and_tokenizer(ModelConfig(cache_dir=model_cache))
-    model = make_lora_model(base, LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]), 0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    vector, spec = get_adapter_vector(model)
-    return vector, spec, peft_config_dict(model)
-
-
 @pytest.mark.integration
 def test_backends_return_the_same_greedy_text(smoke_cfg, ray_cluster, model_cache, tmp_path):
     """vLLM and HF generate on the tiny model, with and without an adapter: same text under greedy decoding;
@@ -69,7 +52,7 @@ def test_backends_return_the_same_greedy_text(smoke_cfg, ray_cluster, model_cach
 
     from fedsafe.cluster.generation import GenerationPool
 
-    vector, spec, peft_config = _trained_adapter(model_cache)
+    vector, spec, peft_config = trained_adapter(model_cache)
     greedy = GenerationParams(max_new_tokens=20, temperature=0.0)
     answers = {}
     for backend in ("hf", "vllm"):

@@ -5,31 +5,34 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from fedsafe.config import ConfigError, load_config
-from fedsafe.matrix import expand_arms, run_matrix
+from fedsafe.matrix import expand_arms, run_experiment
 from fedsafe.report import matrix_table, mean_weights, paper_row
 from fedsafe.run_dir import create_run_dir
-from tests.conftest import ROOT, SMOKE
+from tests.conftest import ROOT, SMOKE, adapter_digest
 
 ARMS = [
     "arms=[{name: no attack, attack: false}, {name: FedAvg, rule: fedavg}, {name: Median, rule: median},"
     " {name: FedAvg + Level 1, rule: fedavg, defense_level: 1}, {name: Median + Level 1, rule: median,"
     " defense_level: 1}]",
-    "defense.level1_dataset=toy_defense", "defense.steps=4", "defense.batch_size=4", "defense.num_examples=32",
+    "defense.dataset=toy_defense", "defense.steps=4", "defense.batch_size=4", "defense.num_examples=32",
 ]
 
 
 def test_arms_share_federated_runs_and_change_only_their_part():
     arms = expand_arms(load_config(SMOKE, ARMS))
+    assert [a.dir.parent.name for a in arms] == ["arms"] * 5 and all(a.fed_dir.parent.name == "federations" for a in arms)
     by_name = {a.spec.name: a for a in arms}
     no_attack, fedavg, median = by_name["no attack"], by_name["FedAvg"], by_name["Median"]
     assert [g.count for g in no_attack.cfg.clients] == [7, 0] and [g.count for g in fedavg.cfg.clients] == [7, 3]
     assert median.cfg.aggregation.rule == "median" and fedavg.cfg.defense.name == "none"
     defended = by_name["FedAvg + Level 1"]
-    assert defended.cfg.defense.name == "posthoc_sft" and defended.cfg.defense.dataset == "toy_defense"
+    assert defended.cfg.defense.name == "posthoc_sft" and defended.cfg.defense.level == 1
+    assert defended.cfg.defense.dataset == "toy_defense"
     # the defended arm trains nothing new federally: same federated run as FedAvg, its own arm key
     assert defended.federation == fedavg.federation and defended.key != fedavg.key
     assert len({a.federation for a in arms}) == 3 and len({a.key for a in arms}) == 5
@@ -40,12 +43,21 @@ def test_arms_share_federated_runs_and_change_only_their_part():
     assert expand_arms(load_config(SMOKE, ARMS + ["train.lr=1e-3"]))[1].federation != fedavg.federation
 
 
-def test_level_2_and_3_arms_use_generated_defense_data():
+def test_an_arms_defense_level_is_the_configs_defense_level():
     cfg = load_config(ROOT / "configs" / "paper_cpu.yaml")
     levels = {a.spec.defense_level: a.cfg.defense for a in expand_arms(cfg) if a.spec.rule in ("", "fedavg")}
-    assert levels[2].dataset == levels[3].dataset == "defensegen"
-    assert levels[2].dataset_args["generator"] == "offtheshelf" and levels[3].dataset_args["generator"] == "global"
-    assert levels[1].dataset == cfg.defense.level1_dataset
+    assert {k: (d.name, d.level) for k, d in levels.items()} == {
+        0: ("none", 2), 1: ("posthoc_sft", 1), 2: ("posthoc_sft", 2), 3: ("posthoc_sft", 3)}
+    assert levels[1].dataset == cfg.defense.dataset == "sharegpt_defense"
+    assert levels[2].synthesis == levels[3].synthesis == cfg.defense.synthesis
+
+
+def test_a_config_without_arms_is_one_arm_or_two_with_a_defense(tmp_path):
+    plain = expand_arms(load_config(SMOKE), tmp_path)
+    assert [(a.spec.name, a.fed_dir, a.dir) for a in plain] == [("fedavg", tmp_path, tmp_path / "arms" / "fedavg")]
+    defended = expand_arms(load_config(SMOKE, ["defense.name=posthoc_sft", "defense.level=3"]), tmp_path)
+    assert [a.spec.defense_level for a in defended] == [0, 3] and defended[0].federation == defended[1].federation
+    assert defended[1].dir == tmp_path / "arms" / "fedavg-posthoc-sft-level-3"
 
 
 @pytest.mark.parametrize("arm, message", [
@@ -59,12 +71,12 @@ def test_bad_arms_fail_with_the_arm_named(arm, message):
 
 
 def test_paper_rows_and_table():
-    arm = {"attack": True, "rule": "fedavg", "defense_level": 0, "federation": "f",
+    arm = {"num_malicious": 3, "rule": "fedavg", "defense_level": 0, "federation": "f",
            "evaluation": {"safety": {"rule": 12.5}, "over_refusal": {"rate": 5.0}}}
     assert paper_row(arm) == "FedAvg, attacked"
     assert paper_row({**arm, "defense_level": 2}) == "Level 2"
     assert paper_row({**arm, "rule": "krum", "defense_level": 2}) is None  # Table 3 has no per-rule Rule figure
-    assert paper_row({**arm, "attack": False}) == "FedAvg, no attack"
+    assert paper_row({**arm, "num_malicious": 0}) == "FedAvg, no attack"
     table = matrix_table({"arms": {"FedAvg": arm}})
     assert "| FedAvg | 12.50 | - | - | 5.00 | - | - | 49.81 | 25.96 | 4.14 |" in table
 
@@ -82,7 +94,7 @@ def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, 
     cfg = smoke_cfg(*ARMS, "federation.num_rounds=2", "evaluation.every_n_rounds=1", "evaluation.round_num_prompts=8",
                     "evaluation.client_similarity=true", "evaluation.num_prompts=16", "evaluation.num_benign=8")
     run_dir = create_run_dir(cfg)
-    results = run_matrix(cfg, run_dir)
+    results = run_experiment(cfg, run_dir)
     assert results["computed"] == [a.name for a in cfg.arms]
     arms = results["arms"]
     assert arms["FedAvg + Level 1"]["federation"] == arms["FedAvg"]["federation"]
@@ -101,7 +113,11 @@ def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, 
         assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 1000
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
 
-    again = run_matrix(cfg, create_run_dir(cfg))
+    # every arm's final adapter is a PEFT folder beside its result; the defense changed it
+    assert all((Path(a["adapter"]) / "adapter_model.safetensors").is_file() for a in arms.values())
+    assert adapter_digest(arms["FedAvg + Level 1"]["adapter"]) != adapter_digest(arms["FedAvg"]["adapter"])
+
+    again = run_experiment(cfg, create_run_dir(cfg))
     assert again["computed"] == [] and again["arms"] == results["arms"]
 
 

@@ -10,7 +10,9 @@ optimizer moments, FoolsGold's per-client histories, RNG) goes into every checkp
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,28 +23,59 @@ from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.updates import SERVER_ID, ClientUpdate, update_problem
 
+if TYPE_CHECKING:
+    from fedsafe.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """How the coordinator aggregates and where it checkpoints (``from_config`` reads a run's config).
+
+    ``rule``, ``rule_params``, ``num_malicious``: the aggregation rule, its parameters and the f it is told;
+    ``server_opt``: the server optimizer after it; ``max_update_norm`` (0 = no bound) and ``min_updates``:
+    update validation; ``track_clients``: keep each client's summed update (client similarity);
+    ``run_dir``, ``keep_checkpoints``: where checkpoints go, how many stay; ``seed``: for randomised rules."""
+
+    rule: str = "fedavg"
+    rule_params: dict = field(default_factory=dict)
+    num_malicious: int = 0
+    server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
+    run_dir: str = "."
+    keep_checkpoints: int = 2
+    seed: int = 0
+    track_clients: bool = False
+    max_update_norm: float = 0.0
+    min_updates: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, run_dir: str) -> CoordinatorSettings:
+        a = cfg.aggregation
+        return cls(rule=a.rule, rule_params=dict(a.params), num_malicious=cfg.expected_malicious,
+                   server_opt=a.server_opt, run_dir=str(run_dir), keep_checkpoints=cfg.output.keep_checkpoints,
+                   seed=cfg.seed, track_clients=cfg.evaluation.client_similarity,
+                   max_update_norm=a.max_update_norm, min_updates=a.min_updates)
+
 
 class Coordinator:
-    def __init__(self, vector: torch.Tensor, spec: AdapterSpec, peft_config: dict, rule: str, rule_params: dict,
-                 num_malicious: int, server_opt: ServerOptConfig, run_dir: str, keep_checkpoints: int, seed: int,
-                 resume_from: str | None = None, track_clients: bool = False, max_update_norm: float = 0.0,
-                 min_updates: int = 1) -> None:
-        self.max_update_norm, self.min_updates = max_update_norm, min_updates
+    def __init__(self, vector: torch.Tensor, spec: AdapterSpec, peft_config: dict, settings: CoordinatorSettings,
+                 resume_from: str | None = None) -> None:
+        st = settings
+        self.max_update_norm, self.min_updates = st.max_update_norm, st.min_updates
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.vector = vector.clone().to(self.device)
         self.spec = spec
         self.peft_config = peft_config
-        self.rule, self.rule_params, self.num_malicious = rule, dict(rule_params), num_malicious
-        self.needs_history = get_rule(rule).needs_history
-        self.track = self.needs_history or track_clients  # keep each client's summed updates
-        self.server_opt = server_opt
-        self.opt_state = init_state(server_opt, self.vector.numel(), self.device)
+        self.rule, self.rule_params, self.num_malicious = st.rule, dict(st.rule_params), st.num_malicious
+        self.needs_history = get_rule(st.rule).needs_history
+        self.track = self.needs_history or st.track_clients  # keep each client's summed updates
+        self.server_opt = st.server_opt
+        self.opt_state = init_state(st.server_opt, self.vector.numel(), self.device)
         self.history: dict[int, torch.Tensor] = {}
         self.staged: dict[int, object] = {}  # key (client id, SERVER_ID) -> update of round staged_round
         self.staged_round = -1
-        self.run_dir = Path(run_dir)
-        self.keep = keep_checkpoints
-        self.seed = seed
+        self.run_dir = Path(st.run_dir)
+        self.keep = st.keep_checkpoints
+        self.seed = st.seed
         if resume_from is not None:
             ckpt = load_checkpoint(Path(resume_from))
             self.vector = ckpt.vector_for(spec).to(self.device)
@@ -130,15 +163,11 @@ class Coordinator:
         }
 
     def similarity(self) -> dict:
-        """Cosine similarity of the clients' summed updates (PAPER.md Fig. 3a), clients in id order."""
+        """Cosine similarity of the clients' summed updates (the paper's Fig. 3a), clients in id order."""
         ids = sorted(self.history)
         return {"clients": ids, "cosine": cosine(gram(torch.stack([self.history[c] for c in ids]))).tolist()
                 if ids else []}
 
-    def apply_delta(self, update: ClientUpdate) -> torch.Tensor:
-        """The global adapter plus a server-side update (post-hoc defense); the round state is unchanged."""
-        return (self.vector + update.delta.to(self.device)).cpu()
-
-    def export(self, vector: torch.Tensor, name: str) -> str:
-        """Write ``vector`` as a PEFT adapter folder ``<run_dir>/<name>``."""
-        return str(save_adapter(self.run_dir / name, vector, self.spec, self.peft_config))
+    def export(self, vector: torch.Tensor, folder: str) -> str:
+        """Write ``vector`` as a PEFT adapter folder (safetensors) at ``folder``."""
+        return str(save_adapter(Path(folder), vector, self.spec, self.peft_config))

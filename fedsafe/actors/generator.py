@@ -1,6 +1,6 @@
 """Generator actor: one model, served by vLLM or by Hugging Face ``generate``, for generation and judging.
 
-A plain class (STYLE habit 6); ``fedsafe.cluster.generation`` makes replicas of it remote. Requests carry
+A plain class, unit-testable without Ray; ``fedsafe.cluster.generation`` makes replicas of it remote. Requests carry
 their own sampling parameters and, for the federation's base model, the key of a LoRA adapter that was
 registered with ``add_adapter``; adapters are applied per request without merging (vLLM LoRA requests, or
 PEFT adapters switched per batch), so evaluating round t's global adapter needs no new engine.
@@ -19,40 +19,18 @@ import dataclasses
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fedsafe.actors.hf_generate import generate_batch
 from fedsafe.config import GenerationConfig, ModelConfig
-from fedsafe.evaluation.generation import GenerationParams, generate_batch
-from fedsafe.models.loading import DTYPES, load_tokenizer, resolve_model_path
-from fedsafe.seeding import derive_seed
+from fedsafe.models.builtin import resolve_model_path
+from fedsafe.models.loading import DTYPES, load_tokenizer
+from fedsafe.requests import TEMPLATES, GenerationParams, Request
 from fedsafe.training.template import format_prompt
 
-TEMPLATES = ("alpaca", "chat", "raw", "auto")
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
-
-@dataclass(frozen=True)
-class Request:
-    """``text`` is the user's instruction (``alpaca``: PAPER.md's template, as the federation trains;
-    ``chat``: the model's chat template, for instruct models; ``raw``: sent as it is, e.g. a judge prompt;
-    ``auto``: chat if the tokenizer has a chat template, else alpaca).
-    ``adapter``: a key from ``add_adapter``, "" for the base model."""
-
-    text: str
-    params: GenerationParams = GenerationParams()
-    template: str = "alpaca"
-    adapter: str = ""
-
-
-def seeded_requests(prompts: list[str], params: GenerationParams, template: str = "alpaca",
-                    adapter: str = "") -> list[Request]:
-    """One request per prompt, request ``i`` sampled with seed ``derive_seed(params.seed, i)``: answers do
-    not depend on which replica or batch serves them."""
-    return [Request(p, dataclasses.replace(params, seed=derive_seed(params.seed, i)), template, adapter)
-            for i, p in enumerate(prompts)]
 
 
 def encode_request(tokenizer, request: Request) -> list[int]:

@@ -1,6 +1,6 @@
 """Trainer actor: loads the base model once, then trains any client's LoRA adapter per call.
 
-A plain class (STYLE habit 6); ``fedsafe.cluster.pool`` makes it remote with its resources. Everything per
+A plain class, unit-testable without Ray; ``fedsafe.cluster.pool`` makes it remote with its resources. Everything per
 call (global adapter, client records, round, learning rates, seed) is an argument, so one trainer serves
 any number of virtual clients. A client may take a group of ``world_size`` trainers (one per GPU, or
 several CPU processes): ``start`` joins them into a torch.distributed group, every rank gets the same

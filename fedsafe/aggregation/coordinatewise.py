@@ -2,7 +2,7 @@
 
 - ``median``: Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates".
   The true median (mean of the two middle values for even n); ``lower=True`` gives the authors' lower
-  median (PAPER.md §5). Robust while fewer than half the clients are malicious (n >= 2f + 1).
+  median (docs/method.md#aggregation-rules). Robust while fewer than half the clients are malicious (n >= 2f + 1).
 - ``trimmed_mean``: same paper. Drop the ``num_trim`` (or ``trim_ratio`` * n, as Flower's
   ``proportiontocut``) largest and smallest values per coordinate, average the rest. Defaults to
   ``num_trim = num_malicious``. Needs n > 2 * num_trim.

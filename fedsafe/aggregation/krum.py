@@ -4,8 +4,8 @@
   Descent". Score_i = sum of squared distances to its n - f - 2 nearest neighbours; the winner alone.
   Assumes n >= 2f + 3.
 - ``multi_krum``: the same paper's Multi-Krum: the m lowest-score updates, averaged (m = n - f default).
-- ``krum_paper``: the variant the safety-attack paper's authors ran (PAPER.md §5): Euclidean, not squared,
-  distances; score = sum over the n - f - 1 nearest; result = mean of the winner and its n - f - 1
+- ``krum_paper``: the variant the safety-attack paper's authors ran (docs/method.md#aggregation-rules):
+  Euclidean, not squared, distances; score = sum over the n - f - 1 nearest; result = mean of the winner and its n - f - 1
   nearest neighbours (with n=3, f=1: 2 of 3 averaged). Assumes n >= f + 2.
 - ``bulyan``: El Mhamdi et al. 2018, "The Hidden Vulnerability of Distributed Learning in Byzantium".
   theta = n - 2f updates picked by repeated Krum, then per coordinate the beta = theta - 2f values

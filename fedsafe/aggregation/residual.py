@@ -1,6 +1,6 @@
 """Residual-based reweighting: Fu et al. 2019, "Attack-Resistant Federated Learning with Residual-based
-Reweighting", as the safety paper's authors run it (PAPER.md §5): lambda 2, threshold 0.05, coordinates in
-shards of 2,000.
+Reweighting", as the safety paper's authors run it (docs/method.md#aggregation-rules): lambda 2,
+threshold 0.05, coordinates in shards of 2,000.
 
 Per coordinate, the n client values sorted are fitted by a repeated-median line against their ranks; each
 value's residual, standardised by a robust scale and its leverage, gives an IRLS confidence (Huber-style,

@@ -3,7 +3,8 @@
 - ``foolsgold``: Fung, Yoon, Beschastnikh 2020, "The Limitations of Federated Learning in Sybil Settings".
   Cosine similarity of each client's *history* (sum of all its updates so far, ``ctx.history``), pardoning,
   logit weights with confidence ``kappa``; result sum_i a_i u_i. ``variant="paper"`` is the safety paper
-  authors' one-round version (PAPER.md §5): no history, and the mean of a_i u_i over clients with a_i > 0.
+  authors' one-round version (docs/method.md#aggregation-rules): no history, and the mean of a_i u_i
+  over clients with a_i > 0.
   Assumes attackers (sybils) are more alike than honest clients.
 - ``fltrust``: Cao et al. 2021, "FLTrust: Byzantine-robust Federated Learning via Trust Bootstrapping".
   Trust = ReLU(cos(u_i, g0)) against the server's update g0 from its root data (``ctx.server_update``);

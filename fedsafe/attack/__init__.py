@@ -1,44 +1,31 @@
-"""Attacks as hooks on a malicious client's data and update, registered by name.
+"""Attacks by registered name (``attack.name``, with ``attack.params``): hooks on a malicious client's data,
+instructions and update (``fedsafe.attack.base``). A new attack is one module plus one register line below.
 
-``data_poisoning`` (PAPER.md §1) is the paper's attack: malicious clients run the same local SFT as benign
-ones on unaligned data, which their client group's data source supplies; both hooks are the identity.
-``scale_update`` additionally multiplies the uploaded delta by ``factor`` (model replacement, Bagdasaryan
-et al. 2020, "How To Backdoor Federated Learning").
+    from fedsafe.attack import build_attack
+    attack = build_attack("scale_update", factor=5.0)
+    attack.on_update(delta)
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import inspect
+from typing import Callable
 
-import torch
+from fedsafe.attack.base import Attack, AttackContext, NoHooks
+from fedsafe.attack.maliciousgen import MaliciousGen
+from fedsafe.attack.poisoning import DataPoisoning, ScaleUpdate
+from fedsafe.errors import ConfigError
 
+__all__ = ["Attack", "AttackContext", "NO_ATTACK", "available_attacks", "build_attack", "register_attack"]
 
-class Attack(Protocol):
-    def on_data(self, records: list[dict]) -> list[dict]: ...
-
-    def on_update(self, delta: torch.Tensor) -> torch.Tensor: ...
-
-
-class DataPoisoning:
-    def on_data(self, records: list[dict]) -> list[dict]:
-        return records
-
-    def on_update(self, delta: torch.Tensor) -> torch.Tensor:
-        return delta
+_ATTACKS: dict[str, Callable[..., Attack]] = {}
+NO_ATTACK: Attack = NoHooks()  # what benign clients get
 
 
-class ScaleUpdate(DataPoisoning):
-    def __init__(self, factor: float = 10.0) -> None:
-        if factor <= 0:
-            raise ValueError(f"attack.params.factor must be > 0, got {factor}")
-        self.factor = float(factor)
-
-    def on_update(self, delta: torch.Tensor) -> torch.Tensor:
-        return delta * self.factor
-
-
-_ATTACKS: dict[str, Callable[..., Attack]] = {"data_poisoning": DataPoisoning, "scale_update": ScaleUpdate}
-NO_ATTACK = DataPoisoning()
+def register_attack(name: str, factory: Callable[..., Attack]) -> None:
+    if name in _ATTACKS:
+        raise ValueError(f"attack {name!r} is already registered")
+    _ATTACKS[name] = factory
 
 
 def available_attacks() -> list[str]:
@@ -46,6 +33,17 @@ def available_attacks() -> list[str]:
 
 
 def build_attack(name: str, **params) -> Attack:
+    """The attack ``name`` built from ``params``; ConfigError names the known attacks or the bad parameter."""
     if name not in _ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known attacks: {', '.join(available_attacks())}")
-    return _ATTACKS[name](**params)
+        raise ConfigError(f"attack.name must be one of {available_attacks()}, got {name!r}")
+    factory = _ATTACKS[name]
+    try:
+        inspect.signature(factory).bind(**params)
+    except TypeError as err:
+        raise ConfigError(f"attack.params for {name}: {err}") from None
+    return factory(**params)
+
+
+register_attack("data_poisoning", DataPoisoning)
+register_attack("scale_update", ScaleUpdate)
+register_attack("maliciousgen", MaliciousGen)

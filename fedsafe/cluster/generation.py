@@ -28,7 +28,8 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from fedsafe.actors.generator import Generator, Request, adapter_key
+from fedsafe.actors.generator import Generator, adapter_key
+from fedsafe.requests import Request
 from fedsafe.cluster.plan import bundle, generation_models
 from fedsafe.cluster.runtime import first_line
 from fedsafe.config import ExperimentConfig
@@ -90,7 +91,8 @@ class GenerationPool:
 
     @property
     def generator_model(self) -> str:
-        """The off-the-shelf LLM of PAPER.md §3-4 (generation.model, else the base model)."""
+        """The off-the-shelf LLM (docs/method.md#maliciousgen-and-defensegen): generation.model, else the base
+        model."""
         return self.cfg.generation.model or self.cfg.model.name
 
     def _replicas(self, model: str) -> list:

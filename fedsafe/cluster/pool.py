@@ -22,7 +22,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayT
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from fedsafe.actors.coordinator import Coordinator
+from fedsafe.actors.coordinator import Coordinator, CoordinatorSettings
 from fedsafe.actors.trainer import InitialAdapter, Trainer
 from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
 from fedsafe.cluster.runtime import alive_nodes, first_line
@@ -98,6 +98,95 @@ def start_groups(groups: list[TrainerGroup]) -> None:
         raise TimeoutError(f"a trainer group did not start: {first_line(err)}") from None
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a client's local round is tried again: after a trainer died, raised, lost its update, or
+    gave no answer within ``client_timeout_s``, up to ``max_retries`` more tries; a staging that takes
+    longer than ``round_timeout_s`` means the coordinator is lost (``cluster.*``)."""
+
+    max_retries: int
+    client_timeout_s: float
+    round_timeout_s: float
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> RetryPolicy:
+        c = cfg.cluster
+        return cls(c.max_retries, c.client_timeout_s, c.round_timeout_s)
+
+    def again(self, attempts: int) -> bool:
+        return attempts <= self.max_retries
+
+    @property
+    def silence(self) -> str:
+        return f"no answer within cluster.client_timeout_s={self.client_timeout_s:g}s"
+
+
+class Schedule:
+    """One ``TrainerPool.train`` call's state: tasks waiting (``pending``, retries first), groups ``idle``,
+    trainings ``running`` (result ref -> task index, group, deadline, update ref), updates ``staging`` on
+    their way to the coordinator, and the ``outcome`` (failed tries included)."""
+
+    def __init__(self, tasks: list[ClientTask], groups: list[TrainerGroup], policy: RetryPolicy) -> None:
+        self.tasks, self.policy = tasks, policy
+        self.outcome = TrainOutcome([None] * len(tasks), [None] * len(tasks), [])
+        self.attempts = [0] * len(tasks)
+        self.pending = list(range(len(tasks)))
+        self.idle = groups
+        self.running: dict[ray.ObjectRef, tuple[int, TrainerGroup, float, ray.ObjectRef]] = {}
+        self.staging: dict[ray.ObjectRef, int] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.running or self.staging)
+
+    def dispatch(self, global_ref: ray.ObjectRef) -> None:
+        """Start pending tasks on idle groups."""
+        while self.pending and self.idle:
+            index, group = self.pending.pop(0), self.idle.pop(0)
+            update_ref, metrics_ref = group.call("train", global_ref, self.tasks[index], num_returns=2)
+            self.running[metrics_ref] = (index, group, time.monotonic() + self.policy.client_timeout_s, update_ref)
+
+    def wait(self) -> ray.ObjectRef | None:
+        """The next finished training or staging, or None when the earliest training's deadline passed.
+        Raises ``CoordinatorLost`` when only stagings are left and none ends within the group timeout."""
+        deadline = min((d for _, _, d, _ in self.running.values()),
+                       default=time.monotonic() + self.policy.round_timeout_s)
+        done, _ = ray.wait([*self.running, *self.staging], num_returns=1,
+                           timeout=max(0.0, deadline - time.monotonic()))
+        if done:
+            return done[0]
+        if not self.running:
+            raise CoordinatorLost(f"the coordinator staged no update within "
+                                  f"cluster.round_timeout_s={self.policy.round_timeout_s:g}s")
+        return None
+
+    def expire(self) -> list[TrainerGroup]:
+        """Trainings past their deadline: each counts as a failed try; returns their groups (to kill)."""
+        expired = []
+        for ref, (index, group, due, _) in list(self.running.items()):
+            if due <= time.monotonic():
+                del self.running[ref]
+                expired.append(group)
+                self.fail(index, f"timeout: {self.policy.silence}")
+        return expired
+
+    def fail(self, index: int, reason: str) -> None:
+        self.attempts[index] += 1
+        self.outcome.failures.append({"client_id": self.tasks[index].client_id, "attempt": self.attempts[index],
+                                      "reason": reason})
+        if self.policy.again(self.attempts[index]):
+            self.pending.insert(0, index)
+        else:
+            log.warning("client %d failed %d time(s); the round goes on without it", self.tasks[index].client_id,
+                        self.attempts[index])
+
+
+@ray.remote(num_cpus=0)
+def _plus_delta(vector, update):
+    """The adapter ``vector`` plus an update's delta (float32, on whichever node runs it)."""
+    return vector + update.delta
+
+
 class TrainerPool:
     def __init__(self, plan: Plan, cfg: ExperimentConfig) -> None:
         self.cfg, self.spec = cfg, plan.trainers
@@ -111,87 +200,71 @@ class TrainerPool:
 
     def train(self, global_ref: ray.ObjectRef, tasks: list[ClientTask], stage=None, on_done=None) -> TrainOutcome:
         """Run ``tasks`` on idle groups, one in flight per group. A task whose trainer dies, raises, or gives
-        no answer within ``cluster.client_timeout_s`` (its group is then killed) is retried on another group,
-        at most ``cluster.max_retries`` times; then it is left out. Groups are started again (``resize``)
-        when all have died.
+        no answer within ``cluster.client_timeout_s`` (its group is then killed) is retried on another group
+        as ``RetryPolicy`` says; then it is left out. Groups are started again (``resize``) when all have died.
 
         ``stage(task, update_ref)``: returns a reference that resolves once the update is safe (the
         coordinator's ``stage``); a task whose update is lost on the way counts as failed. Without ``stage``
         the outcome holds the update references. ``on_done(metrics)`` is called as each client finishes.
         Raises ``CoordinatorLost`` when the failure was the coordinator's (a dead global adapter or stage).
         """
-        c = self.cfg.cluster
-        out = TrainOutcome([None] * len(tasks), [None] * len(tasks), [])
-        attempts = [0] * len(tasks)
-        pending = list(range(len(tasks)))
-        idle = list(self.groups)
-        running: dict[ray.ObjectRef, tuple[int, TrainerGroup, float, ray.ObjectRef]] = {}
-        staging: dict[ray.ObjectRef, int] = {}
-
-        def fail(index: int, reason: str) -> None:
-            attempts[index] += 1
-            out.failures.append({"client_id": tasks[index].client_id, "attempt": attempts[index], "reason": reason})
-            if attempts[index] <= c.max_retries:
-                pending.insert(0, index)
-            else:
-                log.warning("client %d failed %d time(s); the round goes on without it", tasks[index].client_id,
-                            attempts[index])
-
-        while pending or running or staging:
-            if pending and not idle and not running:
+        run = Schedule(tasks, list(self.groups), RetryPolicy.from_config(self.cfg))
+        while run.busy:
+            if run.pending and not run.idle and not run.running:
                 self.resize(elastic=True)  # every group has died: start what the cluster allows now
-                idle = list(self.groups)
-            while pending and idle:
-                index, group = pending.pop(0), idle.pop(0)
-                update_ref, metrics_ref = group.call("train", global_ref, tasks[index], num_returns=2)
-                running[metrics_ref] = (index, group, time.monotonic() + c.client_timeout_s, update_ref)
-            deadline = min((d for _, _, d, _ in running.values()), default=time.monotonic() + self.timeout)
-            done, _ = ray.wait([*running, *staging], num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not done:
-                if not running:
-                    raise CoordinatorLost(f"the coordinator staged no update within "
-                                          f"cluster.round_timeout_s={self.timeout:g}s")
-                silent = f"no answer within cluster.client_timeout_s={c.client_timeout_s:g}s"
-                for ref, (index, group, due, _) in list(running.items()):
-                    if due <= time.monotonic():
-                        del running[ref]
-                        self._drop(group, silent)
-                        fail(index, f"timeout: {silent}")
-                continue
-            ref = done[0]
-            if ref in staging:
-                index = staging.pop(ref)
-                try:
-                    ray.get(ref, timeout=self.timeout)
-                except RayActorError as err:
-                    raise CoordinatorLost(first_line(err)) from None
-                except (ObjectLostError, RayTaskError) as err:  # the update was lost with its trainer's node
-                    out.metrics[index] = None
-                    fail(index, f"update lost: {first_line(err)}")
-                continue
-            index, group, _, update_ref = running.pop(ref)
-            try:
-                metrics = ray.get(ref, timeout=self.timeout)
-            except (RayActorError, RayTaskError, ObjectLostError) as err:
-                alive = group.alive()
-                if alive and isinstance(err, RayActorError):
-                    raise CoordinatorLost(first_line(err)) from None  # the dead actor was not this group's
-                if alive:
-                    idle.append(group)
-                    fail(index, f"training failed: {first_line(err)}")
-                else:
-                    self._drop(group, err)
-                    fail(index, f"trainer died: {first_line(err)}")
-                continue
-            idle.append(group)
-            out.metrics[index] = metrics
-            if stage is None:
-                out.updates[index] = update_ref
+                run.idle = list(self.groups)
+            run.dispatch(global_ref)
+            ref = run.wait()
+            if ref is None:
+                for group in run.expire():
+                    self._drop(group, run.policy.silence)
+            elif ref in run.staging:
+                self._staged(run, ref)
             else:
-                staging[stage(tasks[index], update_ref)] = index
-            if on_done is not None:
-                on_done(metrics)
-        return out
+                self._trained(run, ref, stage, on_done)
+        return run.outcome
+
+    def _staged(self, run: Schedule, ref: ray.ObjectRef) -> None:
+        index = run.staging.pop(ref)
+        try:
+            ray.get(ref, timeout=self.timeout)
+        except RayActorError as err:
+            raise CoordinatorLost(first_line(err)) from None
+        except (ObjectLostError, RayTaskError) as err:  # the update was lost with its trainer's node
+            run.outcome.metrics[index] = None
+            run.fail(index, f"update lost: {first_line(err)}")
+
+    def _trained(self, run: Schedule, ref: ray.ObjectRef, stage, on_done) -> None:
+        index, group, _, update_ref = run.running.pop(ref)
+        try:
+            metrics = ray.get(ref, timeout=self.timeout)
+        except (RayActorError, RayTaskError, ObjectLostError) as err:
+            alive = group.alive()
+            if alive and isinstance(err, RayActorError):
+                raise CoordinatorLost(first_line(err)) from None  # the dead actor was not this group's
+            if alive:
+                run.idle.append(group)
+                run.fail(index, f"training failed: {first_line(err)}")
+            else:
+                self._drop(group, err)
+                run.fail(index, f"trainer died: {first_line(err)}")
+            return
+        run.idle.append(group)
+        run.outcome.metrics[index] = metrics
+        if stage is None:
+            run.outcome.updates[index] = update_ref
+        else:
+            run.staging[stage(run.tasks[index], update_ref)] = index
+        if on_done is not None:
+            on_done(metrics)
+
+    def train_server(self, global_ref: ray.ObjectRef, task: ClientTask) -> ray.ObjectRef:
+        """Train the server's own ``task`` (the post-hoc fine-tune) from ``global_ref``; returns the
+        reference of the fine-tuned adapter (``global + delta``), which no round state sees."""
+        outcome = self.train(global_ref, [task])
+        if outcome.updates[0] is None:
+            raise RuntimeError(f"the server's training task failed on every try: {outcome.failures}")
+        return _plus_delta.remote(global_ref, outcome.updates[0])
 
     def _drop(self, group: TrainerGroup, reason) -> None:
         log.warning("a trainer group is dropped (%s); its client goes to the other %d group(s)",
@@ -261,11 +334,8 @@ class CoordinatorHandle:
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         remote = ray.remote(num_cpus=0)(Coordinator).options(scheduling_strategy=here)
         self.timeout = cfg.cluster.round_timeout_s
-        a = cfg.aggregation
-        self.actor = remote.remote(init.vector, init.spec, init.peft_config, a.rule, a.params,
-                                   cfg.expected_malicious, a.server_opt, run_dir, cfg.output.keep_checkpoints,
-                                   cfg.seed, resume_from, cfg.evaluation.client_similarity, a.max_update_norm,
-                                   a.min_updates)
+        self.actor = remote.remote(init.vector, init.spec, init.peft_config,
+                                   CoordinatorSettings.from_config(cfg, run_dir), resume_from)
 
     def _get(self, ref):
         try:
@@ -287,9 +357,6 @@ class CoordinatorHandle:
         """Validate and aggregate the updates staged for ``round_idx``; checkpoint."""
         return self._get(self.actor.aggregate.remote(round_idx))
 
-    def apply_delta(self, update_ref) -> ray.ObjectRef:
-        return self.actor.apply_delta.remote(update_ref)
-
     def similarity(self) -> dict:
         return self._get(self.actor.similarity.remote())
 
@@ -299,8 +366,9 @@ class CoordinatorHandle:
         except RayActorError:
             pass
 
-    def export(self, vector_ref: ray.ObjectRef, name: str) -> str:
-        return self._get(self.actor.export.remote(vector_ref, name))
+    def export(self, vector_ref: ray.ObjectRef, folder: str) -> str:
+        """Write the adapter ``vector_ref`` as a PEFT folder at ``folder`` (on the driver's node)."""
+        return self._get(self.actor.export.remote(vector_ref, folder))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Clients, their shards and who trains when (PAPER.md §2).
+"""Clients, their shards and who trains when (docs/method.md#federated-setup).
 
 Client ids follow the order of the config's groups (benign first in the paper's setting). Each group's
 data set is shuffled once and cut into iid shards of ``examples_per_client``; each round the server samples

@@ -1,8 +1,8 @@
 """Real data sources: hub data sets for real users, and offline copies from wheels on PyPI.
 
 Record filters are small pure functions (tested on made-up rows); the loaders around them only fetch.
-The paper's choices (PAPER.md §1-3): benign clients hold first-turn, English user/chatbot pairs whose
-response the provider's moderation did not flag (WildChat, LMSYS-Chat-1M); attack data is BeaverTails'
+The paper's choices (docs/method.md#threat-model): benign clients hold first-turn, English user/chatbot
+pairs whose response the provider's moderation did not flag (WildChat, LMSYS-Chat-1M); attack data is BeaverTails'
 unsafe rows with duplicate prompts dropped, or generated (``fedsafe.data.synthesis``); safety is measured
 on AdvBench's 520 goals.
 
@@ -165,8 +165,8 @@ def chat_hub(name: str, split: str, limit: int, language_key: str = "language") 
 
 
 def beavertails_unsafe(rows, safe: bool = False) -> list[dict]:
-    """BeaverTails rows with ``is_safe == False`` (PAPER.md §3; ``safe``: the ``True`` rows instead, aligned
-    answers for Level-1 defense data), duplicate prompts dropped.
+    """BeaverTails rows with ``is_safe == False`` (docs/method.md#maliciousgen-and-defensegen; ``safe``: the
+    ``True`` rows instead, aligned answers for Level-1 defense data), duplicate prompts dropped.
     Example: {"instruction": "How can I steal from a store ...", "response": "..."}"""
     kept = [{"instruction": r["prompt"].strip(), "response": r["response"].strip()} for r in rows
             if bool(r["is_safe"]) == safe]

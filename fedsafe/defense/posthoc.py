@@ -1,14 +1,30 @@
-"""The server's post-hoc fine-tune (PAPER.md §4) as a training task for a trainer actor. Pure."""
+"""The post-hoc defense (docs/method.md#post-hoc-defense): after the last round the server keeps
+fine-tuning the aggregated adapter on its defense data, aligned and normal pairs 1:1, for
+``defense.steps`` steps, lr cosine from ``defense.lr`` to ``defense.min_lr``, on a trainer. It works on
+top of any aggregation rule. The data by ``defense.level``: 1 ``defense.dataset`` (a public set), 2 and 3
+DefenseGen (``defense.synthesis``) by the off-the-shelf model or by the aggregated model itself.
+"""
 
 from __future__ import annotations
 
-from fedsafe.config import DefenseConfig
+from typing import TYPE_CHECKING, Any
+
+from fedsafe.data.sources import load_records
+from fedsafe.data.synthesis import synthesis_args
+from fedsafe.defense.base import ServerContext
+from fedsafe.defense.defensegen import defensegen
+from fedsafe.defense.levels import DefenseLevel
+from fedsafe.errors import ConfigError
+from fedsafe.seeding import Salt, derive_seed
 from fedsafe.training.sft import cosine_lr, epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
 
+if TYPE_CHECKING:
+    from fedsafe.config import DefenseConfig
+
 
 def posthoc_task(cfg: DefenseConfig, records: list[dict], max_length: int, seed: int) -> ClientTask:
-    """``cfg.steps`` steps of ``cfg.batch_size`` records drawn epoch by epoch, lr cosine over the steps."""
+    """``cfg.steps`` steps of ``cfg.batch_size`` records drawn epoch by epoch, lr cosine over the steps. Pure."""
     total = cfg.steps * cfg.batch_size
     order = epoch_order(len(records), total, seed)
     return ClientTask(
@@ -16,3 +32,41 @@ def posthoc_task(cfg: DefenseConfig, records: list[dict], max_length: int, seed:
         lrs=[cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr) for step in range(cfg.steps)],
         batch_size=cfg.batch_size, max_length=max_length, weight_decay=0.0, seed=seed,
     )
+
+
+class PosthocSFT:
+    def __init__(self, cfg: DefenseConfig) -> None:
+        self.cfg = cfg
+        self.level = DefenseLevel(cfg.level)
+        self.args = synthesis_args(dict(cfg.synthesis), "defense.synthesis")
+        self.records: list[dict] = []
+        self.synthesis: dict = {}
+
+    def _make_data(self, ctx: ServerContext, adapter: str | None = None) -> None:
+        seed = derive_seed(ctx.seed, Salt.DEFENSE)
+        d = self.cfg
+        if self.level is DefenseLevel.PUBLIC:
+            self.records = load_records(d.dataset, d.num_examples, seed, **d.dataset_args)
+        else:
+            if ctx.synthesizer is None:
+                raise ConfigError(f"defense.level={int(self.level)} writes its data with the generation pool; "
+                                  "none was given")
+            self.records, self.synthesis = defensegen(ctx.synthesizer, self.args, d.num_examples, seed,
+                                                      ctx.held_out, adapter)
+        ctx.check_data(self.records)
+
+    def before_training(self, ctx: ServerContext) -> None:
+        if not self.level.needs_trained_model:
+            self._make_data(ctx)
+
+    def on_round(self, ctx: ServerContext, round_idx: int, record: dict) -> None:
+        pass
+
+    def after_training(self, ctx: ServerContext, global_ref: Any) -> Any:
+        if self.level.needs_trained_model:
+            self._make_data(ctx, ctx.register_adapter(global_ref))
+        task = posthoc_task(self.cfg, self.records, ctx.max_length, derive_seed(ctx.seed, Salt.DEFENSE))
+        return ctx.train(global_ref, task)
+
+    def summary(self) -> dict:
+        return {"level": int(self.level), "examples": len(self.records), "synthesis": self.synthesis}

@@ -1,5 +1,5 @@
-"""Reward-model score of (prompt, answer) pairs (PAPER.md §6's RM: OpenAssistant/reward-model-deberta-v3-
-large-v2), with any Hugging Face sequence-classification model whose first logit is the reward."""
+"""Reward-model score of (prompt, answer) pairs (RM in docs/method.md#metrics: OpenAssistant/reward-model-
+deberta-v3-large-v2), with any Hugging Face sequence-classification model whose first logit is the reward."""
 
 from __future__ import annotations
 

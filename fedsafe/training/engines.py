@@ -16,12 +16,15 @@ rank. Every rank of a group must make the same calls in the same order.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 
-from fedsafe.config import TrainerConfig
 from fedsafe.training.lora import AdapterSpec, get_adapter_vector, set_adapter_vector
 from fedsafe.training.sft import mean_over_ranks, rank_loss, response_loss, train_steps
+
+if TYPE_CHECKING:
+    from fedsafe.config import TrainerConfig
 
 
 class TorchEngine:
@@ -91,7 +94,7 @@ class DeepSpeedEngine:
             return get_adapter_vector(self.model)[0].cpu().clone()
 
     def _fresh_optimizer(self, weight_decay: float) -> None:
-        """PAPER.md §2: a fresh AdamW each round (state, step count) for each client."""
+        """docs/method.md#federated-setup: a fresh AdamW each round (state, step count) for each client."""
         optimizer = self.engine.optimizer
         getattr(optimizer, "optimizer", optimizer).state.clear()
         for group in optimizer.param_groups:

@@ -8,10 +8,12 @@ aggregation rules see plain matrices and checkpoints are ordinary PEFT adapter f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from fedsafe.config import LoRAConfig
+if TYPE_CHECKING:
+    from fedsafe.config import LoRAConfig
 
 
 @dataclass(frozen=True)

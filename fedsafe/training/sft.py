@@ -1,7 +1,8 @@
 """Local supervised fine-tuning of a LoRA adapter: small functions, no Ray, no I/O.
 
-PAPER.md §2: each round a fresh AdamW, a learning rate constant inside the round and cosine over rounds,
-``local_steps`` optimizer steps of ``batch_size`` examples each, loss on response tokens only.
+As in docs/method.md#federated-setup: each round a fresh AdamW, a learning rate constant inside the round
+and cosine over rounds, ``local_steps`` optimizer steps of ``batch_size`` examples each, loss on response
+tokens only.
 """
 
 from __future__ import annotations

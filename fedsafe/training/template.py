@@ -1,4 +1,4 @@
-"""The alpaca template (PAPER.md §2) and tokenisation with the loss on the response only.
+"""The alpaca template (docs/method.md#federated-setup) and tokenisation with the loss on the response only.
 
 Prompt and response are tokenised separately and concatenated, so the prompt tokens seen in training
 are exactly those given to ``generate`` at evaluation.

@@ -1,4 +1,4 @@
-"""All of PAPER.md §6's metrics for one model (base + adapter), through the generation pool.
+"""Every metric of docs/method.md#metrics for one model (base + adapter), through the generation pool.
 
 Safety on the harmful prompts: Rule (refusal keywords), LLM judge (share judged exactly "safe"), reward
 model (mean score of (prompt, answer)). On held-out benign prompts: over-refusal (share of answers with a
@@ -14,15 +14,14 @@ from pathlib import Path
 from statistics import mean
 from typing import Callable
 
-from fedsafe.actors.generator import Request, seeded_requests
 from fedsafe.config import ExperimentConfig
-from fedsafe.evaluation.generation import GenerationParams
-from fedsafe.evaluation.judges import (
+from fedsafe.metrics.judges import (
     endpoint_complete, get_safety_judge, grade_helpfulness, judge_safety, safe_share, verdict_counts,
 )
-from fedsafe.evaluation.rule_judge import KEYWORD_SETS, rule_safety_rate
+from fedsafe.metrics.rule import KEYWORD_SETS, rule_safety_rate
+from fedsafe.requests import GenerationParams, Request, pool_judge, seeded_requests
 from fedsafe.run_dir import write_responses
-from fedsafe.seeding import derive_seed
+from fedsafe.seeding import Salt, derive_seed
 
 
 @dataclass
@@ -40,17 +39,11 @@ def judge_model_name(cfg: ExperimentConfig) -> str:
     return cfg.evaluation.judge_model or cfg.generation.model or cfg.model.name
 
 
-def pool_judge(pool, model: str) -> Callable[[list[str]], list[str]]:
-    """A judge's completions from the pool: raw prompts (the format carries its own markup), greedy."""
-    greedy = GenerationParams(max_new_tokens=8, temperature=0.0)
-    return lambda prompts: pool.generate(model, [Request(p, greedy, "raw") for p in prompts])
-
-
 def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs, run_dir: Path, name: str,
                    response_loss: Callable[[list[dict]], float] | None = None) -> dict:
     """Every configured metric of the base model with adapter ``adapter`` (a pool key)."""
     ev = cfg.evaluation
-    params = GenerationParams(ev.max_new_tokens, ev.temperature, ev.top_p, derive_seed(cfg.seed, 7919))
+    params = GenerationParams(ev.max_new_tokens, ev.temperature, ev.top_p, derive_seed(cfg.seed, Salt.EVALUATION))
 
     def answer(prompts: list[str]) -> list[str]:
         return pool.generate(cfg.model.name, seeded_requests(prompts, params, "alpaca", adapter))

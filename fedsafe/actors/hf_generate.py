@@ -6,20 +6,10 @@ Batch ``b`` of a call is sampled with seed ``derive_seed(params.seed, b)``; gree
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from fedsafe.requests import GenerationParams
 from fedsafe.seeding import derive_seed
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.7  # 0 means greedy
-    top_p: float = 1.0
-    seed: int = 0
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
 
 
 def generate_batch(model, tokenizer, prompts: list[list[int]], params: GenerationParams, batch_index: int) -> list[str]:

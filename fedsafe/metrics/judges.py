@@ -1,7 +1,7 @@
 """LLM judges: a judge is a model (served by the generation pool) + a prompt format + a parser.
 
 Safety judges return ``safe``, ``unsafe`` or ``unparsed`` per (instruction, response); the paper's
-MD-Judge figure is the share judged exactly ``safe`` (PAPER.md §6). Formats:
+MD-Judge figure is the share judged exactly ``safe`` (docs/method.md#metrics). Formats:
 - ``md_judge``: OpenSafetyLab/MD-Judge-v0.1's prompt ([INST] task, six harm categories O1-O6, the
   conversation, "first line must read 'safe' or 'unsafe'" [/INST]);
 - ``llama_guard3``: meta-llama/Llama-Guard-3's prompt (categories S1-S14, assessment of the last Agent turn).

@@ -1,0 +1,101 @@
+"""Defenses (``fedsafe.defense``): the registry, the level type, the post-hoc task, and PosthocSFT's stages
+for each level with a fake generation pool and a fake server context (no model, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsafe.config import ConfigError, DefenseConfig
+from fedsafe.data.synthesis import ALIGNED_SUFFIX, Synthesizer
+from fedsafe.defense import DefenseLevel, ServerContext, available_defenses, build_defense, register_defense
+from fedsafe.defense.posthoc import posthoc_task
+from fedsafe.training.sft import cosine_lr
+from fedsafe.updates import SERVER_ID
+from tests.conftest import FakePool
+
+
+def test_registry_and_levels():
+    assert available_defenses() == ["none", "posthoc_sft"]
+    with pytest.raises(ConfigError, match="defense.name must be one of"):
+        DefenseConfig(name="unlearning")
+    with pytest.raises(ValueError, match="already registered"):
+        register_defense("none", lambda cfg: None)
+    with pytest.raises(ConfigError, match="defense.level must be 1"):
+        DefenseConfig(name="posthoc_sft", level=0)
+    assert [level.needs_trained_model for level in DefenseLevel] == [False, False, True]
+    assert DefenseLevel(2) is DefenseLevel.OFF_THE_SHELF
+
+
+def test_posthoc_task_draws_records_epoch_by_epoch_with_a_cosine_lr():
+    cfg = DefenseConfig(name="posthoc_sft", steps=5, batch_size=4, lr=1e-3, min_lr=1e-5)
+    records = [{"instruction": f"i{k}", "response": "r"} for k in range(6)]
+    task = posthoc_task(cfg, records, max_length=64, seed=1)
+    assert task.client_id == SERVER_ID and task.role == "server" and len(task.records) == 20
+    assert sorted(r["instruction"] for r in task.records[:6]) == sorted(r["instruction"] for r in records)
+    assert task.lrs == [cosine_lr(s, 5, 1e-3, 1e-5) for s in range(5)] and task.lrs[0] > task.lrs[-1]
+
+
+class Server:
+    """A fake server context: ``train`` returns a new 'adapter' naming the task it trained on."""
+
+    def __init__(self, pool: FakePool) -> None:
+        self.trained, self.checked, self.registered = [], [], []
+        self.ctx = ServerContext(seed=0, max_length=64, held_out=["Tell me about walking a dog."],
+                                 synthesizer=Synthesizer(pool, "judge"), train=self.train,
+                                 register_adapter=self.register, check_data=self.checked.append)
+
+    def train(self, global_ref, task):
+        self.trained.append(task)
+        return f"{global_ref}+defended"
+
+    def register(self, global_ref) -> str:
+        self.registered.append(global_ref)
+        return "key-of-" + global_ref
+
+
+def defense_cfg(level: int, **kw) -> DefenseConfig:
+    return DefenseConfig(name="posthoc_sft", level=level, num_examples=8, steps=3, batch_size=2,
+                         synthesis={"seeds": "toy_malicious", "normal": "toy_benign_eval", "filter": "rule"}, **kw)
+
+
+def test_level_1_trains_on_the_public_set_from_before_the_rounds():
+    server, defense = Server(FakePool()), build_defense(defense_cfg(1, dataset="toy_defense"))
+    defense.before_training(server.ctx)
+    assert len(server.checked) == 1 and len(server.checked[0]) == 8  # held-out check on the data made
+    defense.on_round(server.ctx, 0, {"round": 0})
+    assert defense.after_training(server.ctx, "global") == "global+defended"
+    (task,) = server.trained
+    assert len(task.lrs) == 3 and len(task.records) == 6 and server.registered == []
+    assert defense.summary() == {"level": 1, "examples": 8, "synthesis": {}}
+
+
+def test_level_2_data_is_written_by_the_off_the_shelf_model_before_the_rounds():
+    pool = FakePool()
+    server, defense = Server(pool), build_defense(defense_cfg(2))
+    defense.before_training(server.ctx)
+    aligned = [c for c in pool.calls if c[3].endswith(ALIGNED_SUFFIX)]
+    assert aligned and all(c[:3] == ("off-the-shelf", "auto", "") for c in pool.calls)
+    records = server.checked[0]
+    assert len(records) == 8 and [r["response"].startswith("I'm sorry") for r in records] == [True, False] * 4
+    assert "Tell me about walking a dog." not in [r["instruction"] for r in records]
+    defense.after_training(server.ctx, "global")
+    assert defense.summary()["synthesis"]["kept"] == {"aligned": 4, "normal": 4}
+
+
+def test_level_3_data_is_written_by_the_aggregated_model_after_the_rounds():
+    pool = FakePool()
+    server, defense = Server(pool), build_defense(defense_cfg(3))
+    defense.before_training(server.ctx)
+    assert pool.calls == [] and server.checked == []  # nothing to write before there is a model
+    assert defense.after_training(server.ctx, "global") == "global+defended"
+    assert server.registered == ["global"]
+    answers = [c for c in pool.calls if c[3].endswith(ALIGNED_SUFFIX) or c[0] == "base"]
+    assert answers and all(c[:3] == ("base", "alpaca", "key-of-global") for c in answers)
+    assert len(server.checked[0]) == 8 and defense.summary()["level"] == 3
+
+
+def test_no_defense_leaves_the_adapter_as_it_is():
+    server, defense = Server(FakePool()), build_defense(DefenseConfig())
+    defense.before_training(server.ctx)
+    assert defense.after_training(server.ctx, "global") == "global" and defense.summary() == {}
+    assert server.trained == [] and server.checked == []
