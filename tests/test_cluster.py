@@ -270,3 +270,24 @@ def test_rayjob_manifest_has_what_kuberay_requires_and_its_entrypoint_plans():
          "GPU": float(w["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])}
         for w in cluster["workerGroupSpecs"] for _ in range(w["replicas"])]
     assert make_plan(cfg, nodes).trainers.count == cfg.federation.clients_per_round
+
+
+def test_the_retry_policy_is_data_and_a_failed_client_goes_to_the_front_until_it_is_out_of_tries():
+    from fedsafe.cluster.pool import RetryPolicy, Schedule
+    from fedsafe.updates import ClientTask
+
+    cfg = load_config(SMOKE, ["cluster.max_retries=1", "cluster.client_timeout_s=7", "cluster.round_timeout_s=9"])
+    policy = RetryPolicy.from_config(cfg)
+    assert policy == RetryPolicy(max_retries=1, client_timeout_s=7.0, round_timeout_s=9.0)
+    assert [policy.again(n) for n in (1, 2)] == [True, False] and "client_timeout_s=7s" in policy.silence
+    tasks = [ClientTask(c, 0, "benign", [], [1e-3], 1, 8, 0.0, 0) for c in (4, 8, 9)]
+    run = Schedule(tasks, [], policy)
+    assert run.pending == [0, 1, 2] and run.busy
+    run.pending.remove(2)
+    run.fail(2, "trainer died: x")
+    assert run.pending == [2, 0, 1]  # a retry goes first
+    run.pending.remove(2)
+    run.fail(2, "timeout: y")
+    assert run.pending == [0, 1]  # out of tries: the round goes on without client 9
+    assert run.outcome.failures == [{"client_id": 9, "attempt": 1, "reason": "trainer died: x"},
+                                    {"client_id": 9, "attempt": 2, "reason": "timeout: y"}]
