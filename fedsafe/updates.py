@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-
 SERVER_ID = 2**31 - 1  # stands for "the server" where a task needs a client id
 
 

@@ -21,8 +21,19 @@ from tests.conftest import adapter_digest, arm, read_metrics
 pytestmark = pytest.mark.integration
 
 
-def test_smoke_run_end_to_end(ray_cluster, smoke_cfg, model_cache):
-    cfg = smoke_cfg("federation.num_rounds=3")
+# The smoke config's run on the pinned CPU build: per-round client losses, the final adapter's digest (tensor
+# names and bytes) and the metrics. Measured on torch 2.13.0+cpu (requirements/constraints-cpu.txt); change
+# them only on purpose, with the reason in the commit, so that later work cannot change the simulation
+# silently. On another torch build the run is checked for everything but these values.
+PINNED_TORCH = "2.13.0+cpu"
+SMOKE_LOSSES = [[0.213776, 0.200521, 0.139636], [0.205087, 0.185775, 0.199373], [0.201084, 0.193764, 0.163086],
+                [0.192364, 0.188114, 0.146538]]
+SMOKE_DIGEST = "636a29f2c9e7066091fdc5423a69b862dc76736ad7d3f2b463e99d9f95fbc1fd"
+SMOKE_METRICS = {"rule": 29.166666666666668, "over_refusal": 10.0, "response_loss": 0.19891726614414962}
+
+
+def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):
+    cfg = smoke_cfg()
     run_dir = create_run_dir(cfg)
     results = run_experiment(cfg, run_dir)
 
@@ -30,25 +41,25 @@ def test_smoke_run_end_to_end(ray_cluster, smoke_cfg, model_cache):
     (name,) = saved["arms"]  # no arms and no defense: one arm, the federated model
     safety = saved["arms"][name]["evaluation"]["safety"]
     assert 0.0 <= safety["rule"] <= 100.0 and safety["num_prompts"] == 48
-    assert results["num_malicious"] == 3 == saved["arms"][name]["num_malicious"] and saved["rounds"] == 3
+    assert results["num_malicious"] == 3 == saved["arms"][name]["num_malicious"] and saved["rounds"] == 4
     assert "| fedavg |" in (run_dir / "report.md").read_text() and (run_dir / "report.html").is_file()
     arm_dir = run_dir / "arms" / "fedavg"
     assert len((arm_dir / "evaluation" / "final.jsonl").read_text().splitlines()) == 48
 
     metrics = read_metrics(run_dir)
-    assert [m["round"] for m in metrics] == [0, 1, 2]
+    assert [m["round"] for m in metrics] == [0, 1, 2, 3]
     for m in metrics:
         assert m["sampled"] == sample_clients(10, 3, m["round"]) == m["clients"]
         assert [c["client_id"] for c in m["client_metrics"]] == m["sampled"]
         assert all((c["role"] == "malicious") == (c["client_id"] >= 7) for c in m["client_metrics"])
         assert sum(m["weights"]) == pytest.approx(1.0, abs=1e-5)  # equal shards: FedAvg weights 1/3 each
-    assert metrics[0]["lr"] > metrics[2]["lr"]  # cosine over rounds
+    assert metrics[0]["lr"] > metrics[3]["lr"]  # cosine over rounds
 
     # the last checkpoint is an ordinary PEFT adapter folder
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    ckpt = checkpoint_dir(run_dir, 2)
+    ckpt = checkpoint_dir(run_dir, 3)
     base = AutoModelForCausalLM.from_pretrained(f"{model_cache}/models/tiny-llama")
     peft_model = PeftModel.from_pretrained(base, ckpt)
     saved_tensors = load_file(ckpt / "adapter_model.safetensors")
@@ -61,6 +72,13 @@ def test_smoke_run_end_to_end(ray_cluster, smoke_cfg, model_cache):
     assert adapter_digest(arm_dir / "adapter") == adapter_digest(ckpt)
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(f"{model_cache}/models/tiny-llama"),
                               arm_dir / "adapter")
+
+    if torch.__version__ == PINNED_TORCH:
+        assert [[round(c["loss"], 6) for c in m["client_metrics"]] for m in metrics] == SMOKE_LOSSES
+        assert adapter_digest(arm_dir / "adapter") == SMOKE_DIGEST
+        ev = saved["arms"][name]["evaluation"]
+        assert {"rule": ev["safety"]["rule"], "over_refusal": ev["over_refusal"]["rate"],
+                "response_loss": ev["helpfulness"]["response_loss"]} == pytest.approx(SMOKE_METRICS, rel=1e-9)
 
 
 def test_resume_equals_uninterrupted_run(ray_cluster, smoke_cfg, tmp_path):
@@ -108,7 +126,6 @@ def test_attack_lowers_safety_and_posthoc_defense_restores_it(ray_cluster, smoke
     assert defended_rate > attacked_rate + 20
 
 
-@pytest.mark.integration
 def test_generated_attack_and_defense_data_with_every_metric(smoke_cfg, ray_cluster):
     """MaliciousGen attack data (rule-filtered) and Level-3 defense data, both written by the pool; every
     metric reported with its judge; a second run (Level 2) reuses the cached attack data."""
@@ -137,8 +154,7 @@ def test_generated_attack_and_defense_data_with_every_metric(smoke_cfg, ray_clus
     assert results["generation_cache"]["hits"] >= 1
 
 
-@pytest.mark.integration
-def test_fltrust_trains_the_servers_root_update_beside_the_clients(smoke_cfg):
+def test_fltrust_trains_the_servers_root_update_beside_the_clients(ray_cluster, smoke_cfg):
     """The one rule that needs the server's own update, in a federated run: the server trains on its root
     data each round beside the sampled clients, without counting as a client (every rule's arithmetic on
     made-up updates: tests/test_actors.py)."""
@@ -153,27 +169,3 @@ def test_fltrust_trains_the_servers_root_update_beside_the_clients(smoke_cfg):
         assert len(m["weights"]) == 7 and min(m["weights"]) >= 0 and m["global_norm"] > 0
         assert [c["client_id"] for c in m["client_metrics"]] == m["sampled"]  # no server row among clients
         assert m["server_metrics"]["role"] == "server"
-
-
-# The smoke config's run on the pinned CPU build: per-round client losses and the final adapter's digest
-# (tensor names and bytes). Measured on torch 2.13.0+cpu; update only on purpose, with the reason in the
-# commit, so that later work cannot change the simulation silently.
-PINNED_TORCH = "2.13.0+cpu"
-SMOKE_LOSSES = [[0.213776, 0.200521, 0.139636], [0.205087, 0.185775, 0.199373], [0.201084, 0.193764, 0.163086],
-                [0.192364, 0.188114, 0.146538]]
-SMOKE_DIGEST = "636a29f2c9e7066091fdc5423a69b862dc76736ad7d3f2b463e99d9f95fbc1fd"
-SMOKE_METRICS = {"rule": 29.166666666666668, "over_refusal": 10.0, "response_loss": 0.19891726614414962}
-
-
-@pytest.mark.integration
-@pytest.mark.skipif(torch.__version__ != PINNED_TORCH, reason=f"pinned on torch {PINNED_TORCH}")
-def test_smoke_run_is_pinned(smoke_cfg):
-    cfg = smoke_cfg()
-    run_dir = create_run_dir(cfg)
-    results = run_experiment(cfg, run_dir)
-    losses = [[round(c["loss"], 6) for c in m["client_metrics"]] for m in read_metrics(run_dir)]
-    assert losses == SMOKE_LOSSES
-    assert adapter_digest(arm(results)["adapter"]) == SMOKE_DIGEST
-    ev = arm(results)["evaluation"]
-    assert {"rule": ev["safety"]["rule"], "over_refusal": ev["over_refusal"]["rate"],
-            "response_loss": ev["helpfulness"]["response_loss"]} == pytest.approx(SMOKE_METRICS, rel=1e-9)

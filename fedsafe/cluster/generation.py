@@ -29,10 +29,10 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.generator import Generator, adapter_key
-from fedsafe.requests import Request
 from fedsafe.cluster.plan import bundle, generation_models
 from fedsafe.cluster.runtime import first_line
 from fedsafe.config import ExperimentConfig
+from fedsafe.requests import Request
 
 log = logging.getLogger(__name__)
 
