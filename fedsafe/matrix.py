@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from fedsafe.cluster.plan import Plan
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
+from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
 
@@ -76,9 +77,13 @@ def _digest(value) -> str:
 
 
 def federation_key(cfg: ExperimentConfig) -> str:
-    """Hash of everything that determines the federated run and its per-round evaluations."""
+    """Hash of everything that determines the federated run and its per-round evaluations (the defense
+    too when it changes the rounds)."""
     d = to_dict(cfg)
-    return _digest([{k: d[k] for k in FEDERATION_FIELDS}, {k: d["generation"][k] for k in GENERATION_FIELDS}])
+    fields = [{k: d[k] for k in FEDERATION_FIELDS}, {k: d["generation"][k] for k in GENERATION_FIELDS}]
+    if build_defense(cfg.defense).changes_rounds:
+        fields.append(d["defense"])
+    return _digest(fields)
 
 
 def arm_key(cfg: ExperimentConfig) -> str:

@@ -135,3 +135,13 @@ def test_paper_gpu_config_plans_the_papers_setting(capsys):
     assert launch.main(["--config", str(ROOT / "configs" / "paper_gpu.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "matrix: 17 arms over 8 federated runs" in out and "Residual + Level 2" in out
+
+
+def test_a_defense_that_changes_the_rounds_gets_a_federated_run_of_its_own(monkeypatch):
+    from fedsafe.defense.posthoc import PosthocSFT
+
+    arms = expand_arms(load_config(SMOKE, ARMS))
+    assert arms[3].federation == arms[1].federation  # the post-hoc defense acts after the last round only
+    monkeypatch.setattr(PosthocSFT, "changes_rounds", True)
+    again = expand_arms(load_config(SMOKE, ARMS))
+    assert again[3].federation != again[1].federation and again[1].federation == arms[1].federation

@@ -7,6 +7,9 @@
   evaluate (the post-hoc fine-tune returns the fine-tuned one).
 
 ``summary()`` is what the defense reports into the arm's results (data sizes, synthesis counts).
+``changes_rounds``: False when ``on_round`` only observes, so the federated run is the undefended one and
+arms with and without the defense share it (``fedsafe.matrix``); a defense that changes the rounds
+sets it True.
 A defense never imports Ray: everything it may ask of the cluster comes in ``ServerContext``.
 """
 
@@ -38,6 +41,8 @@ class ServerContext:
 
 
 class Defense(Protocol):
+    changes_rounds: bool
+
     def before_training(self, ctx: ServerContext) -> None: ...
 
     def on_round(self, ctx: ServerContext, round_idx: int, record: dict) -> None: ...
@@ -49,6 +54,8 @@ class Defense(Protocol):
 
 class NoDefense:
     """Every stage neutral: the aggregated adapter is evaluated as it is."""
+
+    changes_rounds = False
 
     def before_training(self, ctx: ServerContext) -> None:
         pass

@@ -35,6 +35,8 @@ def posthoc_task(cfg: DefenseConfig, records: list[dict], max_length: int, seed:
 
 
 class PosthocSFT:
+    changes_rounds = False  # it acts after the last round only
+
     def __init__(self, cfg: DefenseConfig) -> None:
         self.cfg = cfg
         self.level = DefenseLevel(cfg.level)
