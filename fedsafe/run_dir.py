@@ -39,15 +39,24 @@ def create_run_dir(cfg: ExperimentConfig) -> Path:
     return run_dir
 
 
+LOST_RECORD = ("the run stopped after this round was checkpointed and before its record was written; the "
+               "round's training and aggregation records are lost")
+
+
 class MetricsLog:
-    """Appends one JSON line per event; on resume drops the lines of rounds that did not complete."""
+    """Appends one JSON line per round. On resume at ``start_round`` it drops the lines of rounds that did
+    not complete, and a round that was checkpointed but never logged (the driver died in between) gets a
+    line saying so (``recovered``), so the log has one line per round."""
 
     def __init__(self, run_dir: Path, start_round: int, tensorboard: bool) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("round", -1) < start_round]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = {json.loads(line).get("round", -1): line for line in lines if line.strip()}
+        kept = {r: line for r, line in kept.items() if r < start_round}
+        for r in range(start_round):
+            kept.setdefault(r, json.dumps({"round": r, "recovered": LOST_RECORD}))
+        if lines or kept:
+            self.path.write_text("".join(kept[r] + "\n" for r in sorted(kept)))
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -125,7 +125,9 @@ def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, mod
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert 1 <= arm(results)["resumed_at_round"] <= 2
+    # one line per round; a round checkpointed just before the kill but never logged says so
     assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    assert all("client_metrics" in r or "before its record" in r["recovered"] for r in read_metrics(run_dir))
     assert final_adapter(run_dir) == final_adapter(baseline[0])
     assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 
