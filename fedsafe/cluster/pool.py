@@ -148,7 +148,7 @@ class Schedule:
 
     def wait(self) -> ray.ObjectRef | None:
         """The next finished training or staging, or None when the earliest training's deadline passed.
-        Raises ``CoordinatorLost`` when only stagings are left and none ends within the group timeout."""
+        Raises ``CoordinatorLost`` when only stagings are left and none ends within ``round_timeout_s``."""
         deadline = min((d for _, _, d, _ in self.running.values()),
                        default=time.monotonic() + self.policy.round_timeout_s)
         done, _ = ray.wait([*self.running, *self.staging], num_returns=1,
