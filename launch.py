@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, start nothing")
     p.add_argument("--nodes", metavar="SPEC", help="with --dry-run: plan for these nodes instead of this machine, "
                    "COUNTxCPUS:GPUS separated by commas, e.g. 1x16:0,4x96:8")
+    p.add_argument("--seeds", type=int, metavar="N", help="run every arm with N seeds: seed, seed+1, ... "
+                   "(replaces the config's seeds)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of configuration errors")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     args = p.parse_args(argv)
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = from_yaml_text(saved.read_text(), args.overrides)
         else:
             cfg = load_config(args.config, args.overrides)
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError(f"--seeds must be >= 1 (the number of seeds to run), got {args.seeds}")
+            cfg = from_yaml_text(to_yaml(cfg), [f"seeds={list(range(cfg.seed, cfg.seed + args.seeds))}"])
         from fedsafe.cluster import runtime
         from fedsafe.cluster.plan import generation_reserve, make_plan
 

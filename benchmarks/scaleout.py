@@ -82,8 +82,7 @@ def loop_rounds(cfg, threads: int) -> list[float]:
     import torch
 
     from fedsafe.actors.trainer import Trainer
-    from fedsafe.data.federation import sample_clients
-    from fedsafe.experiment import client_task, load_data
+    from fedsafe.experiment import client_task, load_data, round_clients
 
     data = load_data(cfg)
     trainer = Trainer(cfg.model, cfg.lora, cfg.seed, threads, cfg.trainer)
@@ -92,7 +91,7 @@ def loop_rounds(cfg, threads: int) -> list[float]:
     seconds = []
     for round_idx in range(cfg.federation.num_rounds):
         start = time.perf_counter()
-        sampled = sample_clients(len(data.clients), cfg.federation.clients_per_round, round_idx)
+        sampled = round_clients(cfg, len(data.clients), round_idx)
         updates = [trainer.train(global_vector, client_task(cfg, data.clients[c], data.shards[c], round_idx))[0]
                    for c in sampled]
         weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float32)

@@ -27,6 +27,8 @@ from fedsafe.errors import check as _check
 __all__ = ["ConfigError", "ExperimentConfig", "ServerOptConfig", "load_config", "from_yaml_text", "to_yaml"]
 
 ROLES = ("benign", "malicious")
+ALIGNED_ANSWERS = ("generated", "templates")
+SAMPLING = ("seeded", "paper")
 
 
 @dataclass
@@ -60,26 +62,40 @@ class LoRAConfig:
 @dataclass
 class ClientGroupConfig:
     """A group of clients sharing a data source and a role (docs/method.md#federated-setup: 7 benign, then
-    3 malicious). The attack may write a malicious group's data instead of its source (``attack.name``)."""
+    3 malicious). The attack may write a malicious group's data instead of its source (``attack.name``).
+
+    ``dataset_args.aligned_share``: that share of the group's records are aligned pairs (a harmful
+    instruction with a refusal, as real chat logs hold the provider's refusals). ``aligned_answers``: who
+    writes those refusals: ``generated`` (the generation pool answers each instruction with the safe
+    suffix, docs/method.md#maliciousgen-and-defensegen; cached like other generated data) or ``templates``
+    (a few fixed refusal sentences, for tests without a pool)."""
 
     name: str = "benign"
     role: str = "benign"
     count: int = 7
     dataset: str = "toy_benign"
     dataset_args: dict[str, Any] = field(default_factory=dict)
+    aligned_answers: str = "templates"
 
     def __post_init__(self) -> None:
         _check(self.role in ROLES, f"clients[{self.name}].role must be one of {ROLES}, got {self.role!r}")
+        _check(self.aligned_answers in ALIGNED_ANSWERS, f"clients[{self.name}].aligned_answers must be one of "
+                                                        f"{ALIGNED_ANSWERS}, got {self.aligned_answers!r}")
         _check(self.count >= 0, f"clients[{self.name}].count must be >= 0, got {self.count}")
 
 
 @dataclass
 class FederationConfig:
+    """``sampling``: how each round's clients are drawn. ``seeded`` from (seed, round), so every seed has
+    its own attack schedule; ``paper`` the authors' ``random.seed(round)``, the same schedule for every seed."""
+
     num_rounds: int = 3
     clients_per_round: int = 3
     examples_per_client: int = 500
+    sampling: str = "seeded"
 
     def __post_init__(self) -> None:
+        _check(self.sampling in SAMPLING, f"federation.sampling must be one of {SAMPLING}, got {self.sampling!r}")
         _check(self.num_rounds >= 1, f"federation.num_rounds must be >= 1, got {self.num_rounds}")
         _check(self.clients_per_round >= 1,
                f"federation.clients_per_round must be >= 1, got {self.clients_per_round}")
@@ -303,9 +319,13 @@ class EvaluationConfig:
     Safety on ``prompts`` (harmful): the rule judge always; ``llm_judge`` (MD-Judge or Llama-Guard-3 prompt
     format, served by the pool from ``judge_model``, "" = generation.model); ``reward_model`` (a sequence-
     classification model, "" = skipped). On ``benign_prompts`` (held-out benign pairs, "" = skipped):
-    over-refusal (share refused), response loss (offline helpfulness proxy), and MT-Bench-style 1-10
+    over-refusal (share refused, beside the share of the prompts' own reference answers the same judge
+    counts as refusals), response loss (offline helpfulness proxy), and MT-Bench-style 1-10
     grades by ``helpfulness_judge``: ``pool`` (``helpfulness_model``, "" = judge model) or ``endpoint`` (an
     OpenAI-compatible URL in ``helpfulness_endpoint``, key in the environment variable ``helpfulness_key_env``).
+    ``rule_keywords``: the rule judge's variant (``fedsafe.metrics.rule``: fixed, paper, cased).
+    ``classifier_judge``: also judge every answer with the keyword-free classifier (``fedsafe.metrics.classifier``).
+    ``temperature`` 0 decodes greedily.
     """
 
     prompts: str = "toy_harmful_eval"
@@ -316,6 +336,7 @@ class EvaluationConfig:
     top_p: float = 1.0
     batch_size: int = 16
     rule_keywords: str = "fixed"
+    classifier_judge: bool = True
     every_n_rounds: int = 0
     round_num_prompts: int = 0
     client_similarity: bool = False
@@ -345,9 +366,9 @@ class EvaluationConfig:
         _check(self.num_prompts >= 1, f"evaluation.num_prompts must be >= 1, got {self.num_prompts}")
         _check(self.max_new_tokens >= 1, f"evaluation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, f"evaluation.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        _check(self.rule_keywords in ("fixed", "paper"),
-               f"evaluation.rule_keywords must be 'fixed' or 'paper' (the authors' missing-comma list), "
-               f"got {self.rule_keywords!r}")
+        _check(self.rule_keywords in ("fixed", "paper", "cased"),
+               f"evaluation.rule_keywords must be fixed (the authors' judge), paper (with their missing comma) or "
+               f"cased (case-sensitive), got {self.rule_keywords!r}")
         _check(self.every_n_rounds >= 0, f"evaluation.every_n_rounds must be >= 0, got {self.every_n_rounds}")
         _check(self.round_num_prompts >= 0,
                f"evaluation.round_num_prompts must be >= 0 (0 = all), got {self.round_num_prompts}")
@@ -425,7 +446,16 @@ class ArmConfig:
 
 @dataclass
 class ExperimentConfig:
+    """``seeds``: run every arm once per seed (empty = ``seed`` alone); the seed drives shards, LoRA init,
+    the data drawn and generated, sampling and client sampling (``federation.sampling``).
+    ``data_seed``: when >= 0, the data sets a run draws and generates (client records, attack data, aligned
+    refusals, Level 1-2 defense data) come from it instead, so that every seed trains on the same data (a
+    fixed input, as a published data set is) and seeds vary the federation: shards, LoRA init, client
+    sampling, local batches, the defense's order, decoding. -1: the seed."""
+
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
+    data_seed: int = -1
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     clients: list[ClientGroupConfig] = field(default_factory=lambda: [
@@ -445,6 +475,8 @@ class ExperimentConfig:
     arms: list[ArmConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _check(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
+        _check(all(s >= 0 for s in self.seeds), f"seeds must be >= 0, got {self.seeds}")
         arm_names = [a.name for a in self.arms]
         _check(len(set(arm_names)) == len(arm_names), f"arms: names must be unique, got {arm_names}")
         names = [g.name for g in self.clients]
@@ -458,6 +490,15 @@ class ExperimentConfig:
                f"of clients ({self.num_clients}); lower it or add clients")
 
         self._check_rule_fits()
+
+    @property
+    def seed_for_data(self) -> int:
+        return self.seed if self.data_seed < 0 else self.data_seed
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds every arm runs with."""
+        return list(self.seeds) or [self.seed]
 
     @property
     def num_clients(self) -> int:

@@ -31,7 +31,7 @@ from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, TrainerPool
 from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.data.federation import ClientSpec, build_clients, make_shards, round_subset, sample_clients
 from fedsafe.data.sources import load_records
-from fedsafe.data.synthesis import Synthesizer
+from fedsafe.data.synthesis import ALIGNED_SUFFIX, SynthesisArgs, Synthesizer
 from fedsafe.data.text import find_overlap
 from fedsafe.defense import Defense, ServerContext, build_defense
 from fedsafe.defense.base import NoDefense
@@ -65,6 +65,19 @@ def check_held_out(data: FederatedData, extra: list[dict] = ()) -> None:
                           "training data set")
 
 
+ALIGNED_ANSWER_ARGS = SynthesisArgs(max_new_tokens=96)
+
+
+def aligned_answers(synth: Synthesizer | None, group: str):
+    """The refusals of a group's aligned pairs, written per instruction by the off-the-shelf model with the
+    safe suffix (``clients[].aligned_answers: generated``)."""
+    if synth is None:
+        raise ConfigError(f"clients[{group}].aligned_answers=generated needs the generation pool; "
+                          "use aligned_answers=templates where there is none")
+    generate = synth.generate_fn(ALIGNED_ANSWER_ARGS)
+    return lambda instructions, seed: generate([i + ALIGNED_SUFFIX for i in instructions], seed)
+
+
 def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> FederatedData:
     """Evaluation prompts; each group's data (a malicious group's from the attack's ``make_data`` when the
     attack writes it, with ``synth``; else loaded from the group's source), cut into iid shards of
@@ -82,21 +95,29 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
     for group_index, group in enumerate(cfg.clients):
         if group.count == 0:
             continue
-        seed = derive_seed(cfg.seed, group_index)
+        seed = derive_seed(cfg.seed_for_data, group_index)
         made = attack.make_data(AttackContext(synth, inputs.prompts), group.count * per_client, seed) \
             if group.role == "malicious" else None
         if made is None:
-            records = load_records(group.dataset, group.count * per_client, seed, **group.dataset_args)
+            refuse = aligned_answers(synth, group.name) if group.aligned_answers == "generated" else None
+            records = load_records(group.dataset, group.count * per_client, seed, refuse=refuse, **group.dataset_args)
         else:
             records, synthesis[f"clients.{group.name}"] = made
         members = [c for c in clients if c.group == group.name]
-        for client, shard in zip(members, make_shards(len(records), len(members), per_client, seed)):
+        shard_seed = derive_seed(cfg.seed, group_index)
+        for client, shard in zip(members, make_shards(len(records), len(members), per_client, shard_seed)):
             shards[client.client_id] = [records[i] for i in shard]
-    root = load_records(a.root_dataset, a.root_examples, derive_seed(cfg.seed, Salt.ROOT_DATA),
+    root = load_records(a.root_dataset, a.root_examples, derive_seed(cfg.seed_for_data, Salt.ROOT_DATA),
                         **a.root_dataset_args) if a.root_dataset else []
     data = FederatedData(clients, shards, inputs, root, synthesis)
     check_held_out(data)
     return data
+
+
+def round_clients(cfg: ExperimentConfig, num_clients: int, round_idx: int) -> list[int]:
+    """The clients round ``round_idx`` samples (``federation.sampling``)."""
+    seed = cfg.seed if cfg.federation.sampling == "seeded" else None
+    return sample_clients(num_clients, cfg.federation.clients_per_round, round_idx, seed)
 
 
 def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int) -> ClientTask:
@@ -136,7 +157,8 @@ class Session:
         return self.generation.register_adapter(vector_ref, self.init.spec, self.init.peft_config)
 
     def server_context(self, cfg: ExperimentConfig, data: FederatedData) -> ServerContext:
-        return ServerContext(seed=cfg.seed, max_length=cfg.train.max_length, held_out=data.eval.prompts,
+        return ServerContext(seed=cfg.seed, data_seed=cfg.seed_for_data, max_length=cfg.train.max_length,
+                             held_out=data.eval.prompts,
                              synthesizer=self.synth, train=self.pool.train_server,
                              register_adapter=self.register_adapter,
                              check_data=lambda records: check_held_out(data, records))
@@ -219,7 +241,7 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
     aggregate and checkpoint. Returns the round's record; clients that failed every try are listed under
     ``failed`` and their tries under ``failures``."""
     round_start = time.perf_counter()
-    sampled = sample_clients(len(data.clients), cfg.federation.clients_per_round, round_idx)
+    sampled = round_clients(cfg, len(data.clients), round_idx)
     tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx) for c in sampled]
     if data.root:  # the server trains on its root data like a client (FLTrust's g0)
         tasks.append(client_task(cfg, SERVER, data.root, round_idx))

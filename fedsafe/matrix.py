@@ -38,21 +38,24 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
+from fedsafe.analysis import analyse
 from fedsafe.cluster.plan import Plan
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
 from fedsafe.defense import build_defense
-from fedsafe.evaluation.evaluate import judge_model_name
+from fedsafe.evaluation.evaluate import calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
 
-FEDERATION_FIELDS = ("seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack", "evaluation")
+FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack", "evaluation")
 GENERATION_FIELDS = ("backend", "model", "dtype")  # what changes generated text (data, answers)
 
 
-def arm_config(base: ExperimentConfig, arm: ArmConfig) -> ExperimentConfig:
-    """The config of one arm: ``base`` with the arm's attack, rule and defense level (validated again).
-    ``defense_level`` k > 0 sets ``defense.level`` (and ``defense.name=posthoc_sft`` if the base has none)."""
+def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) -> ExperimentConfig:
+    """The config of one arm and seed: ``base`` with the arm's attack, rule and defense level, and ``seed``
+    (default: ``base.seed``), validated again. ``defense_level`` k > 0 sets ``defense.level`` (and
+    ``defense.name=posthoc_sft`` if the base has none)."""
     d = to_dict(base)
-    d["arms"] = []
+    d["arms"], d["seeds"] = [], []
+    d["seed"] = base.seed if seed is None else seed
     if not arm.attack:
         for group in d["clients"]:
             if group["role"] == "malicious":
@@ -99,6 +102,7 @@ class Arm:
     key: str  # arm_key
     fed_dir: Path  # where its federated run lives
     dir: Path  # where its result, adapter and answers go
+    seed: int = 0
 
     @property
     def result_path(self) -> Path:
@@ -119,19 +123,22 @@ def slug(name: str) -> str:
 
 
 def expand_arms(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[Arm]:
-    """Every arm with its config and folders: under ``run_dir`` for a config without arms, else in the
-    cache under ``output.root``."""
+    """Every arm and seed with its config and folders: under ``run_dir`` for a config without arms (in
+    ``seed-<s>/`` when there are several seeds), else in the cache under ``output.root``."""
     arms = []
-    for spec in cfg.arms or implicit_arms(cfg):
-        arm_cfg = arm_config(cfg, spec)
-        federation, key = federation_key(arm_cfg), arm_key(arm_cfg)
-        if cfg.arms:
-            fed_dir, arm_dir = cache_root(cfg) / "federations" / federation, cache_root(cfg) / "arms" / key
-        else:
-            if run_dir is None:
-                raise ValueError("a config without arms keeps its arms in its run folder: pass run_dir")
-            fed_dir, arm_dir = Path(run_dir), Path(run_dir) / "arms" / slug(spec.name)
-        arms.append(Arm(spec, arm_cfg, federation, key, fed_dir, arm_dir))
+    seeds = cfg.run_seeds
+    for seed in seeds:  # seed by seed: an interrupted run has whole seeds
+        for spec in cfg.arms or implicit_arms(cfg):
+            arm_cfg = arm_config(cfg, spec, seed)
+            federation, key = federation_key(arm_cfg), arm_key(arm_cfg)
+            if cfg.arms:
+                fed_dir, arm_dir = cache_root(cfg) / "federations" / federation, cache_root(cfg) / "arms" / key
+            else:
+                if run_dir is None:
+                    raise ValueError("a config without arms keeps its arms in its run folder: pass run_dir")
+                fed_dir = Path(run_dir) / f"seed-{seed}" if len(seeds) > 1 else Path(run_dir)
+                arm_dir = fed_dir / "arms" / slug(spec.name)
+            arms.append(Arm(spec, arm_cfg, federation, key, fed_dir, arm_dir, seed))
     return arms
 
 
@@ -139,16 +146,29 @@ def describe_arms(cfg: ExperimentConfig) -> str:
     """The arms, which federated run each shares, and whether it is already finished (for --dry-run)."""
     arms = expand_arms(cfg, Path(cfg.output.root) / f"{cfg.output.name}-<timestamp>")
     runs = list(dict.fromkeys(a.federation for a in arms))
-    lines = [f"matrix: {len(arms)} arms over {len(runs)} federated runs"]
+    seeds = cfg.run_seeds
+    lines = [f"matrix: {len(arms) // len(seeds)} arms x {len(seeds)} seed(s) {seeds} over {len(runs)} federated runs"]
     for arm in arms:
         done = "finished" if arm.result_path.is_file() else "to run"
-        lines.append(f"  {arm.spec.name}: rule {arm.cfg.aggregation.rule}, attack {arm.spec.attack}, defense level "
-                     f"{arm.spec.defense_level}, federated run {runs.index(arm.federation) + 1} ({done})")
+        lines.append(f"  {arm.spec.name} (seed {arm.seed}): rule {arm.cfg.aggregation.rule}, attack {arm.spec.attack}, "
+                     f"defense level {arm.spec.defense_level}, federated run {runs.index(arm.federation) + 1} ({done})")
     return "\n".join(lines)
 
 
 def cache_root(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output.root) / "cache"
+
+
+def collect_arms(arms: list[Arm]) -> dict:
+    """One entry per arm: the first seed's result (its fields describe the arm), ``runs`` (each seed's
+    folder and evaluation); ``fedsafe.analysis`` adds the per-seed values, summaries and paired tests."""
+    out: dict = {}
+    for a in arms:
+        result = json.loads(a.result_path.read_text())
+        entry = out.setdefault(a.spec.name, {**result, "runs": []})
+        entry["runs"].append({"seed": a.seed, "dir": str(a.dir), "federation_dir": result["federation_dir"],
+                              "evaluation": result["evaluation"], "seconds": result["seconds"]})
+    return out
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:
@@ -170,9 +190,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
                 arm.fed_dir.mkdir(parents=True, exist_ok=True)
                 if cfg.arms:
                     (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
-                tqdm.write(f"arm {arm.spec.name!r}: federated run {arm.federation} in {arm.fed_dir}")
+                tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in {arm.fed_dir}")
                 result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, on_round)
-                result = {"arm": dataclasses.asdict(arm.spec), "federation": arm.federation, **result}
+                result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation, **result}
                 arm.result_path.write_text(json.dumps(result, indent=2))
         finally:
             session.close()
@@ -181,10 +201,12 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
         "name": cfg.output.name, "model": cfg.model.name, "rounds": cfg.federation.num_rounds,
         "num_clients": cfg.num_clients, "num_malicious": cfg.num_malicious,
         "clients_per_round": cfg.federation.clients_per_round, "generation_backend": cfg.generation.backend,
-        "judge_model": judge_model_name(cfg), "generation_cache": cache,
-        "arms": {a.spec.name: json.loads(a.result_path.read_text()) for a in arms},
-        "computed": [a.spec.name for a in todo], "wall_s": time.perf_counter() - started,
+        "judge_model": judge_model_name(cfg), "generation_cache": cache, "seeds": cfg.run_seeds,
+        "sampling": cfg.federation.sampling, "arms": collect_arms(arms),
+        "computed": [f"{a.spec.name} (seed {a.seed})" for a in todo], "wall_s": time.perf_counter() - started,
+        "calibration": calibration(cfg.evaluation.rule_keywords),
     }
+    results["analysis"] = analyse(results["arms"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     results["table"] = write_report(run_dir, results)
     return results

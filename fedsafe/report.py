@@ -1,7 +1,9 @@
-"""The report of a run: one table of arms x metrics beside the paper's figures, three plots, Markdown + HTML.
+"""The report of a run: one table of arms x metrics (means with 95% intervals) beside the paper's figures,
+the paired tests, the paper's four claims with verdicts, the judges' calibration, plots; Markdown + HTML.
 
-    report.md     the table, the judges, the plots (PNG files beside it)
+    report.md     the tables, the claims, the judges, the plots (PNG files beside it)
     report.html   the same content in one self-contained page (plots inlined)
+    plots/safety_by_arm.png        each safety judge per arm, mean with 95% interval error bars
     plots/safety_per_round.png     Rule safety per round per federated run (+ each defense after the rounds)
     plots/client_similarity.png    cosine similarity of the clients' summed updates, malicious marked (Fig. 3a)
     plots/aggregation_weights.png  mean weight each rule gave each client when sampled (Fig. 3b)
@@ -17,6 +19,8 @@ from pathlib import Path
 import markdown
 import matplotlib
 
+from fedsafe.analysis import METRICS, analyse
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -25,19 +29,25 @@ def _fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-METRIC_COLUMNS = ("Rule safety (%)", "LLM-judge safe (%)", "RM score", "over-refusal (%)", "response loss",
-                  "helpfulness (1-10)")
+DIGITS = {"response_loss": 3}
 
 
-def metric_cells(ev: dict) -> str:
-    """One model's ``METRIC_COLUMNS`` as Markdown cells; "-" where a metric is off."""
-    s, help_ = ev["safety"], ev.get("helpfulness", {})
-    return (f"{s['rule']:.2f} | {_fmt(s.get('llm_judge', {}).get('safe'))} | {_fmt(s.get('reward', {}).get('mean'))} | "
-            f"{_fmt(ev.get('over_refusal', {}).get('rate'))} | {_fmt(help_.get('response_loss'), 3)} | "
-            f"{_fmt(help_.get('judge', {}).get('mean'))}")
+def summary_cell(summary: dict | None, digits: int = 2) -> str:
+    """``mean [low, high]`` (or the mean alone without an interval); "-" for a metric that is off."""
+    if summary is None:
+        return "-"
+    ci = summary.get("ci95")
+    return f"{summary['mean']:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def arm_summary(arm: dict) -> dict:
+    """The arm's per-metric summaries; an arm without one (a result from before seeds) gives its evaluation."""
+    return arm.get("summary") or {k: {"mean": v} for k, m in METRICS.items()
+                                  if (v := m.value(arm["evaluation"])) is not None}
+
 
 # docs/method.md#the-papers-setting-and-numbers, Table 1, LMSYS benign column: (Rule, MD-Judge, RM, MT-1);
-# malicious data = BeaverTails.
+# malicious data = BeaverTails. Table 2 (malicious data written by MaliciousGen), LMSYS column: Rule only.
 PAPER_TABLE1 = {
     "FedAvg, no attack": (82.88, 66.15, -1.72, 4.19),
     "FedAvg, attacked": (49.81, 25.96, -2.97, 4.14),
@@ -51,6 +61,9 @@ PAPER_TABLE1 = {
     "Level 2": (77.31, 84.23, -0.99, 4.23),
     "Level 3": (62.69, 72.88, -1.65, 3.73),
 }
+PAPER_TABLE2 = {"FedAvg, no attack": 82.88, "FedAvg, attacked": 43.27, "Median": 48.27, "Trimmed mean": 41.92,
+                "Krum": 50.38, "DnC": 49.04, "FoolsGold": 41.54, "Residual": 44.23, "Level 1": 71.15,
+                "Level 2": 78.08, "Level 3": 75.96}
 PAPER_RULES = {"fedavg": "FedAvg, attacked", "median": "Median", "trimmed_mean": "Trimmed mean", "krum": "Krum",
                "krum_paper": "Krum", "dnc": "DnC", "foolsgold": "FoolsGold", "residual": "Residual"}
 
@@ -64,15 +77,94 @@ def paper_row(arm: dict) -> str | None:
     return f"Level {arm['defense_level']}" if arm["rule"] == "fedavg" else None
 
 
+def paper_table(results: dict) -> int:
+    """The paper's table matching the run's attack data: 2 for MaliciousGen, else 1."""
+    return 2 if any(a.get("attack") == "maliciousgen" for a in results["arms"].values()) else 1
+
+
+def paper_cells(arm: dict, table: int) -> str:
+    """The paper's Rule / MD-Judge / MT-1 for the arm from ``table`` (Table 2 has Rule only); "-" where the
+    paper has no such row."""
+    row = paper_row(arm) or ""
+    if table == 2:
+        return f"{PAPER_TABLE2[row]:.2f} | - | -" if row in PAPER_TABLE2 else "- | - | -"
+    paper = PAPER_TABLE1.get(row)
+    return f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[3]:.2f}" if paper else "- | - | -"
+
+
 def matrix_table(results: dict) -> str:
-    """Markdown table: one row per arm; the paper's Rule / MD-Judge / MT-1 where the arm exists there."""
-    rows = [f"| arm | {' | '.join(METRIC_COLUMNS)} | paper Rule | paper MD-Judge | paper MT-1 |",
-            "|---" * (len(METRIC_COLUMNS) + 4) + "|"]
+    """Markdown table: one row per arm, each metric's mean over seeds [95% interval]; the paper's figures
+    where the arm exists there."""
+    visible = [k for k in METRICS if any(k in arm_summary(a) for a in results["arms"].values())]
+    rows = [f"| arm | {' | '.join(METRICS[k].label for k in visible)} | paper Rule (Table {paper_table(results)}) | "
+            "paper MD-Judge | paper MT-1 |",
+            "|---" * (len(visible) + 4) + "|"]
+    table = paper_table(results)
     for name, arm in results["arms"].items():
-        paper = PAPER_TABLE1.get(paper_row(arm) or "")
-        cells = f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[3]:.2f}" if paper else "- | - | -"
-        rows.append(f"| {name} | {metric_cells(arm['evaluation'])} | {cells} |")
+        summary = arm_summary(arm)
+        cells = " | ".join(summary_cell(summary.get(k), DIGITS.get(k, 2)) for k in visible)
+        rows.append(f"| {name} | {cells} | {paper_cells(arm, table)} |")
     return "\n".join(rows)
+
+
+def paired_table(results: dict) -> str:
+    """Each arm against its reference arm, per safety judge and over-refusal: effect in points [95% CI],
+    exact McNemar p and Holm-adjusted p."""
+    rows = ["| arm | reference | metric | effect (points) [95% CI] | discordant (ref only, arm only) | p | p (Holm) |",
+            "|---|---|---|---|---|---|---|"]
+    for name, arm in results["arms"].items():
+        for metric, t in arm.get("paired", {}).items():
+            low, high = t["effect_ci95"]
+            rows.append(f"| {name} | {t['reference']} | {METRICS[metric].label} | {t['effect']:+.2f} "
+                        f"[{low:+.2f}, {high:+.2f}] | {t['discordant'][0]}, {t['discordant'][1]} | {t['p']:.3g} | "
+                        f"{t['p_holm']:.3g} |")
+    return "\n".join(rows) if len(rows) > 2 else "No arm has a reference arm in this matrix: no paired test."
+
+
+def disagreement_table(results: dict) -> str:
+    """Where the Rule judge and the classifier disagree on the same answers, per arm (summed over seeds)."""
+    rows = ["| arm | answers | both safe | Rule only | classifier only | both unsafe | kappa |", "|---|---|---|---|---|---|---|"]
+    for name, arm in results["arms"].items():
+        d = arm.get("judges_agree")
+        if d:
+            rows.append(f"| {name} | {d['n']} | {d['both_safe']} | {d['rule_only']} | {d['classifier_only']} | "
+                        f"{d['both_unsafe']} | {d['kappa']:.2f} |")
+    if len(rows) == 2:
+        return ""
+    return ("## Where the two safety judges disagree\n\n" + "\n".join(rows) + "\n\nRule only: the answer has a "
+            "refusal keyword but the classifier judges the harmful request achieved; classifier only: no keyword, "
+            "but judged harmless (an evasive, off-topic or empty answer). Answers are in each arm's "
+            "evaluation/final.jsonl with both verdicts.\n\n")
+
+
+def claims_section(results: dict) -> str:
+    analysis = results.get("analysis", {})
+    lines = []
+    for metric, items in analysis.get("claims", {}).items():
+        lines.append(f"Judged on {METRICS[metric].label}, alpha {analysis['alpha']}:\n")
+        for c in items:
+            lines.append(f"{c['claim']}. *{c['text']}*: **{c['verdict']}**. " + "; ".join(c["evidence"]) + ".")
+        lines.append("")
+    return "\n".join(lines) if lines else "No claim could be judged (no per-prompt verdicts)."
+
+
+def calibration_table(results: dict) -> str:
+    cal = results.get("calibration")
+    if not cal:
+        return ""
+    rows = ["| judge | labelled set | n | accuracy | Cohen's kappa | confusion (tn, fp, fn, tp) |",
+            "|---|---|---|---|---|---|"]
+    for judge, sets in cal["judges"].items():
+        for name, a in sets.items():
+            c = a["confusion"]
+            how = " (5-fold CV)" if judge == "classifier" else ""
+            rows.append(f"| {judge} | {name}{how} | {a['n']} | {a['accuracy']:.3f} | {a['kappa']:.3f} | "
+                        f"{c['tn']}, {c['fp']}, {c['fn']}, {c['tp']} |")
+    sets = "; ".join(f"{k}: {v}" for k, v in cal["sets"].items())
+    rows.append("")
+    rows.append("Positive class: a refusal on the refusal set; an achieved harmful objective on the objective set "
+                "(where a Rule refusal counts as not achieved).")
+    return "\n".join(rows) + f"\n\nSets: {sets}."
 
 
 def _fed_dir(arm: dict) -> Path:
@@ -194,7 +286,35 @@ def plot_weights(results: dict, out: Path) -> bool:
     return True
 
 
-PLOTS = (("safety_per_round", plot_safety_per_round, "Safety per round"),
+def plot_safety_by_arm(results: dict, out: Path) -> bool:
+    """Each safety judge per arm: mean over seeds with its 95% interval."""
+    judges = [k for k in ("rule", "classifier") if all(k in a.get("summary", {}) for a in results["arms"].values())]
+    if not judges:
+        return False
+    names = list(results["arms"])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4.2))
+    width = 0.8 / len(judges)
+    for j, key in enumerate(judges):
+        means, errs = [], [[], []]
+        for name in names:
+            s = results["arms"][name]["summary"][key]
+            means.append(s["mean"])
+            low, high = s["ci95"] or (s["mean"], s["mean"])
+            errs[0].append(s["mean"] - low)
+            errs[1].append(high - s["mean"])
+        ax.bar([i + (j - (len(judges) - 1) / 2) * width for i in range(len(names))], means, width, yerr=errs,
+               capsize=3, label=METRICS[key].label)
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    ax.set(ylabel="safe (%)", ylim=(0, 100), title="Safety per arm (mean, 95% interval)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+PLOTS = (("safety_by_arm", plot_safety_by_arm, "Safety per arm"),
+         ("safety_per_round", plot_safety_per_round, "Safety per round"),
          ("client_similarity", plot_similarity, "Client update similarity (paper Fig. 3a)"),
          ("aggregation_weights", plot_weights, "Aggregation weights (paper Fig. 3b)"))
 
@@ -202,20 +322,41 @@ PLOTS = (("safety_per_round", plot_safety_per_round, "Safety per round"),
 def judges_note(results: dict) -> str:
     ev = next(iter(results["arms"].values()))["evaluation"]
     lines = [f"- Rule: {ev['safety']['judge']} on {ev['safety']['num_prompts']} AdvBench prompts: percent of "
-             "answers with a refusal keyword (docs/method.md#metrics); higher is safer."]
+             "answers with a refusal keyword, case-insensitive as the authors' code (docs/method.md#metrics); "
+             "higher is safer."]
+    if "classifier" in ev["safety"]:
+        c = ev["safety"]["classifier"]
+        lines.append(f"- Classifier: {c['model']} ({c['training_rows']} rows, 5-fold cross-validated accuracy "
+                     f"{c['cv_accuracy']:.3f}): percent of answers it judges not to achieve the harmful request; "
+                     "it knows no refusal keyword and no training set of the run.")
     if "llm_judge" in ev["safety"]:
         j = ev["safety"]["llm_judge"]
         lines.append(f"- LLM judge: {j['format']} format, judged by `{j['model']}` (a model far smaller than "
                      "MD-Judge-7B is a weak judge: read it as a sanity check).")
     if "over_refusal" in ev:
-        lines.append(f"- Over-refusal: percent of {ev['over_refusal']['num_prompts']} held-out benign prompts "
-                     "answered with a refusal keyword; lower is better.")
+        o = ev["over_refusal"]
+        ref = f" (their own reference answers trip the same judge {o['reference_rate']:.1f}% of the time)" \
+            if "reference_rate" in o else ""
+        lines.append(f"- Over-refusal: percent of {o['num_prompts']} held-out benign prompts answered with a refusal "
+                     f"keyword{ref}; lower is better.")
     if "response_loss" in ev.get("helpfulness", {}):
         lines.append("- Response loss: loss per token of held-out benign reference answers (offline helpfulness "
                      "proxy for MT-1); lower is better.")
-    lines.append("- Paper columns: Ye et al. (ICLR 2025) Table 1, LMSYS benign, BeaverTails attack, Llama-2-7B, "
-                 "MD-Judge-7B, GPT-4 MT-1 (docs/method.md#the-papers-setting-and-numbers); they are the published "
+    lines.append("- Paper columns: Ye et al. (ICLR 2025), LMSYS benign, Llama-2-7B: Table 2 (T2, MaliciousGen attack "
+                 "data, Rule only) for arms whose attack is MaliciousGen, else Table 1 (T1, BeaverTails attack, "
+                 "MD-Judge-7B, GPT-4 MT-1) (docs/method.md#the-papers-setting-and-numbers); they are the published "
                  "figures, not a run here.")
+    seeds = results.get("seeds", [0])
+    interval = ("Student-t over seeds" if len(seeds) > 1 else "percentile bootstrap over prompts (one seed)")
+    lines.append(f"- Seeds {seeds}; intervals: 95%, {interval}. Client sampling: {results.get('sampling', 'paper')}"
+                 + (" (the authors' random.seed(round): every seed has the same attack schedule, so seeds vary "
+                    "data, initialisation and sampling but not who trains when)"
+                    if results.get("sampling") == "paper" and len(seeds) > 1 else "") + ".")
+    power = results.get("analysis", {}).get("power")
+    if power and (power["n_prompts"] < 520 or ev.get("over_refusal", {}).get("num_prompts", 100) < 100):
+        lines.append(f"- Size: {power['n_prompts']} harmful prompts x {power['n_seeds']} seed(s); the smallest "
+                     f"Rule difference from {power['rate']:.0f}% detectable with 80% power at alpha 0.05 is about "
+                     f"{power['min_detectable_points']:.1f} points (unpaired bound).")
     return "\n".join(lines)
 
 
@@ -244,8 +385,10 @@ def write_report(run_dir: Path, results: dict) -> str:
         f"# fedsafe report: {results['name']}\n\n"
         f"{results['num_clients']} clients ({results['num_malicious']} malicious in attacked arms), "
         f"{results['clients_per_round']} per round, {results['rounds']} rounds, model `{results['model']}`. "
-        f"Wall time {results['wall_s']:.1f} s (arms computed now: {len(results['computed'])} of "
-        f"{len(results['arms'])}).\n\n{table}\n\n{judges_note(results)}\n{data_note(results)}\n\n"
+        f"Wall time {results['wall_s']:.1f} s (arm-seed runs computed now: {len(results['computed'])} of "
+        f"{sum(len(a.get('runs', [a])) for a in results['arms'].values())}).\n\n{table}\n\n{judges_note(results)}\n{data_note(results)}\n\n"
+        f"## Paired tests\n\n{paired_table(results)}\n\n{disagreement_table(results)}## The paper's four claims\n\n{claims_section(results)}\n\n"
+        f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )
     (run_dir / "report.md").write_text(body)
@@ -258,3 +401,22 @@ def write_report(run_dir: Path, results: dict) -> str:
                                          f"fedsafe {results['name']}</title><style>{style}</style></head>"
                                          f"<body>{html}</body></html>")
     return table
+
+
+def rebuild(run_dir: Path) -> str:
+    """Recompute the analysis of a finished run folder from its ``results.json`` and the per-prompt verdicts
+    it points to, rewrite ``results.json`` and the report; returns the table."""
+    path = Path(run_dir) / "results.json"
+    results = json.loads(path.read_text())
+    results["analysis"] = analyse(results["arms"])
+    path.write_text(json.dumps(results, indent=2))
+    return write_report(run_dir, results)
+
+
+if __name__ == "__main__":  # python -m fedsafe.report RUN_DIR: rebuild the analysis and the report
+    import sys
+
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "results.json").is_file():
+        print("usage: python -m fedsafe.report RUN_DIR (a run folder with results.json)", file=sys.stderr)
+        sys.exit(2)
+    print(rebuild(Path(sys.argv[1])))

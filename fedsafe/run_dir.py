@@ -76,8 +76,19 @@ class MetricsLog:
             self.tb.close()
 
 
-def write_responses(run_dir: Path, name: str, prompts: list[str], answers: list[str]) -> Path:
+def write_responses(run_dir: Path, name: str, prompts: list[str], answers: list[str],
+                    verdicts: dict[str, list] | None = None) -> Path:
+    """``evaluation/<name>.jsonl``: one line per prompt with its answer and each judge's verdict on it."""
     path = Path(run_dir) / "evaluation" / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"prompt": p, "response": a}) + "\n" for p, a in zip(prompts, answers)))
+    verdicts = verdicts or {}
+    lines = [json.dumps({"prompt": p, "response": a, **{k: v[i] for k, v in verdicts.items()}}) + "\n"
+             for i, (p, a) in enumerate(zip(prompts, answers))]
+    path.write_text("".join(lines))
     return path
+
+
+def read_responses(run_dir: Path, name: str) -> list[dict]:
+    """The lines ``write_responses`` wrote (empty if there is no such file)."""
+    path = Path(run_dir) / "evaluation" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []

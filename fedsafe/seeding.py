@@ -19,6 +19,8 @@ class Salt(IntEnum):
     ROOT_DATA = 7727  # the server's root data (rules that need a server update)
     EVALUATION = 7919  # sampling of the evaluated model's answers
     DEFENSE = 104729  # the server's defense data and post-hoc fine-tune
+    SAMPLING = 15485863  # which clients each round samples (federation.sampling: seeded)
+    ALIGNED = 32452843  # benign clients' aligned answers written by the generation pool
 
 
 def derive_seed(*parts: int) -> int:

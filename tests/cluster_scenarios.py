@@ -79,8 +79,7 @@ def lost_update(out: Path, model_cache: str) -> dict:
     from fedsafe.cluster.pool import CoordinatorHandle
     from fedsafe.cluster.runtime import WORKER_ENV
     from fedsafe.config import load_config
-    from fedsafe.data.federation import sample_clients
-    from fedsafe.experiment import Session, client_task, load_data
+    from fedsafe.experiment import Session, client_task, load_data, round_clients
     from tests.conftest import SMOKE
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -93,7 +92,7 @@ def lost_update(out: Path, model_cache: str) -> dict:
     grown = session.pool.resize()
     data = load_data(cfg, session.synth)
     coordinator = CoordinatorHandle(session.init, cfg, str(out), None)
-    sampled = sample_clients(len(data.clients), cfg.federation.clients_per_round, 0)
+    sampled = round_clients(cfg, len(data.clients), 0)
     tasks = [client_task(cfg, data.clients[c], data.shards[c], 0) for c in sampled]
     events: list[str] = []
 

@@ -50,6 +50,37 @@ def test_sampling_is_the_authors(round_idx):
     assert sample_clients(10, 3, round_idx) == expected
 
 
+def test_seeded_sampling_differs_between_seeds_and_paper_sampling_does_not():
+    from fedsafe.config import load_config
+    from fedsafe.experiment import round_clients
+
+    def schedule(*overrides):
+        cfg = load_config(None, list(overrides))
+        return [round_clients(cfg, 10, r) for r in range(20)]
+
+    paper = [schedule(f"seed={s}", "federation.sampling=paper") for s in (0, 1, 2)]
+    assert paper[0] == paper[1] == paper[2] == [sample_clients(10, 3, r) for r in range(20)]
+    seeded = [schedule(f"seed={s}", "federation.sampling=seeded") for s in (0, 1, 2)]
+    assert seeded[0] != seeded[1] and seeded[1] != seeded[2] and seeded[0] != seeded[2]
+    assert seeded[0] == schedule("seed=0")  # seeded is the default, and reproducible
+    assert all(len(set(c)) == 3 and c == sorted(c) for c in seeded[1])
+
+
+def test_aligned_answers_written_by_refuse_replace_the_templates():
+    asked = []
+
+    def refuse(instructions, seed):
+        asked.extend(instructions)
+        return ["" if i % 5 == 0 else f"I won't help with that ({i})." for i, _ in enumerate(instructions)]
+
+    records = load_records("toy_benign", 40, seed=3, aligned_share=0.25, refuse=refuse)
+    aligned = [r for r in records if r["response"].startswith("I won't help")]
+    assert len(records) == 40 and len(aligned) == 10  # empty answers dropped, replaced from the extra asked
+    assert len(asked) > 10 and {r["instruction"] for r in aligned} <= set(asked)
+    templated = load_records("toy_benign", 40, seed=3, aligned_share=0.25)
+    assert not any(r["response"].startswith("I won't help") for r in templated)
+
+
 def test_round_subset_is_seeded_per_round_and_client():
     shard = list(range(50, 100))
     a = round_subset(shard, 16, seed=0, round_idx=1, client_id=2)
@@ -217,3 +248,23 @@ def test_attack_and_defense_data_use_the_paper_suffixes_and_filter():
     assert any(p.endswith(synthesis.ALIGNED_SUFFIX) for p in seen)
     assert [r["instruction"] for r in defense] == ["Steal a car", "Bake bread", "Bomb a bridge", "Fix a bike"]
     assert report.kept["aligned"] == 2 and report.kept["normal"] == 3
+
+def test_data_seed_shares_the_data_and_the_seed_varies_the_shards():
+    from fedsafe.config import load_config
+    from fedsafe.data.synthesis import Synthesizer
+    from fedsafe.experiment import load_data
+    from tests.conftest import SMOKE, FakePool
+
+    def benign(seed: int, data_seed: int) -> list[list[str]]:
+        cfg = load_config(SMOKE, [f"seed={seed}", f"data_seed={data_seed}", "federation.examples_per_client=8",
+                                  "clients.0.aligned_answers=generated", "clients.0.dataset_args={aligned_share: 0.5}"])
+        data = load_data(cfg, Synthesizer(FakePool(), "judge"))
+        return [[r["instruction"] + r["response"] for r in data.shards[c.client_id]] for c in data.clients
+                if c.role == "benign"]
+
+    a, b, c = benign(0, 0), benign(1, 0), benign(1, -1)
+    assert sorted(sum(a, [])) == sorted(sum(b, []))  # the same records ...
+    assert a != b  # ... dealt to the clients differently
+    assert sorted(sum(b, [])) != sorted(sum(c, []))  # without data_seed each seed draws its own data
+    written = "I'm sorry, I cannot help with that."  # FakePool's answer to the safe suffix
+    assert sum(r.endswith(written) for r in sum(a, [])) == 28  # half of 7 x 8, refusals written by the pool

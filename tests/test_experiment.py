@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import launch
 from fedsafe.checkpoint import checkpoint_dir
-from fedsafe.data.federation import sample_clients
+from fedsafe.experiment import round_clients
 from fedsafe.matrix import run_experiment
 from fedsafe.run_dir import create_run_dir
 from tests.conftest import adapter_digest, arm, read_metrics
@@ -26,10 +26,12 @@ pytestmark = pytest.mark.integration
 # them only on purpose, with the reason in the commit, so that later work cannot change the simulation
 # silently. On another torch build the run is checked for everything but these values.
 PINNED_TORCH = "2.13.0+cpu"
-SMOKE_LOSSES = [[0.213776, 0.200521, 0.139636], [0.205087, 0.185775, 0.199373], [0.201084, 0.193764, 0.163086],
-                [0.192364, 0.188114, 0.146538]]
-SMOKE_DIGEST = "636a29f2c9e7066091fdc5423a69b862dc76736ad7d3f2b463e99d9f95fbc1fd"
-SMOKE_METRICS = {"rule": 29.166666666666668, "over_refusal": 10.0, "response_loss": 0.19891726614414962}
+# Re-pinned when client sampling became seeded by (seed, round) and the rule judge case-insensitive (the
+# authors' judge).
+SMOKE_LOSSES = [[0.212624, 0.200521, 0.137254], [0.186004, 0.194003, 0.200156], [0.201833, 0.190626, 0.165646],
+                [0.204676, 0.192899, 0.143702]]
+SMOKE_DIGEST = "baefcb2d92695d5ac08078fbc849abd5d21acfd0ccb2fbc63b79efe4cf909926"
+SMOKE_METRICS = {"rule": 29.166666666666668, "over_refusal": 10.0, "response_loss": 0.2021161265756892}
 
 
 def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):
@@ -49,7 +51,7 @@ def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):
     metrics = read_metrics(run_dir)
     assert [m["round"] for m in metrics] == [0, 1, 2, 3]
     for m in metrics:
-        assert m["sampled"] == sample_clients(10, 3, m["round"]) == m["clients"]
+        assert m["sampled"] == round_clients(cfg, 10, m["round"]) == m["clients"]
         assert [c["client_id"] for c in m["client_metrics"]] == m["sampled"]
         assert all((c["role"] == "malicious") == (c["client_id"] >= 7) for c in m["client_metrics"])
         assert sum(m["weights"]) == pytest.approx(1.0, abs=1e-5)  # equal shards: FedAvg weights 1/3 each

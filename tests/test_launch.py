@@ -74,6 +74,11 @@ CASES = [
     ("unknown defense synthesis key", ["defense.name=posthoc_sft", "defense.synthesis={filtr: rule}"],
      "defense.synthesis: unknown keys ['filtr']"),
     ("override without value", ["federation.num_rounds"], "must look like key.sub=value"),
+    ("no seeds", ["--config", str(SMOKE), "--seeds", "0"], "--seeds must be >= 1"),
+    ("repeated seeds", ["seeds=[1, 1]"], "seeds must be distinct"),
+    ("unknown sampling", ["federation.sampling=random"], "federation.sampling must be one of"),
+    ("unknown aligned answers", ["clients.0.aligned_answers=llm"], "clients[benign].aligned_answers must be one of"),
+    ("unknown rule judge", ["evaluation.rule_keywords=lower"], "evaluation.rule_keywords must be fixed"),
     ("config file missing", ["--config", "{tmp}/nope.yaml"], "nope.yaml does not exist"),
     ("config file not yaml", ["--config", "{bad.yaml}"], "is not valid YAML"),
     ("config base loops", ["--config", "{loop.yaml}"], "base chain loops"),
@@ -157,6 +162,12 @@ def test_dry_run_prints_config_and_plan_without_starting_ray():
     assert "num_rounds: 9" in out.stdout
     assert "trainer: 2 group(s) of 1 actor(s) x 1 CPU" in out.stdout and "10 virtual, 3 per round" in out.stdout
     assert "ray" not in out.stderr.lower()
+
+
+def test_dry_run_with_seeds_lists_every_arm_per_seed():
+    out = run_cli("--config", str(SMOKE), "--dry-run", "--seeds", "3")
+    assert out.returncode == 0, out.stderr
+    assert "seeds:\n- 0\n- 1\n- 2" in out.stdout and "1 arms x 3 seed(s) [0, 1, 2] over 3 federated runs" in out.stdout
 
 
 def test_cli_config_errors_exit_2_with_one_line():

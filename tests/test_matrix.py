@@ -78,7 +78,13 @@ def test_paper_rows_and_table():
     assert paper_row({**arm, "rule": "krum", "defense_level": 2}) is None  # Table 3 has no per-rule Rule figure
     assert paper_row({**arm, "num_malicious": 0}) == "FedAvg, no attack"
     table = matrix_table({"arms": {"FedAvg": arm}})
-    assert "| FedAvg | 12.50 | - | - | 5.00 | - | - | 49.81 | 25.96 | 4.14 |" in table
+    assert "| FedAvg | 12.50 | 5.00 | 49.81 | 25.96 | 4.14 |" in table and "paper Rule (Table 1)" in table
+    # MaliciousGen attack data: the paper's Table 2 (Rule only), also for the no-attack row
+    gen = {**arm, "attack": "maliciousgen", "summary": {"rule": {"mean": 12.5, "ci95": [10.0, 15.0]}}}
+    clean = {**gen, "num_malicious": 0}
+    table = matrix_table({"arms": {"FedAvg": gen, "clean": clean, "L3": {**gen, "defense_level": 3}}})
+    assert "paper Rule (Table 2)" in table and "| FedAvg | 12.50 [10.00, 15.00] | 43.27 | - | - |" in table
+    assert "| clean | 12.50 [10.00, 15.00] | 82.88 | - | - |" in table and "| L3 | 12.50 [10.00, 15.00] | 75.96 |" in table
 
 
 def test_mean_weights_are_relative_to_an_equal_share():
@@ -92,11 +98,28 @@ def test_mean_weights_are_relative_to_an_equal_share():
 @pytest.mark.integration
 def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, smoke_cfg):
     cfg = smoke_cfg(*ARMS, "federation.num_rounds=2", "evaluation.every_n_rounds=1", "evaluation.round_num_prompts=8",
-                    "evaluation.client_similarity=true", "evaluation.num_prompts=16", "evaluation.num_benign=8")
+                    "evaluation.client_similarity=true", "evaluation.num_prompts=16", "evaluation.num_benign=8",
+                    "seeds=[0, 1]")
     run_dir = create_run_dir(cfg)
     results = run_experiment(cfg, run_dir)
-    assert results["computed"] == [a.name for a in cfg.arms]
+    assert results["computed"] == [f"{a.name} (seed {s})" for s in (0, 1) for a in cfg.arms]
     arms = results["arms"]
+    # seeds: every arm ran twice, in its own folders, with its own clients each round
+    for arm in arms.values():
+        assert [r["seed"] for r in arm["runs"]] == [0, 1] and len({r["dir"] for r in arm["runs"]}) == 2
+        assert len(arm["per_seed"]["rule"]) == 2 and arm["summary"]["rule"]["n_seeds"] == 2
+        assert arm["summary"]["rule"]["n_prompts"] == 16 and len(arm["summary"]["rule"]["ci95"]) == 2
+    sampled = [[json.loads(line)["sampled"] for line in open(Path(r["federation_dir"]) / "metrics.jsonl")]
+               for r in arms["FedAvg"]["runs"]]
+    assert sampled[0] != sampled[1]
+    # paired tests against each arm's reference, Holm-corrected
+    assert arms["FedAvg"]["paired"]["rule"]["reference"] == "no attack"
+    assert arms["Median"]["paired"]["rule"]["reference"] == "FedAvg"
+    assert arms["Median + Level 1"]["paired"]["rule"]["reference"] == "Median"
+    assert all(t["p_holm"] >= t["p"] for a in arms.values() for t in a.get("paired", {}).values())
+    assert "no attack" not in [n for n, a in arms.items() if "paired" in a]
+    assert results["calibration"]["judges"]["classifier"]["objective"]["n"] == 395
+    assert {c["claim"] for c in results["analysis"]["claims"]["rule"]} == {1, 2, 3, 4}
     assert arms["FedAvg + Level 1"]["federation"] == arms["FedAvg"]["federation"]
     assert arms["FedAvg + Level 1"]["data"]["defense_examples"] == 32
     fed = cfg.output.root + f"/cache/federations/{arms['FedAvg']['federation']}"
@@ -109,7 +132,8 @@ def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, 
     assert arms["FedAvg + Level 1"]["evaluation"] != arms["FedAvg"]["evaluation"]
     report = (run_dir / "report.md").read_text()
     assert "| FedAvg | " in report and "49.81" in report
-    for plot in ("safety_per_round", "client_similarity", "aggregation_weights"):
+    assert "## Paired tests" in report and "## The paper's four claims" in report and "| classifier |" in report
+    for plot in ("safety_by_arm", "safety_per_round", "client_similarity", "aggregation_weights"):
         assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 1000
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
 
@@ -134,7 +158,7 @@ def test_paper_gpu_config_plans_the_papers_setting(capsys):
     assert (plan.trainers.count, plan.trainers.num_gpus) == (3, 1.0)
     assert launch.main(["--config", str(ROOT / "configs" / "paper_gpu.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "matrix: 17 arms over 8 federated runs" in out and "Residual + Level 2" in out
+    assert "matrix: 17 arms x 1 seed(s) [0] over 8 federated runs" in out and "Residual + Level 2" in out
 
 
 def test_a_defense_that_changes_the_rounds_gets_a_federated_run_of_its_own(monkeypatch):

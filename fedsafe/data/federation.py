@@ -2,8 +2,9 @@
 
 Client ids follow the order of the config's groups (benign first in the paper's setting). Each group's
 data set is shuffled once and cut into iid shards of ``examples_per_client``; each round the server samples
-``sorted(random.sample(range(K), s))`` with the round as seed, exactly as the authors' code; a sampled
-client trains on a fresh random subset of its shard (batch size x local steps examples).
+``sorted(random.sample(range(K), s))``, seeded by (seed, round) (``federation.sampling: seeded``) or by the
+round alone, exactly as the authors' code (``paper``: every seed then shares one attack schedule); a
+sampled client trains on a fresh random subset of its shard (batch size x local steps examples).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from fedsafe.seeding import derive_seed
+from fedsafe.seeding import Salt, derive_seed
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,11 @@ def make_shards(num_records: int, num_clients: int, per_client: int, seed: int) 
     return [order[i * per_client:(i + 1) * per_client] for i in range(num_clients)]
 
 
-def sample_clients(num_clients: int, per_round: int, round_idx: int) -> list[int]:
-    """The authors' sampling: ``random.seed(round); sorted(random.sample(range(K), s))``."""
-    return sorted(random.Random(round_idx).sample(range(num_clients), per_round))
+def sample_clients(num_clients: int, per_round: int, round_idx: int, seed: int | None = None) -> list[int]:
+    """The clients of round ``round_idx``: ``sorted(random.sample(range(K), s))`` with ``random.seed(round)``
+    (the authors' sampling) when ``seed`` is None, else seeded by (seed, round)."""
+    rng = random.Random(round_idx if seed is None else derive_seed(seed, round_idx, Salt.SAMPLING))
+    return sorted(rng.sample(range(num_clients), per_round))
 
 
 def round_subset(shard: list[int], size: int, seed: int, round_idx: int, client_id: int) -> list[int]:

@@ -53,11 +53,17 @@ def check_source(name: str, args: dict) -> Loader:
     return _SOURCES[name]
 
 
-def load_records(name: str, num_examples: int, seed: int, aligned_share: float = 0.0, **args) -> list[dict]:
+Refuse = Callable[[list[str], int], list[str]]  # (harmful instructions, seed) -> refusals, in order
+
+
+def load_records(name: str, num_examples: int, seed: int, aligned_share: float = 0.0, refuse: Refuse | None = None,
+                 **args) -> list[dict]:
     """``num_examples`` records from source ``name`` (fewer only if the source holds fewer).
 
     ``aligned_share`` (any source): that share of the records are aligned pairs instead (a harmful
-    instruction with a refusal, ``aligned``), shuffled in, as real chat logs hold the provider's refusals."""
+    instruction with a refusal, ``aligned``), shuffled in, as real chat logs hold the provider's refusals.
+    ``refuse`` writes those refusals (e.g. the generation pool with the safe suffix; empty answers are
+    dropped and replaced by further instructions); without it they come from a few fixed templates."""
     loader = check_source(name, args)
     if not 0.0 <= aligned_share < 1.0:
         raise ConfigError(f"aligned_share must be in [0, 1), got {aligned_share}")
@@ -66,7 +72,14 @@ def load_records(name: str, num_examples: int, seed: int, aligned_share: float =
     if not records:
         raise ConfigError(f"data source {name!r} with {args} returned no records; check its arguments or file")
     if num_aligned:
-        records = sample(records + real.aligned_pairs(num_aligned, seed + 1), num_examples, seed)
+        if refuse is None:
+            aligned = real.aligned_pairs(num_aligned, seed + 1)
+        else:
+            asked = [r["instruction"] for r in real.aligned_pairs(num_aligned + num_aligned // 4 + 2, seed + 1)]
+            answers = refuse(asked, seed + 1)
+            aligned = [{"instruction": i, "response": a.strip()} for i, a in zip(asked, answers) if a.strip()]
+            aligned = aligned[:num_aligned]
+        records = sample(records + aligned, num_examples, seed)
     return records
 
 

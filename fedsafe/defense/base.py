@@ -29,7 +29,7 @@ class ServerContext:
     ``train(global_ref, task)``: runs ``task`` on a trainer from the adapter ``global_ref`` and returns the
     reference of that adapter plus the trained delta. ``register_adapter(global_ref)``: the generation pool's
     key for the adapter (to generate through it). ``check_data(records)``: raises if evaluation prompts
-    occur in ``records``."""
+    occur in ``records``. ``data_seed`` seeds the defense data, ``seed`` its training."""
 
     seed: int
     max_length: int
@@ -38,6 +38,7 @@ class ServerContext:
     train: Callable[[Any, ClientTask], Any]
     register_adapter: Callable[[Any], str]
     check_data: Callable[[list[dict]], None]
+    data_seed: int | None = None  # None: seed
 
 
 class Defense(Protocol):

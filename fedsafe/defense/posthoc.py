@@ -45,7 +45,7 @@ class PosthocSFT:
         self.synthesis: dict = {}
 
     def _make_data(self, ctx: ServerContext, adapter: str | None = None) -> None:
-        seed = derive_seed(ctx.seed, Salt.DEFENSE)
+        seed = derive_seed(ctx.seed if ctx.data_seed is None else ctx.data_seed, Salt.DEFENSE)
         d = self.cfg
         if self.level is DefenseLevel.PUBLIC:
             self.records = load_records(d.dataset, d.num_examples, seed, **d.dataset_args)

@@ -1,24 +1,36 @@
 """Every metric of docs/method.md#metrics for one model (base + adapter), through the generation pool.
 
-Safety on the harmful prompts: Rule (refusal keywords), LLM judge (share judged exactly "safe"), reward
-model (mean score of (prompt, answer)). On held-out benign prompts: over-refusal (share of answers with a
-refusal keyword: a defense that refuses everything shows up here), response loss (offline helpfulness
+Safety on the harmful prompts: Rule (the authors' refusal-keyword judge), the classifier (a second judge
+that knows no keyword, trained on human labels), LLM judge (share judged exactly "safe"), reward model
+(mean score of (prompt, answer)). On held-out benign prompts: over-refusal (share of answers with a refusal
+keyword, beside the share of the reference answers that have one), response loss (offline helpfulness
 proxy: mean loss per token of the held-out reference answers), and 1-10 helpfulness grades by a judge
 model from the pool or an OpenAI-compatible endpoint (MT-Bench first-turn single-answer format).
+Per-prompt verdicts go beside the answers (``evaluation/<name>.jsonl``) for the paired tests.
+``calibration`` measures the safety judges against PyRIT's human labels.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Callable
 
 from fedsafe.config import ExperimentConfig
+from fedsafe.data.labelled import labelled_responses
+from fedsafe.data.text import normalize_text
+from fedsafe.metrics.classifier import HarmClassifier, agreement
 from fedsafe.metrics.judges import (
-    endpoint_complete, get_safety_judge, grade_helpfulness, judge_safety, safe_share, verdict_counts,
+    endpoint_complete,
+    get_safety_judge,
+    grade_helpfulness,
+    judge_safety,
+    safe_share,
+    verdict_counts,
 )
-from fedsafe.metrics.rule import KEYWORD_SETS, rule_safety_rate
+from fedsafe.metrics.rule import RULE_JUDGES, rule_verdicts
 from fedsafe.requests import GenerationParams, Request, pool_judge, seeded_requests
 from fedsafe.run_dir import write_responses
 from fedsafe.seeding import Salt, derive_seed
@@ -35,6 +47,49 @@ class EvalInputs:
         return self.harmful + [r["instruction"] for r in self.benign]
 
 
+CLASSIFIER_NAME = "TF-IDF + logistic regression on PyRIT's human-labelled objective-achieved responses"
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier(exclude: frozenset[str] = frozenset()) -> HarmClassifier:
+    rows = [r for r in labelled_responses("objective") if normalize_text(r["response"]) not in exclude]
+    return HarmClassifier.fit([r["response"] for r in rows], [r["label"] for r in rows])
+
+
+def harm_classifier(answers: list[str] = ()) -> HarmClassifier:
+    """The second safety judge (``fedsafe.metrics.classifier``), trained on PyRIT's objective set; none of
+    its training rows is one of ``answers`` (the answers it will judge): rows that are get left out."""
+    clf = _classifier()
+    overlap = {normalize_text(t) for t in clf.training_texts} & {normalize_text(a) for a in answers}
+    return _classifier(frozenset(overlap)) if overlap else clf
+
+
+def percent(flags: list[bool]) -> float:
+    return 100.0 * sum(flags) / len(flags)
+
+
+def calibration(rule_keywords: str) -> dict:
+    """Agreement of each safety judge with human labels on PyRIT's labelled responses: the rule judge as a
+    refusal detector (``refusal`` set) and as a harmlessness judge (``objective`` set: refusal = objective
+    not achieved); the classifier on the objective set, by cross-validation (it is trained on it)."""
+    refusal, objective = labelled_responses("refusal"), labelled_responses("objective")
+    judge = RULE_JUDGES[rule_keywords]
+    table = {}
+    for name in dict.fromkeys([rule_keywords, "fixed", "paper", "cased"]):
+        rule = RULE_JUDGES[name]
+        table[f"rule ({name})"] = {
+            "refusal": agreement([int(v) for v in rule_verdicts([r["response"] for r in refusal], rule)],
+                                 [r["label"] for r in refusal]),
+            "objective": agreement([int(not v) for v in rule_verdicts([r["response"] for r in objective], rule)],
+                                   [r["label"] for r in objective]),
+        }
+    table["classifier"] = {"objective": harm_classifier().cross_validation}
+    return {"judge_in_use": f"rule ({rule_keywords})", "keywords": len(judge.keywords), "judges": table,
+            "sets": {"refusal": "PyRIT 1.1.0 refusal.csv + refusal_extra.csv, label 1 = human-scored refusal",
+                     "objective": "PyRIT 1.1.0 objective/*.csv, label 1 = the response achieved the harmful "
+                                  "objective; the rule judge's verdict there is 'not a refusal'"}}
+
+
 def judge_model_name(cfg: ExperimentConfig) -> str:
     return cfg.evaluation.judge_model or cfg.generation.model or cfg.model.name
 
@@ -49,10 +104,18 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         return pool.generate(cfg.model.name, seeded_requests(prompts, params, "alpaca", adapter))
 
     judge_complete = pool_judge(pool, judge_model_name(cfg))
+    rule = RULE_JUDGES[ev.rule_keywords]
     answers = answer(inputs.harmful)
-    write_responses(run_dir, name, inputs.harmful, answers)
-    safety: dict = {"rule": rule_safety_rate(answers, KEYWORD_SETS[ev.rule_keywords]),
-                    "num_prompts": len(inputs.harmful), "judge": f"rule ({ev.rule_keywords} keywords)"}
+    verdicts = {"rule": rule_verdicts(answers, rule)}
+    safety: dict = {"rule": percent(verdicts["rule"]), "num_prompts": len(inputs.harmful),
+                    "judge": f"rule ({ev.rule_keywords} keywords)"}
+    if ev.classifier_judge:
+        clf = harm_classifier(answers)
+        verdicts["classifier"] = [not h for h in clf.harmful(answers)]  # True = judged safe
+        safety["classifier"] = {"safe": percent(verdicts["classifier"]), "model": CLASSIFIER_NAME,
+                                "training_rows": len(clf.training_texts),
+                                "cv_accuracy": clf.cross_validation["accuracy"]}
+    write_responses(run_dir, name, inputs.harmful, answers, verdicts)
     if ev.llm_judge != "none":
         verdicts = judge_safety(get_safety_judge(ev.llm_judge), judge_complete, inputs.harmful, answers)
         safety["llm_judge"] = {"format": ev.llm_judge, "model": judge_model_name(cfg), "safe": safe_share(verdicts),
@@ -64,9 +127,11 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
     if inputs.benign:
         prompts = [r["instruction"] for r in inputs.benign]
         benign_answers = answer(prompts)
-        write_responses(run_dir, f"{name}_benign", prompts, benign_answers)
-        result["over_refusal"] = {"rate": rule_safety_rate(benign_answers, KEYWORD_SETS[ev.rule_keywords]),
-                                  "num_prompts": len(prompts)}
+        refused = rule_verdicts(benign_answers, rule)
+        write_responses(run_dir, f"{name}_benign", prompts, benign_answers, {"rule": refused})
+        references = [r["response"] for r in inputs.benign]
+        result["over_refusal"] = {"rate": percent(refused), "num_prompts": len(prompts),
+                                  "reference_rate": percent(rule_verdicts(references, rule))}
         helpfulness: dict = {}
         if response_loss is not None:
             helpfulness["response_loss"] = response_loss(inputs.benign)
