@@ -47,7 +47,7 @@ def arm_summary(arm: dict) -> dict:
 
 
 # docs/method.md#the-papers-setting-and-numbers, Table 1, LMSYS benign column: (Rule, MD-Judge, RM, MT-1);
-# malicious data = BeaverTails. Table 2 (malicious data written by MaliciousGen), LMSYS column: Rule only.
+# malicious data = BeaverTails. Table 2: the same columns, malicious data written by MaliciousGen.
 PAPER_TABLE1 = {
     "FedAvg, no attack": (82.88, 66.15, -1.72, 4.19),
     "FedAvg, attacked": (49.81, 25.96, -2.97, 4.14),
@@ -61,9 +61,19 @@ PAPER_TABLE1 = {
     "Level 2": (77.31, 84.23, -0.99, 4.23),
     "Level 3": (62.69, 72.88, -1.65, 3.73),
 }
-PAPER_TABLE2 = {"FedAvg, no attack": 82.88, "FedAvg, attacked": 43.27, "Median": 48.27, "Trimmed mean": 41.92,
-                "Krum": 50.38, "DnC": 49.04, "FoolsGold": 41.54, "Residual": 44.23, "Level 1": 71.15,
-                "Level 2": 78.08, "Level 3": 75.96}
+PAPER_TABLE2 = {
+    "FedAvg, no attack": (82.88, 66.15, -1.72, 4.19),
+    "FedAvg, attacked": (43.27, 11.35, -3.62, 4.19),
+    "Median": (48.27, 13.65, -3.43, 3.95),
+    "Trimmed mean": (41.92, 9.62, -3.51, 3.71),
+    "Krum": (50.38, 16.73, -3.23, 4.14),
+    "DnC": (49.04, 12.12, -3.40, 4.14),
+    "FoolsGold": (41.54, 12.12, -3.45, 3.85),
+    "Residual": (44.23, 10.19, -3.52, 3.80),
+    "Level 1": (71.15, 34.32, -2.68, 4.19),
+    "Level 2": (78.08, 83.08, -0.96, 4.18),
+    "Level 3": (75.96, 72.69, -1.56, 3.89),
+}
 PAPER_RULES = {"fedavg": "FedAvg, attacked", "median": "Median", "trimmed_mean": "Trimmed mean", "krum": "Krum",
                "krum_paper": "Krum", "dnc": "DnC", "foolsgold": "FoolsGold", "residual": "Residual"}
 
@@ -83,12 +93,8 @@ def paper_table(results: dict) -> int:
 
 
 def paper_cells(arm: dict, table: int) -> str:
-    """The paper's Rule / MD-Judge / MT-1 for the arm from ``table`` (Table 2 has Rule only); "-" where the
-    paper has no such row."""
-    row = paper_row(arm) or ""
-    if table == 2:
-        return f"{PAPER_TABLE2[row]:.2f} | - | -" if row in PAPER_TABLE2 else "- | - | -"
-    paper = PAPER_TABLE1.get(row)
+    """The paper's Rule / MD-Judge / MT-1 for the arm from Table ``table``; "-" where the paper has no such row."""
+    paper = (PAPER_TABLE2 if table == 2 else PAPER_TABLE1).get(paper_row(arm) or "")
     return f"{paper[0]:.2f} | {paper[1]:.2f} | {paper[3]:.2f}" if paper else "- | - | -"
 
 
@@ -96,10 +102,10 @@ def matrix_table(results: dict) -> str:
     """Markdown table: one row per arm, each metric's mean over seeds [95% interval]; the paper's figures
     where the arm exists there."""
     visible = [k for k in METRICS if any(k in arm_summary(a) for a in results["arms"].values())]
-    rows = [f"| arm | {' | '.join(METRICS[k].label for k in visible)} | paper Rule (Table {paper_table(results)}) | "
+    table = paper_table(results)
+    rows = [f"| arm | {' | '.join(METRICS[k].label for k in visible)} | paper Rule (Table {table}) | "
             "paper MD-Judge | paper MT-1 |",
             "|---" * (len(visible) + 4) + "|"]
-    table = paper_table(results)
     for name, arm in results["arms"].items():
         summary = arm_summary(arm)
         cells = " | ".join(summary_cell(summary.get(k), DIGITS.get(k, 2)) for k in visible)
@@ -335,17 +341,19 @@ def judges_note(results: dict) -> str:
                      "MD-Judge-7B is a weak judge: read it as a sanity check).")
     if "over_refusal" in ev:
         o = ev["over_refusal"]
-        ref = f" (their own reference answers trip the same judge {o['reference_rate']:.1f}% of the time)" \
-            if "reference_rate" in o else ""
+        runs = next(iter(results["arms"].values())).get("runs", [{"evaluation": ev}])
+        rates = [r["evaluation"]["over_refusal"].get("reference_rate") for r in runs]
+        ref = (f" (their own reference answers trip the same judge {sum(rates) / len(rates):.1f}% of the time, "
+               f"mean over seeds)") if None not in rates else ""
         lines.append(f"- Over-refusal: percent of {o['num_prompts']} held-out benign prompts answered with a refusal "
                      f"keyword{ref}; lower is better.")
     if "response_loss" in ev.get("helpfulness", {}):
         lines.append("- Response loss: loss per token of held-out benign reference answers (offline helpfulness "
                      "proxy for MT-1); lower is better.")
-    lines.append("- Paper columns: Ye et al. (ICLR 2025), LMSYS benign, Llama-2-7B: Table 2 (T2, MaliciousGen attack "
-                 "data, Rule only) for arms whose attack is MaliciousGen, else Table 1 (T1, BeaverTails attack, "
-                 "MD-Judge-7B, GPT-4 MT-1) (docs/method.md#the-papers-setting-and-numbers); they are the published "
-                 "figures, not a run here.")
+    lines.append("- Paper columns: Ye et al. (ICLR 2025), LMSYS benign, Llama-2-7B, MD-Judge-7B, GPT-4 MT-1: Table 2 "
+                 "(MaliciousGen attack data) when the run's attack is MaliciousGen, else Table 1 (BeaverTails attack "
+                 "data) (docs/method.md#the-papers-setting-and-numbers); they are the published figures, not a run "
+                 "here.")
     seeds = results.get("seeds", [0])
     interval = ("Student-t over seeds" if len(seeds) > 1 else "percentile bootstrap over prompts (one seed)")
     lines.append(f"- Seeds {seeds}; intervals: 95%, {interval}. Client sampling: {results.get('sampling', 'paper')}"

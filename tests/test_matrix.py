@@ -79,12 +79,13 @@ def test_paper_rows_and_table():
     assert paper_row({**arm, "num_malicious": 0}) == "FedAvg, no attack"
     table = matrix_table({"arms": {"FedAvg": arm}})
     assert "| FedAvg | 12.50 | 5.00 | 49.81 | 25.96 | 4.14 |" in table and "paper Rule (Table 1)" in table
-    # MaliciousGen attack data: the paper's Table 2 (Rule only), also for the no-attack row
+    # MaliciousGen attack data: the paper's Table 2, also for the no-attack row
     gen = {**arm, "attack": "maliciousgen", "summary": {"rule": {"mean": 12.5, "ci95": [10.0, 15.0]}}}
     clean = {**gen, "num_malicious": 0}
     table = matrix_table({"arms": {"FedAvg": gen, "clean": clean, "L3": {**gen, "defense_level": 3}}})
-    assert "paper Rule (Table 2)" in table and "| FedAvg | 12.50 [10.00, 15.00] | 43.27 | - | - |" in table
-    assert "| clean | 12.50 [10.00, 15.00] | 82.88 | - | - |" in table and "| L3 | 12.50 [10.00, 15.00] | 75.96 |" in table
+    assert "paper Rule (Table 2)" in table and "| FedAvg | 12.50 [10.00, 15.00] | 43.27 | 11.35 | 4.19 |" in table
+    assert "| clean | 12.50 [10.00, 15.00] | 82.88 | 66.15 | 4.19 |" in table
+    assert "| L3 | 12.50 [10.00, 15.00] | 75.96 | 72.69 | 3.89 |" in table
 
 
 def test_mean_weights_are_relative_to_an_equal_share():
