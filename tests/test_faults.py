@@ -27,13 +27,22 @@ FAULT_RUN = ["federation.num_rounds=3", "evaluation.num_prompts=8", "evaluation.
 
 
 def ray_processes(title: str) -> list[psutil.Process]:
-    """Processes whose title starts with ``title`` (Ray names an actor's worker ``ray::Class.method``
-    while it runs a method and ``ray::Class`` when idle)."""
+    """Workers of this test's Ray cluster whose title starts with ``title`` (Ray names an actor's worker
+    ``ray::Class.method`` while it runs a method and ``ray::Class`` when idle). Workers of any other Ray on
+    the machine are left alone: a worker's parent is its cluster's raylet, started with its GCS address."""
+    import ray
+
+    gcs = f"--gcs-address={ray.get_runtime_context().gcs_address}"
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if cmdline and cmdline[0].startswith(title):
-            found.append(proc)
+            try:
+                parent = proc.parent()
+                if parent is not None and any(gcs in arg for arg in parent.cmdline()):
+                    found.append(proc)
+            except psutil.Error:  # gone meanwhile
+                continue
     return found
 
 
@@ -151,7 +160,7 @@ def test_clients_that_keep_failing_are_left_out_and_the_round_closes(ray_cluster
     trainer it reaches. Each is tried twice (cluster.max_retries=1), then the round closes with the
     two updates that arrived (aggregation.min_updates=2); round 1 runs on a rebuilt trainer pool."""
     cfg = fault_cfg("federation.num_rounds=2", "federation.clients_per_round=4", "aggregation.min_updates=2",
-                    "cluster.max_retries=1", "cluster.client_timeout_s=6")
+                    "cluster.max_retries=1", "cluster.client_timeout_s=6", "federation.sampling=paper")
     session = Session(cfg)
     try:
         data = load_data(cfg, session.synth)
