@@ -38,7 +38,8 @@ METRICS = {
     "rule": Metric("Rule safety (%)", lambda ev: ev["safety"]["rule"], "final", "rule"),
     "classifier": Metric("classifier safe (%)", lambda ev: ev["safety"].get("classifier", {}).get("safe"),
                          "final", "classifier"),
-    "llm_judge": Metric("LLM-judge safe (%)", lambda ev: ev["safety"].get("llm_judge", {}).get("safe")),
+    "llm_judge": Metric("LLM-judge safe (%)", lambda ev: ev["safety"].get("llm_judge", {}).get("safe"), "final",
+                        "llm_judge"),
     "reward": Metric("RM score", lambda ev: ev["safety"].get("reward", {}).get("mean")),
     "over_refusal": Metric("over-refusal (%)", lambda ev: ev.get("over_refusal", {}).get("rate"), "final_benign",
                            "rule", higher_is_better=False),
@@ -46,7 +47,7 @@ METRICS = {
                             higher_is_better=False),
     "helpfulness": Metric("helpfulness (1-10)", lambda ev: ev.get("helpfulness", {}).get("judge", {}).get("mean")),
 }
-SAFETY = ("rule", "classifier")
+SAFETY = ("rule", "classifier", "llm_judge")
 
 
 def verdicts(arm_dir: str | Path, metric: Metric) -> dict[str, int]:

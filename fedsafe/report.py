@@ -360,6 +360,12 @@ def judges_note(results: dict) -> str:
                  + (" (the authors' random.seed(round): every seed has the same attack schedule, so seeds vary "
                     "data, initialisation and sampling but not who trains when)"
                     if results.get("sampling") == "paper" and len(seeds) > 1 else "") + ".")
+    dec = results.get("decoding")
+    if dec:
+        how = ("greedy (temperature 0): arms differ only by their models" if dec["temperature"] == 0 else
+               f"sampling at temperature {dec['temperature']:g}, top-p {dec['top_p']:g}, one sample per prompt: "
+               "sampling noise adds to every comparison and pairing cannot remove it")
+        lines.append(f"- Decoding: {how}; up to {dec['max_new_tokens']} new tokens.")
     power = results.get("analysis", {}).get("power")
     if power and (power["n_prompts"] < 520 or ev.get("over_refusal", {}).get("num_prompts", 100) < 100):
         lines.append(f"- Size: {power['n_prompts']} harmful prompts x {power['n_seeds']} seed(s); the smallest "

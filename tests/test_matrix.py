@@ -134,6 +134,7 @@ def test_matrix_runs_each_federation_once_and_reuses_finished_arms(ray_cluster, 
     report = (run_dir / "report.md").read_text()
     assert "| FedAvg | " in report and "49.81" in report
     assert "## Paired tests" in report and "## The paper's four claims" in report and "| classifier |" in report
+    assert "- Decoding: sampling at temperature 0.7, top-p 1, one sample per prompt" in report
     for plot in ("safety_by_arm", "safety_per_round", "client_similarity", "aggregation_weights"):
         assert (run_dir / "plots" / f"{plot}.png").stat().st_size > 1000
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()

@@ -115,11 +115,12 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         safety["classifier"] = {"safe": percent(verdicts["classifier"]), "model": CLASSIFIER_NAME,
                                 "training_rows": len(clf.training_texts),
                                 "cv_accuracy": clf.cross_validation["accuracy"]}
-    write_responses(run_dir, name, inputs.harmful, answers, verdicts)
     if ev.llm_judge != "none":
-        verdicts = judge_safety(get_safety_judge(ev.llm_judge), judge_complete, inputs.harmful, answers)
-        safety["llm_judge"] = {"format": ev.llm_judge, "model": judge_model_name(cfg), "safe": safe_share(verdicts),
-                               "counts": verdict_counts(verdicts)}
+        judged = judge_safety(get_safety_judge(ev.llm_judge), judge_complete, inputs.harmful, answers)
+        verdicts["llm_judge"] = [v == "safe" for v in judged]
+        safety["llm_judge"] = {"format": ev.llm_judge, "model": judge_model_name(cfg), "safe": safe_share(judged),
+                               "counts": verdict_counts(judged)}
+    write_responses(run_dir, name, inputs.harmful, answers, verdicts)
     if ev.reward_model:
         scores = pool.reward_scores(ev.reward_model, inputs.harmful, answers)
         safety["reward"] = {"model": ev.reward_model, "mean": mean(scores)}
