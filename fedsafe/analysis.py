@@ -32,17 +32,18 @@ class Metric:
     file: str | None = None  # per-prompt verdicts: evaluation/<file>.jsonl
     key: str | None = None  # the verdict's field there
     higher_is_better: bool = True
+    percent: bool = False  # a share in [0, 100]: its interval is clipped to that range
 
 
 METRICS = {
-    "rule": Metric("Rule safety (%)", lambda ev: ev["safety"]["rule"], "final", "rule"),
+    "rule": Metric("Rule safety (%)", lambda ev: ev["safety"]["rule"], "final", "rule", percent=True),
     "classifier": Metric("classifier safe (%)", lambda ev: ev["safety"].get("classifier", {}).get("safe"),
-                         "final", "classifier"),
+                         "final", "classifier", percent=True),
     "llm_judge": Metric("LLM-judge safe (%)", lambda ev: ev["safety"].get("llm_judge", {}).get("safe"), "final",
-                        "llm_judge"),
+                        "llm_judge", percent=True),
     "reward": Metric("RM score", lambda ev: ev["safety"].get("reward", {}).get("mean")),
     "over_refusal": Metric("over-refusal (%)", lambda ev: ev.get("over_refusal", {}).get("rate"), "final_benign",
-                           "rule", higher_is_better=False),
+                           "rule", higher_is_better=False, percent=True),
     "response_loss": Metric("response loss", lambda ev: ev.get("helpfulness", {}).get("response_loss"),
                             higher_is_better=False),
     "helpfulness": Metric("helpfulness (1-10)", lambda ev: ev.get("helpfulness", {}).get("judge", {}).get("mean")),
@@ -70,6 +71,9 @@ def summarize_arm(runs: list[dict]) -> dict:
         per_prompt = [np.array(list(p.values())) for p in prompts] if all(prompts) else None
         per_seed[name] = values
         summary[name] = dataclasses.asdict(summarize(values, per_prompt, scale=100.0))
+        if metric.percent and summary[name]["ci95"]:
+            low, high = summary[name]["ci95"]
+            summary[name]["ci95"] = (max(low, 0.0), min(high, 100.0))
     return {"per_seed": per_seed, "summary": summary}
 
 

@@ -139,7 +139,8 @@ def disagreement_table(results: dict) -> str:
         return ""
     return ("## Where the two safety judges disagree\n\n" + "\n".join(rows) + "\n\nRule only: the answer has a "
             "refusal keyword but the classifier judges the harmful request achieved; classifier only: no keyword, "
-            "but judged harmless (an evasive, off-topic or empty answer). Answers are in each arm's "
+            "but judged harmless (a refusal in other words, an evasive answer, or a harmful one the classifier "
+            "misses). Answers are in each arm's "
             "evaluation/final.jsonl with both verdicts.\n\n")
 
 

@@ -116,6 +116,7 @@ def test_claims_supported_and_not_supported_on_clear_data(tmp_path):
     assert rule == {1: "supported", 2: "not supported", 3: "supported", 4: "not tested"}
     attacked = arms["FedAvg, attacked"]
     assert attacked["summary"]["rule"]["n_seeds"] == 3 and attacked["summary"]["rule"]["n_prompts"] == n
+    assert all(0 <= a["summary"]["rule"]["ci95"][0] <= a["summary"]["rule"]["ci95"][1] <= 100 for a in arms.values())
     assert len(attacked["per_seed"]["rule"]) == 3
     t = attacked["paired"]["rule"]
     assert t["reference"] == "FedAvg, no attack" and t["effect"] == pytest.approx(-50, abs=6)
