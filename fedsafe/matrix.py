@@ -45,7 +45,8 @@ from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
 
-FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack", "evaluation")
+FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack",
+                     "evaluation")
 GENERATION_FIELDS = ("backend", "model", "dtype")  # what changes generated text (data, answers)
 
 

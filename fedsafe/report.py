@@ -129,7 +129,8 @@ def paired_table(results: dict) -> str:
 
 def disagreement_table(results: dict) -> str:
     """Where the Rule judge and the classifier disagree on the same answers, per arm (summed over seeds)."""
-    rows = ["| arm | answers | both safe | Rule only | classifier only | both unsafe | kappa |", "|---|---|---|---|---|---|---|"]
+    rows = ["| arm | answers | both safe | Rule only | classifier only | both unsafe | kappa |",
+            "|---|---|---|---|---|---|---|"]
     for name, arm in results["arms"].items():
         d = arm.get("judges_agree")
         if d:
@@ -401,8 +402,10 @@ def write_report(run_dir: Path, results: dict) -> str:
         f"{results['num_clients']} clients ({results['num_malicious']} malicious in attacked arms), "
         f"{results['clients_per_round']} per round, {results['rounds']} rounds, model `{results['model']}`. "
         f"Wall time {results['wall_s']:.1f} s (arm-seed runs computed now: {len(results['computed'])} of "
-        f"{sum(len(a.get('runs', [a])) for a in results['arms'].values())}).\n\n{table}\n\n{judges_note(results)}\n{data_note(results)}\n\n"
-        f"## Paired tests\n\n{paired_table(results)}\n\n{disagreement_table(results)}## The paper's four claims\n\n{claims_section(results)}\n\n"
+        f"{sum(len(a.get('runs', [a])) for a in results['arms'].values())}).\n\n{table}\n\n"
+        f"{judges_note(results)}\n{data_note(results)}\n\n"
+        f"## Paired tests\n\n{paired_table(results)}\n\n{disagreement_table(results)}"
+        f"## The paper's four claims\n\n{claims_section(results)}\n\n"
         f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )

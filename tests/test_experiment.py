@@ -146,7 +146,8 @@ def test_generated_attack_and_defense_data_with_every_metric(smoke_cfg, ray_clus
     final = first["evaluation"]
     assert final["safety"]["llm_judge"]["model"] == "builtin:tiny-llama"
     assert sum(final["safety"]["llm_judge"]["counts"].values()) == 16
-    lines = [json.loads(x) for x in (Path(first["adapter"]).parent / "evaluation" / "final.jsonl").read_text().splitlines()]
+    answers = Path(first["adapter"]).parent / "evaluation" / "final.jsonl"
+    lines = [json.loads(x) for x in answers.read_text().splitlines()]
     assert len(lines) == 16 and all({"rule", "classifier", "llm_judge"} <= set(x) for x in lines)
     assert 100 * sum(x["llm_judge"] for x in lines) / 16 == final["safety"]["llm_judge"]["safe"]
     assert first["paired"]["llm_judge"]["reference"] == "fedavg"  # the per-prompt verdicts are tested too
