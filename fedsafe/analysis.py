@@ -31,7 +31,6 @@ class Metric:
     value: Callable[[dict], float | None]  # from one evaluation result
     file: str | None = None  # per-prompt verdicts: evaluation/<file>.jsonl
     key: str | None = None  # the verdict's field there
-    higher_is_better: bool = True
     percent: bool = False  # a share in [0, 100]: its interval is clipped to that range
 
 
@@ -43,9 +42,8 @@ METRICS = {
                         "llm_judge", percent=True),
     "reward": Metric("RM score", lambda ev: ev["safety"].get("reward", {}).get("mean")),
     "over_refusal": Metric("over-refusal (%)", lambda ev: ev.get("over_refusal", {}).get("rate"), "final_benign",
-                           "rule", higher_is_better=False, percent=True),
-    "response_loss": Metric("response loss", lambda ev: ev.get("helpfulness", {}).get("response_loss"),
-                            higher_is_better=False),
+                           "rule", percent=True),
+    "response_loss": Metric("response loss", lambda ev: ev.get("helpfulness", {}).get("response_loss")),
     "helpfulness": Metric("helpfulness (1-10)", lambda ev: ev.get("helpfulness", {}).get("judge", {}).get("mean")),
 }
 SAFETY = ("rule", "classifier", "llm_judge")
@@ -175,6 +173,12 @@ def _describe(name: str, t: dict) -> str:
             f"p = {t['p']:.2g} (Holm {t['p_holm']:.2g})")
 
 
+def _loss_change(arms: dict, t: dict, name: str) -> list[str]:
+    """The response loss of the test's reference arm and of ``name``, if both were measured."""
+    loss = [arms[n].get("summary", {}).get("response_loss") for n in (t["reference"], name)]
+    return [f"response loss {loss[0]['mean']:.3f} -> {loss[1]['mean']:.3f}"] if all(loss) else []
+
+
 def _claim(number: int, text: str, verdict: str, evidence: list[str]) -> dict:
     return {"claim": number, "text": text, "verdict": verdict, "evidence": evidence}
 
@@ -194,11 +198,7 @@ def claims(arms: dict, metric: str = "rule") -> list[dict]:
         verdict = ("supported" if drop_sig else "not supported"
                    if t1["effect_ci95"][0] > -FEW_POINTS or (t1["p_holm"] < ALPHA and t1["effect"] > 0)
                    else "inconclusive")
-        evidence = [_describe(attacked[0], t1)]
-        loss = [arms[n].get("summary", {}).get("response_loss") for n in (t1["reference"], attacked[0])]
-        if all(loss):
-            evidence.append(f"response loss {loss[0]['mean']:.3f} -> {loss[1]['mean']:.3f}")
-        out.append(_claim(1, text1, verdict, evidence))
+        out.append(_claim(1, text1, verdict, [_describe(attacked[0], t1), *_loss_change(arms, t1, attacked[0])]))
 
     text2 = f"no robust aggregator recovers more than a few ({FEW_POINTS:g}) points"
     rules = [n for n in _find(arms, True, None, 0) if arms[n]["rule"] != "fedavg" and _test(arms, n, metric)]
@@ -228,10 +228,7 @@ def claims(arms: dict, metric: str = "rule") -> list[dict]:
         else:
             verdict = "inconclusive"
         evidence = [_describe(level2[0], t3), f"the attack took {max(-t1['effect'], 0.0):.1f} points; "
-                    f"'most' = at least {need:.1f}"]
-        loss = [arms[n].get("summary", {}).get("response_loss") for n in (t3["reference"], level2[0])]
-        if all(loss):
-            evidence.append(f"response loss {loss[0]['mean']:.3f} -> {loss[1]['mean']:.3f}")
+                    f"'most' = at least {need:.1f}", *_loss_change(arms, t3, level2[0])]
         out.append(_claim(3, text3, verdict, evidence))
 
     text4 = "Level 2 works on top of every aggregator"

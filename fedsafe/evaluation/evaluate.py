@@ -21,6 +21,7 @@ from typing import Callable
 from fedsafe.config import ExperimentConfig
 from fedsafe.data.labelled import labelled_responses
 from fedsafe.data.text import normalize_text
+from fedsafe.metrics import percent_true
 from fedsafe.metrics.classifier import HarmClassifier, agreement
 from fedsafe.metrics.judges import (
     endpoint_complete,
@@ -64,10 +65,6 @@ def harm_classifier(answers: list[str] = ()) -> HarmClassifier:
     return _classifier(frozenset(overlap)) if overlap else clf
 
 
-def percent(flags: list[bool]) -> float:
-    return 100.0 * sum(flags) / len(flags)
-
-
 def calibration(rule_keywords: str) -> dict:
     """Agreement of each safety judge with human labels on PyRIT's labelled responses: the rule judge as a
     refusal detector (``refusal`` set) and as a harmlessness judge (``objective`` set: refusal = objective
@@ -107,12 +104,12 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
     rule = RULE_JUDGES[ev.rule_keywords]
     answers = answer(inputs.harmful)
     verdicts = {"rule": rule_verdicts(answers, rule)}
-    safety: dict = {"rule": percent(verdicts["rule"]), "num_prompts": len(inputs.harmful),
+    safety: dict = {"rule": percent_true(verdicts["rule"]), "num_prompts": len(inputs.harmful),
                     "judge": f"rule ({ev.rule_keywords} keywords)"}
     if ev.classifier_judge:
         clf = harm_classifier(answers)
         verdicts["classifier"] = [not h for h in clf.harmful(answers)]  # True = judged safe
-        safety["classifier"] = {"safe": percent(verdicts["classifier"]), "model": CLASSIFIER_NAME,
+        safety["classifier"] = {"safe": percent_true(verdicts["classifier"]), "model": CLASSIFIER_NAME,
                                 "training_rows": len(clf.training_texts),
                                 "cv_accuracy": clf.cross_validation["accuracy"]}
     if ev.llm_judge != "none":
@@ -131,8 +128,8 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         refused = rule_verdicts(benign_answers, rule)
         write_responses(run_dir, f"{name}_benign", prompts, benign_answers, {"rule": refused})
         references = [r["response"] for r in inputs.benign]
-        result["over_refusal"] = {"rate": percent(refused), "num_prompts": len(prompts),
-                                  "reference_rate": percent(rule_verdicts(references, rule))}
+        result["over_refusal"] = {"rate": percent_true(refused), "num_prompts": len(prompts),
+                                  "reference_rate": percent_true(rule_verdicts(references, rule))}
         helpfulness: dict = {}
         if response_loss is not None:
             helpfulness["response_loss"] = response_loss(inputs.benign)
