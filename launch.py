@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from fedsafe.config import ConfigError, from_yaml_text, load_config, to_yaml
@@ -47,55 +50,148 @@ def parse_nodes(spec: str) -> list[dict[str, float]]:
     return nodes
 
 
+SIGNALS: list[str] = []  # SIGTERMs received; a KeyboardInterrupt without one is Ctrl-C (SIGINT)
+
+
+def raise_interrupted(signum, frame) -> None:
+    """SIGTERM, handled like Ctrl-C: the run stops where it is and says how to continue (libraries that
+    catch a KeyboardInterrupt may raise a new one, so the signal's name is kept here)."""
+    SIGNALS.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(SIGNALS[-1])
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def load(args: argparse.Namespace):
+    """The run's config: the file and overrides, or a run folder's own config (checked) for --resume."""
+    from fedsafe.run_dir import resume_config
+
+    if args.nodes and not args.dry_run:
+        raise ConfigError("--nodes plans for a cluster you describe and runs nothing; use it with --dry-run (a run "
+                          "reads the resources of the cluster it joins)")
+    if args.resume:
+        cfg = resume_config(Path(args.resume), args.overrides) if not args.dry_run else \
+            from_yaml_text((Path(args.resume) / "config.yaml").read_text(), args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.seeds is not None:
+        if args.resume:
+            raise ConfigError("--seeds changes which runs a folder holds; --resume continues the seeds it has")
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1 (the number of seeds to run), got {args.seeds}")
+        cfg = from_yaml_text(to_yaml(cfg), [f"seeds={list(range(cfg.seed, cfg.seed + args.seeds))}"])
+    return cfg
+
+
+def dry_run(cfg, args: argparse.Namespace) -> None:
+    from fedsafe.cluster import runtime
+    from fedsafe.cluster.plan import generation_reserve, make_plan
+    from fedsafe.matrix import describe_arms
+
+    address = runtime.target_address(cfg.cluster)
+    print(to_yaml(cfg))
+    if args.nodes:
+        print(f"plan for {args.nodes}:\n" + make_plan(cfg, parse_nodes(args.nodes)).describe())
+    elif address:
+        print(f"plan: resources are read from the cluster at {address} when the run starts "
+              "(--nodes plans for a cluster you describe)")
+    else:
+        local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
+        print("plan (local Ray):\n" + make_plan(cfg, local).describe())
+    print(describe_arms(cfg))
+
+
+def run(cfg, args: argparse.Namespace, started: list[Path]) -> dict:
+    """Check the inputs (the builtin model built first, so that checks reading it run), then run; the run
+    folder (new, or --resume's, locked before it is read) is appended to ``started``."""
+    from fedsafe.matrix import run_experiment
+    from fedsafe.models.builtin import resolve_model_path
+    from fedsafe.preflight import check_inputs
+    from fedsafe.run_dir import create_run_dir, single_writer
+
+    resolve_model_path(cfg.model)
+    check_inputs(cfg)
+    if args.resume:
+        run_dir = Path(args.resume)
+        started.append(run_dir)
+        return run_experiment(cfg, run_dir)
+    run_dir = create_run_dir(cfg)
+    started.append(run_dir)
+    print(f"run folder: {run_dir}")
+    with single_writer(run_dir):
+        return run_experiment(cfg, run_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started: list[Path] = []  # the run folder, once there is one
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM stop the run with one line,
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupted),  # also where a shell
+                    signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}  # ignored SIGINT
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            saved = run_dir / "config.yaml"
-            if not saved.is_file():
-                raise ConfigError(f"{saved} does not exist; --resume needs a run folder made by launch.py")
-            cfg = from_yaml_text(saved.read_text(), args.overrides)
+        if args.resume and not args.dry_run:
+            from fedsafe.run_dir import single_writer
+
+            if not (Path(args.resume) / "config.yaml").is_file():
+                raise ConfigError(f"{args.resume} holds no config.yaml; --resume needs a run folder made by launch.py")
+            with single_writer(Path(args.resume)):  # read and checked by its one writer
+                cfg = load(args)
+                results = run(cfg, args, started)
         else:
-            cfg = load_config(args.config, args.overrides)
-        if args.seeds is not None:
-            if args.seeds < 1:
-                raise ConfigError(f"--seeds must be >= 1 (the number of seeds to run), got {args.seeds}")
-            cfg = from_yaml_text(to_yaml(cfg), [f"seeds={list(range(cfg.seed, cfg.seed + args.seeds))}"])
-        from fedsafe.cluster import runtime
-        from fedsafe.cluster.plan import generation_reserve, make_plan
+            cfg = load(args)
+            if args.dry_run:
+                from fedsafe.preflight import check_inputs
 
-        if args.dry_run:
-            address = runtime.target_address(cfg.cluster)
-            print(to_yaml(cfg))
-            if args.nodes:
-                print(f"plan for {args.nodes}:\n" + make_plan(cfg, parse_nodes(args.nodes)).describe())
-            elif address:
-                print(f"plan: resources are read from the cluster at {address} when the run starts "
-                      "(--nodes plans for a cluster you describe)")
-            else:
-                local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
-                print("plan (local Ray):\n" + make_plan(cfg, local).describe())
-            from fedsafe.matrix import describe_arms
-
-            print(describe_arms(cfg))
-            return 0
-        from fedsafe.matrix import run_experiment
-        from fedsafe.preflight import check_inputs
-        from fedsafe.run_dir import create_run_dir
-
-        check_inputs(cfg)
-        run_dir = Path(args.resume) if args.resume else create_run_dir(cfg)
-        print(f"run folder: {run_dir}")
-        results = run_experiment(cfg, run_dir)
-    except ConfigError as err:
+                nodes = parse_nodes(args.nodes) if args.nodes else None
+                for note in check_inputs(cfg, plan_only=True, nodes=nodes):
+                    print("note: " + note, file=sys.stderr)
+                dry_run(cfg, args)
+                return 0
+            results = run(cfg, args, started)
+    except KeyboardInterrupt:
+        shutdown_ray()  # first: Ray's log monitor prints workers' last lines until it stops
+        name = SIGNALS.pop() if SIGNALS else "SIGINT"
+        where = f"; continue with: python launch.py --resume {started[0]}" if started else ""
+        print(f"\nstopped by {name}{' in ' + str(started[0]) if started else ' before the run started'}, at the last "
+              f"completed round{where}", file=sys.stderr)
+        return 128 + signal.Signals[name].value
+    except Exception as err:  # every failure ends with one line; --debug shows the traceback
         if args.debug:
             raise
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line, whatever the message
+        shutdown_ray()
+        hint = "" if isinstance(err, ConfigError) else " (python launch.py ... --debug shows the traceback)"
+        print("error: " + one_line(err) + hint, file=sys.stderr)
+        if not args.resume:
+            discard_if_empty(started)
         return 2
+    finally:
+        shutdown_ray()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print(results["table"])
-    print(f"wall time {results['wall_s']:.1f} s; results in {run_dir / 'results.json'}")
+    print(f"wall time {results['wall_s']:.1f} s; results in {started[0] / 'results.json'}")
     return 0
+
+
+def shutdown_ray() -> None:
+    """Stop the local Ray this process started (no process is left behind), if Ray was imported at all."""
+    if "ray" in sys.modules:
+        from fedsafe.cluster import runtime
+
+        runtime.shutdown()
+
+
+def discard_if_empty(started: list[Path]) -> None:
+    """A run folder this invocation made that holds nothing but what ``create_run_dir`` wrote is removed."""
+    from fedsafe.run_dir import holds_results
+
+    for run_dir in started:
+        if run_dir.is_dir() and not holds_results(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

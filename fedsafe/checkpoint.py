@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]  # PEFT adapter state, keys in file order (sorted)
     server_state: dict[str, torch.Tensor]  # "torch_rng" plus the coordinator's own entries
     python_rng: tuple
+    folder: Path | None = None
 
     def vector_for(self, spec: AdapterSpec) -> torch.Tensor:
         """The adapter as a flat vector in ``spec``'s order; raises if names or shapes differ."""
@@ -78,10 +80,30 @@ def _prune(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted(p for p in (Path(run_dir) / "checkpoints").glob("round_*")
+def completed_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint folders that were renamed into place (oldest first)."""
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("round_*")
                   if not p.name.endswith(".tmp") and (p / "state.json").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = completed_checkpoints(run_dir)
     return done[-1] if done else None
+
+
+def latest_sound_checkpoint(run_dir: Path, warn: Callable[[str], None] = print) -> Checkpoint | None:
+    """The newest checkpoint that loads. A damaged one (a truncated or edited file) is reported through
+    ``warn`` and the previous one tried; None when none loads."""
+    for folder in reversed(completed_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(folder)
+        except Exception as err:  # noqa: BLE001 - safetensors, JSON and OS errors alike mean damaged
+            warn(f"checkpoint {folder} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+                 "falling back to the one before it")
+            continue
+        ckpt.folder = folder
+        return ckpt
+    return None
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
@@ -90,7 +112,7 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     return Checkpoint(
         round_idx=int(state["round"]), tensors=load_file(folder / ADAPTER_FILE),
         server_state=load_file(folder / "server_state.safetensors"),
-        python_rng=(version, tuple(internal), gauss),
+        python_rng=(version, tuple(internal), gauss), folder=Path(folder),
     )
 
 

@@ -11,6 +11,7 @@ fail with ``ConfigError`` naming the field, the value seen and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsafe.aggregation.server_opt import ServerOptConfig
-from fedsafe.errors import ConfigError
+from fedsafe.errors import ConfigError, check_sampling
 from fedsafe.errors import check as _check
 
 __all__ = ["ConfigError", "ExperimentConfig", "ServerOptConfig", "load_config", "from_yaml_text", "to_yaml"]
@@ -56,6 +57,7 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        _check(self.alpha >= 1, f"lora.alpha must be >= 1 (the LoRA scale is alpha / r), got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
@@ -252,6 +254,8 @@ class DefenseConfig:
                f"got {self.level}")
         _check(self.steps >= 1, f"defense.steps must be >= 1, got {self.steps}")
         _check(self.num_examples >= 1, f"defense.num_examples must be >= 1, got {self.num_examples}")
+        _check(self.batch_size >= 1, f"defense.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"defense.lr must be > 0, got {self.lr}")
         _check(0 <= self.min_lr <= self.lr, f"defense.min_lr must be in [0, defense.lr], got {self.min_lr}")
         build_defense(self)  # unknown names and bad synthesis settings raise ConfigError
 
@@ -294,6 +298,8 @@ class GenerationConfig:
         _check(0 < self.gpu_memory_utilization <= 1,
                f"generation.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         _check(self.hf_batch_size >= 1, f"generation.hf_batch_size must be >= 1, got {self.hf_batch_size}")
+        for name in ("max_model_len", "max_num_seqs", "max_loras", "kv_cache_gib"):
+            _check(getattr(self, name) >= 1, f"generation.{name} must be >= 1, got {getattr(self, name)}")
         _check(self.gpus_per_replica >= 0, f"generation.gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
         _check(self.gpus_per_replica <= 1 or float(self.gpus_per_replica).is_integer(),
                f"generation.gpus_per_replica above 1 is the tensor-parallel size, a whole number; got "
@@ -365,7 +371,10 @@ class EvaluationConfig:
                "(e.g. OPENAI_API_KEY), never the key itself (the value given is not shown)")
         _check(self.num_prompts >= 1, f"evaluation.num_prompts must be >= 1, got {self.num_prompts}")
         _check(self.max_new_tokens >= 1, f"evaluation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        _check(self.temperature >= 0, f"evaluation.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        check_sampling(self.temperature, self.top_p, "evaluation.")
+        _check(self.batch_size >= 1, f"evaluation.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.num_benign >= 1, f"evaluation.num_benign must be >= 1 (leave evaluation.benign_prompts empty "
+                                     f"for none), got {self.num_benign}")
         _check(self.rule_keywords in ("fixed", "paper", "cased"),
                f"evaluation.rule_keywords must be fixed (the authors' judge), paper (with their missing comma) or "
                f"cased (case-sensitive), got {self.rule_keywords!r}")
@@ -411,6 +420,9 @@ class ClusterConfig:
         _check(self.max_retries >= 0, f"cluster.max_retries must be >= 0, got {self.max_retries}")
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 @dataclass
 class OutputConfig:
     root: str = "runs"
@@ -420,6 +432,10 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         _check(self.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(RUN_NAME.fullmatch(self.name) is not None,
+               f"output.name must be one folder name (letters, digits, '.', '_', '-', starting with a letter or "
+               f"digit), got {self.name!r}; the run folder goes under output.root")
+        _check(bool(self.root.strip()), "output.root must be a folder (e.g. runs), got an empty string")
 
 
 @dataclass
@@ -477,6 +493,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _check(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
         _check(all(s >= 0 for s in self.seeds), f"seeds must be >= 0, got {self.seeds}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.data_seed >= -1, f"data_seed must be >= 0 (or -1 = the seed), got {self.data_seed}")
         arm_names = [a.name for a in self.arms]
         _check(len(set(arm_names)) == len(arm_names), f"arms: names must be unique, got {arm_names}")
         names = [g.name for g in self.clients]
@@ -566,21 +584,64 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return where + " ".join(str(getattr(err, "problem", None) or err).split())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"key {repeated[0]!r} appears twice in one mapping",
+                                                    node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, what: str) -> dict:
+    """The mapping a config's YAML ``text`` holds ({} when empty); ``what`` names it in errors."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} is not valid YAML: {yaml_problem(err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must hold a mapping of keys (e.g. federation: {{num_rounds: 3}}), "
+                          f"got a {type(data).__name__}")
+    return data
+
+
 def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     """The YAML mappings of ``path`` and its ``base`` chain, base first."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(err)}") from None
-    base = data.pop("base", None) if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read as text ({err}); pass a YAML file") from None
+    data = parse_yaml(text, f"config file {path}")
+    base = data.pop("base", None)
     if base is None:
         return [data]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config file {path}: base must name another YAML file, got {base!r}")
     parent = (path.parent / base).resolve()
     if parent in seen:
         raise ConfigError(f"config file {path}: its base chain loops back to {parent}")
     return _yaml_layers(parent, seen + (path.resolve(),)) + [data]
+
+
+def non_finite(value, key: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in a nested config value, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[dict] = ()) -> ExperimentConfig:
@@ -589,7 +650,7 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
                                  *[OmegaConf.create(layer) for layer in layers],
-                                 OmegaConf.create(yaml.safe_load(text) or {}))
+                                 OmegaConf.create(parse_yaml(text, "config")))
         for item in overrides or []:
             key, sep, value = item.partition("=")
             if not sep or not key:
@@ -599,6 +660,9 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
         raise ConfigError(f"config is not valid YAML: {yaml_problem(err)}") from None
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err) + "; see fedsafe/config.py for the allowed keys") from None
+    bad = non_finite(OmegaConf.to_container(merged))
+    if bad is not None:
+        raise ConfigError(f"{bad} must be a finite number, got {OmegaConf.select(merged, bad)}")
     return _from_omegaconf(merged)
 
 

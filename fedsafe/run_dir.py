@@ -1,22 +1,31 @@
 """A run's folder: resolved config, per-round metrics (JSON lines and TensorBoard), results and report.
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
-        config.yaml  metrics.jsonl  results.json  report.md  tensorboard/  checkpoints/  evaluation/
+        config.yaml  config.sha256  metrics.jsonl  results.json  report.md  tensorboard/  checkpoints/  evaluation/
         README.md    # says that generated text here is research material that stays out of commits
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from fedsafe.config import ExperimentConfig, to_yaml
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from fedsafe.config import ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
 
 RUN_README = """# fedsafe run folder
 Written by fedsafe. What it holds:
 - `config.yaml` (the resolved config; API keys are never in it, only the names of their environment
-  variables), `metrics.jsonl` (one record per round), `results.json`, `report.md`, `tensorboard/`;
+  variables) and `config.sha256` (its digest, which `--resume` checks; `config_changes.jsonl` records what a
+  resume changed), `metrics.jsonl` (one record per round), `results.json`, `report.md`, `tensorboard/`;
 - `checkpoints/` and adapter folders: safetensors + JSON (load with peft.PeftModel.from_pretrained);
 - `evaluation/`: model answers to harmful prompts, and generated attack and defense data may sit beside it
   (and in `<output.root>/cache/`).
@@ -24,6 +33,14 @@ Written by fedsafe. What it holds:
 Those answers and generated data are harmful text kept as research material: keep them inside this
 git-ignored folder, share them only as research data, and never commit them.
 """
+
+
+CONFIG_FILE, DIGEST_FILE, CHANGES_FILE = "config.yaml", "config.sha256", "config_changes.jsonl"
+WRITER_LOCK, WRITER_FILE = ".writer.lock", ".writer.json"
+# what a resume may change: where and how it runs, how many checkpoints it keeps, and more rounds; anything
+# else would make the folder's rounds disagree with its config
+RESUME_SAFE = ("cluster.", "output.keep_checkpoints", "output.tensorboard", "generation.replicas",
+               "generation.cpus_per_replica", "federation.num_rounds")
 
 
 def create_run_dir(cfg: ExperimentConfig) -> Path:
@@ -34,13 +51,127 @@ def create_run_dir(cfg: ExperimentConfig) -> Path:
         run_dir = Path(cfg.output.root) / f"{cfg.output.name}-{stamp}-{suffix}"
         suffix += 1
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    write_config(run_dir, cfg)
     (run_dir / "README.md").write_text(RUN_README)
     return run_dir
 
 
+def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """``config.yaml`` and its digest (``config.sha256``), which ``resume_config`` checks."""
+    text = to_yaml(cfg)
+    (Path(run_dir) / CONFIG_FILE).write_text(text)
+    (Path(run_dir) / DIGEST_FILE).write_text(_sha256(text) + "\n")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _flat(value, key: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for name, sub in value.items() for k, v in _flat(sub, f"{key}.{name}" if key else name).items()}
+    return {key: value}
+
+
+def resume_config(run_dir: Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """The config a run folder resumes with: its ``config.yaml``, once its digest matches the one written at
+    start, with ``overrides`` where each is safe (``RESUME_SAFE``; rounds only added). A change is written
+    back with its digest and recorded in ``config_changes.jsonl``."""
+    run_dir = Path(run_dir)
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"{saved} does not exist; --resume needs a run folder made by launch.py")
+    text = saved.read_text()
+    digest = run_dir / DIGEST_FILE
+    if not text.strip():
+        raise ConfigError(f"{saved} is empty; restore the config the run started with (a run folder's "
+                          "config.yaml is written once, at start)")
+    if not digest.is_file():
+        raise ConfigError(f"{run_dir} has no {DIGEST_FILE}, so its config.yaml cannot be checked against the "
+                          "one the run started with; start a new run (or write its sha256 there if you are sure)")
+    if digest.read_text().strip() != _sha256(text):
+        raise ConfigError(f"{saved} was changed after the run started (its sha256 differs from {DIGEST_FILE}); "
+                          "restore it, and give safe changes on the command line, e.g. --resume "
+                          f"{run_dir} federation.num_rounds=10")
+    cfg = from_yaml_text(text)
+    if not overrides:
+        return cfg
+    changed = from_yaml_text(text, list(overrides))
+    before, after = _flat(to_dict(cfg)), _flat(to_dict(changed))
+    diff = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
+    unsafe = [k for k in diff if not k.startswith(RESUME_SAFE)]
+    if unsafe:
+        raise ConfigError(f"--resume cannot change {', '.join(unsafe)}: the rounds already run used the saved "
+                          f"values; a resume may change only {', '.join(RESUME_SAFE)} (start a new run instead)")
+    if changed.federation.num_rounds < cfg.federation.num_rounds:
+        raise ConfigError(f"--resume may add rounds, not remove them: federation.num_rounds "
+                          f"{cfg.federation.num_rounds} -> {changed.federation.num_rounds}")
+    if diff:
+        write_config(run_dir, changed)
+        with (run_dir / CHANGES_FILE).open("a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": diff}) + "\n")
+    return changed
+
+
+@contextmanager
+def single_writer(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s writer lock while the block runs: an OS file lock (it goes with its process, so a
+    killed run leaves nothing to clean up), re-entrant within this process. A second process is refused
+    with a ``ConfigError`` naming the holder's PID."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / WRITER_LOCK, is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = _read_json(folder / WRITER_FILE)
+        raise ConfigError(f"{folder} is being written by another fedsafe process (PID {holder.get('pid', '?')} on "
+                          f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to end or stop "
+                          "it, then run again") from None
+    if lock.lock_counter == 1:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (folder / WRITER_FILE).write_text(json.dumps(owner))
+    try:
+        yield
+    finally:
+        if lock.lock_counter == 1:
+            (folder / WRITER_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run folder holds anything beyond what ``create_run_dir`` and the writer lock put there."""
+    made = {CONFIG_FILE, DIGEST_FILE, "README.md", WRITER_LOCK, WRITER_FILE}
+    return any(p.is_file() and p.name not in made for p in Path(run_dir).rglob("*"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 LOST_RECORD = ("the run stopped after this round was checkpointed and before its record was written; the "
                "round's training and aggregation records are lost")
+
+
+def parsed_lines(path: Path, lines: list[str]) -> list[tuple[str, dict]]:
+    """(line, record) of each JSON object line; a line that does not parse (a write the process did not
+    finish, usually the last) is dropped with a message."""
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            tqdm.write(f"{path}: line {number} is not a whole JSON record (a write cut short); it is dropped")
+            continue
+        out.append((line, record))
+    return out
 
 
 class MetricsLog:
@@ -51,7 +182,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, start_round: int, tensorboard: bool) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        kept = {json.loads(line).get("round", -1): line for line in lines if line.strip()}
+        kept = {record.get("round", -1): line for line, record in parsed_lines(self.path, lines)}
         kept = {r: line for r, line in kept.items() if r < start_round}
         for r in range(start_round):
             kept.setdefault(r, json.dumps({"round": r, "recovered": LOST_RECORD}))

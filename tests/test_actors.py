@@ -101,3 +101,15 @@ def test_every_rule_aggregates_a_federated_round_and_checkpoints_it(rule, tmp_pa
     assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path)).vector_for(SPEC), coordinator.global_vector())
     if get_rule(rule).needs_history:
         assert sorted(coordinator.history) == sorted({9, 2, 5, 0, 7, 3, 1, 4, 8, 6})
+
+
+def test_a_non_finite_aggregate_is_refused_and_the_global_adapter_kept(tmp_path):
+    """A rule parameter the config checks would refuse (max_norm NaN), given to the coordinator directly:
+    the round is skipped like a rejected update and the global adapter, histories and checkpoint stay sound."""
+    coordinator = make_coordinator(tmp_path, rule="norm_bound", rule_params={"max_norm": float("nan")},
+                                   track_clients=True)
+    summary = coordinator.aggregate_updates(0, None, [good(1), good(2, 3.0)])
+    assert "NaN or Inf" in summary["skipped"]
+    assert torch.equal(coordinator.global_vector(), torch.zeros(12)) and coordinator.history == {}
+    saved = load_checkpoint(latest_checkpoint(tmp_path))
+    assert saved.round_idx == 0 and torch.equal(saved.vector_for(SPEC), torch.zeros(12))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,6 +138,60 @@ def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, mod
     # one line per round; a round checkpointed just before the kill but never logged says so
     assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert all("client_metrics" in r or "before its record" in r["recovered"] for r in read_metrics(run_dir))
+    assert final_adapter(run_dir) == final_adapter(baseline[0])
+    assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
+
+
+def training_descendant(pid: int) -> psutil.Process | None:
+    """A process of the driver ``pid``'s own local Ray that is training a client right now."""
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if (proc.cmdline() or [""])[0].startswith("ray::Trainer.train"):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_training_stops_with_one_line_no_ray_left_and_resume_equals_uninterrupted(
+        sig, fault_cfg, baseline, model_cache, tmp_path):
+    """The driver gets SIGINT (Ctrl-C) or SIGTERM while a trainer of round 1 or 2 trains: it ends with one
+    line naming the run folder and the --resume command, exit 128 + the signal, every process of its Ray
+    gone; ``--resume`` finishes with the uninterrupted run's adapter and evaluation."""
+    args = [f"model.cache_dir={model_cache}", f"output.root={tmp_path}", *FAULT_RUN]
+    driver = subprocess.Popen([sys.executable, "launch.py", "--config", str(SMOKE), *args], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(driver.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300  # a bound on a hung run, not a wait
+    trainer = None
+    while trainer is None:
+        assert time.monotonic() < deadline and driver.poll() is None, "the run ended before it could be signalled"
+        assert not list(tmp_path.glob("smoke-*/checkpoints/round_0002")), "the rounds ended before a signal"
+        if list(tmp_path.glob("smoke-*/checkpoints/round_0000")):
+            trainer = training_descendant(driver.pid)
+        time.sleep(0.01)
+    ray_processes = psutil.Process(driver.pid).children(recursive=True)
+    driver.send_signal(sig)
+    assert driver.wait(timeout=300) == 128 + sig
+    reader.join(timeout=60)
+    (run_dir,) = tmp_path.glob("smoke-*")
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "".join(errors)).replace("\r", "\n")  # progress bars' codes
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    assert last == (f"stopped by {sig.name} in {run_dir}, at the last completed round; continue with: "
+                    f"python launch.py --resume {run_dir}")
+    _, alive = psutil.wait_procs(ray_processes, timeout=120)
+    assert not alive, f"left behind: {[p.pid for p in alive]}"
+    assert not (run_dir / "results.json").exists()
+
+    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 1 <= arm(results)["resumed_at_round"] <= 2
+    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert final_adapter(run_dir) == final_adapter(baseline[0])
     assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 

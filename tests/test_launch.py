@@ -1,6 +1,6 @@
-"""The command line (``launch.py``): bad input never gets far (each case gives one line on stderr naming
-the field or file and the fix, exit status 2, no traceback; ``--debug`` shows it; all before Ray starts),
-``--dry-run`` starts nothing, and a whole run from the command line keeps an API key out of every file."""
+"""The command line (``launch.py``): ``--dry-run`` starts nothing, a config error from the command line is
+one line with exit status 2, and a whole run from the command line keeps an API key out of every file.
+Bad input case by case: tests/test_bad_input.py."""
 
 from __future__ import annotations
 
@@ -15,118 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import launch
-from fedsafe.config import ConfigError
 from tests.conftest import ROOT, SMOKE, arm
-
-SECRET = "sk-live-0123456789abcdef"
-
-
-def files(tmp_path) -> dict[str, str]:
-    """Broken inputs on disk, by name."""
-    made = {
-        "corrupt.jsonl": '{"instruction": "a", "response": "b"}\n{"instruction": "c", "resp',
-        "empty.jsonl": "",
-        "nofield.jsonl": '{"prompt": "a", "response": "b"}\n',
-        "binary.jsonl": None,
-        "bad.yaml": "federation: [num_rounds: 3\n",
-        "loop.yaml": "base: loop.yaml\n",
-        "odd_heads/config.json": json.dumps({"model_type": "llama", "hidden_size": 48, "num_attention_heads": 1}),
-    }
-    for name, text in made.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if text is None:
-            path.write_bytes(b"\xff\xfe\x00\x81" * 8)
-        else:
-            path.write_text(text)
-    (tmp_path / "no_config_model").mkdir()
-    (tmp_path / "not_a_run").mkdir()
-    return {name: str(tmp_path / name) for name in [*made, "odd_heads", "no_config_model", "not_a_run"]}
-
-
-def jsonl(path: str) -> list[str]:
-    return ["clients.1.dataset=jsonl", f"clients.1.dataset_args={{path: {path}}}"]
-
-
-# (case id, arguments after the smoke config (or a full argv when it starts with "--"), what the line names)
-CASES = [
-    ("unknown rule", ["aggregation.rule=nope"], "aggregation.rule must be one of"),
-    ("wrong type", ["federation.num_rounds=three"], "federation.num_rounds"),
-    ("out of range", ["train.lr=-1"], "train.lr must be > 0"),
-    ("unknown key", ["federation.rounds=3"], "federation.rounds"),
-    ("krum with too few clients", ["aggregation.rule=krum"], "n >= 2f + 3"),
-    ("rule needs root data", ["aggregation.rule=fltrust"], "set aggregation.root_dataset"),
-    ("min_updates above clients per round", ["aggregation.min_updates=4"], "aggregation.min_updates (4)"),
-    ("more clients per round than clients", ["federation.clients_per_round=11"], "federation.clients_per_round (11)"),
-    ("zero stage without deepspeed", ["trainer.zero_stage=2"], "need trainer.engine=deepspeed"),
-    ("fractional tensor parallel", ["generation.gpus_per_replica=1.5"], "generation.gpus_per_replica"),
-    ("endpoint judge without url", ["evaluation.helpfulness_judge=endpoint"], "evaluation.helpfulness_endpoint"),
-    ("api key pasted into the config", [f"evaluation.helpfulness_key_env={SECRET}"], "NAME of an environment variable"),
-    ("negative retries", ["cluster.max_retries=-1"], "cluster.max_retries"),
-    ("unknown attack", ["attack.name=backdoor"], "attack.name must be one of"),
-    ("unknown attack parameter", ["attack.name=scale_update", "attack.params={size: 3}"],
-     "attack.params for scale_update: got an unexpected keyword argument 'size'"),
-    ("bad maliciousgen filter", ["attack.name=maliciousgen", "attack.params={filter: gpt}"],
-     "attack.params.filter must be one of"),
-    ("unknown defense", ["defense.name=unlearning"], "defense.name must be one of"),
-    ("defense level out of range", ["defense.name=posthoc_sft", "defense.level=4"], "defense.level must be 1"),
-    ("unknown defense synthesis key", ["defense.name=posthoc_sft", "defense.synthesis={filtr: rule}"],
-     "defense.synthesis: unknown keys ['filtr']"),
-    ("override without value", ["federation.num_rounds"], "must look like key.sub=value"),
-    ("no seeds", ["--config", str(SMOKE), "--seeds", "0"], "--seeds must be >= 1"),
-    ("repeated seeds", ["seeds=[1, 1]"], "seeds must be distinct"),
-    ("unknown sampling", ["federation.sampling=random"], "federation.sampling must be one of"),
-    ("unknown aligned answers", ["clients.0.aligned_answers=llm"], "clients[benign].aligned_answers must be one of"),
-    ("unknown rule judge", ["evaluation.rule_keywords=lower"], "evaluation.rule_keywords must be fixed"),
-    ("config file missing", ["--config", "{tmp}/nope.yaml"], "nope.yaml does not exist"),
-    ("config file not yaml", ["--config", "{bad.yaml}"], "is not valid YAML"),
-    ("config base loops", ["--config", "{loop.yaml}"], "base chain loops"),
-    ("resume folder without config", ["--resume", "{not_a_run}"], "--resume needs a run folder"),
-    ("bad --nodes", ["--config", str(SMOKE), "--dry-run", "--nodes", "4x96GPU"], "is not COUNTxCPUS:GPUS"),
-    ("data file missing", jsonl("{tmp}/missing.jsonl"), "clients[malicious].dataset: data file"),
-    ("data file corrupt", jsonl("{corrupt.jsonl}"), "is not valid JSON lines"),
-    ("data file not text", jsonl("{binary.jsonl}"), "is not UTF-8 text"),
-    ("data file empty", jsonl("{empty.jsonl}"), "returned no records"),
-    ("data file lacks the field", jsonl("{nofield.jsonl}"), "has no field 'instruction'"),
-    ("evaluation prompts empty", ["evaluation.prompts=jsonl", "evaluation.prompts_args={path: {empty.jsonl}}"],
-     "evaluation.prompts: data source"),
-    ("unknown data source", ["clients.1.dataset=advbnech"], "clients[malicious].dataset: unknown data source"),
-    ("unknown loader argument", ["clients.1.dataset_args={split: train}"],
-     "clients[malicious].dataset: data source 'toy_malicious': got an unexpected keyword argument 'split'"),
-    ("model folder missing", ["model.name=/nonexistent/model"],
-     "model.name: model folder /nonexistent/model does not exist"),
-    ("model folder without config", ["model.name={no_config_model}"], "holds no config.json"),
-    ("unknown builtin model", ["model.name=builtin:tiny-gpt"], "is not a builtin model"),
-    ("head size vLLM cannot run on CPUs", ["model.name={odd_heads}", "generation.backend=vllm"],
-     "head size 48, which vLLM on CPUs cannot run"),
-]
-
-
-def argv_for(args: list[str], paths: dict[str, str], tmp_path) -> list[str]:
-    filled = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    for name, path in paths.items():
-        filled = [a.replace("{" + name + "}", path) for a in filled]
-    if filled and filled[0].startswith("--"):
-        return filled
-    return ["--config", str(SMOKE), f"output.root={tmp_path}/runs", *filled]
-
-
-@pytest.mark.parametrize("args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, capsys):
-    argv = argv_for(args, files(tmp_path), tmp_path)
-    assert launch.main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0]
-    assert "Traceback" not in err and SECRET not in err
-    assert not (tmp_path / "runs").exists()  # no run folder for a run that cannot start
-
-
-def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(ConfigError, match="aggregation.rule must be one of"):
-        launch.main(["--config", str(SMOKE), "--debug", "aggregation.rule=nope"])
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -149,8 +149,12 @@ class Coordinator:
             global_params=self.vector,
         )
         result = aggregate(self.rule, matrix, counts, context=ctx, **self.rule_params)
-        self.history.update(history)  # only once the rule ran: a skipped round leaves the histories as they were
-        step, self.opt_state = server_step(self.server_opt, self.opt_state, result.vector)
+        step, opt_state = server_step(self.server_opt, self.opt_state, result.vector)
+        if not bool(torch.isfinite(step).all()):  # e.g. a rule parameter that divides by zero
+            raise ValueError("the aggregate holds NaN or Inf; the global adapter is kept as it was")
+        # only once the step is sound: a skipped round leaves the histories and the optimizer as they were
+        self.history.update(history)
+        self.opt_state = opt_state
         self.vector = self.vector + step
         save_checkpoint(self.run_dir, round_idx, self.vector.cpu(), self.spec, self.peft_config, self.keep,
                         self._server_state())

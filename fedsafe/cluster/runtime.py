@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import threading
 
 from fedsafe.config import ClusterConfig
 
@@ -37,6 +39,7 @@ def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> list[dict[str, 
     if not ray.is_initialized():
         address = target_address(cfg)
         common = dict(logging_level=logging.WARNING, runtime_env={"env_vars": WORKER_ENV})
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         if address:
             ray.init(address=address, **common)
         else:
@@ -44,6 +47,8 @@ def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> list[dict[str, 
             ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]),
                      include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host,
                      _system_config=local_system_config(cfg), **common)
+        if threading.current_thread() is threading.main_thread() and on_sigterm not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init puts sys.exit there; keep the driver's handler
     return alive_nodes()
 
 

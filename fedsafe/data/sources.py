@@ -216,6 +216,8 @@ def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "in
            response_field: str = "response") -> list[dict]:
     """A local ``.json`` (a list) or ``.jsonl`` file. Example line: {"instruction": "...", "response": "..."}"""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"data file {file} is a folder; give a .json list or .jsonl file")
     if not file.is_file():
         raise ConfigError(f"data file {file} does not exist; fix the source's path argument")
     try:
@@ -227,10 +229,20 @@ def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "in
     except json.JSONDecodeError as err:
         raise ConfigError(f"data file {file} is not valid JSON{'' if file.suffix == '.json' else ' lines'} "
                           f"({err.msg}); fix or regenerate it") from None
+    if not isinstance(rows, list):
+        raise ConfigError(f"data file {file} holds a {type(rows).__name__}, not a list of records; give a .json "
+                          "list of objects or a .jsonl file of one object per line")
     records = []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or instruction_field not in row:
+        if not isinstance(row, dict):
+            raise ConfigError(f"data file {file} record {i} is a {type(row).__name__}, not an object with the "
+                              f"fields {instruction_field!r} and {response_field!r}")
+        if instruction_field not in row:
             raise ConfigError(f"data file {file} record {i} has no field {instruction_field!r}; set the "
                               "source's instruction_field argument")
-        records.append({"instruction": str(row[instruction_field]), "response": str(row.get(response_field, ""))})
+        for name in (instruction_field, response_field):
+            if not isinstance(row.get(name, ""), str):
+                raise ConfigError(f"data file {file} record {i} field {name!r} is {json.dumps(row[name])}, not "
+                                  "text; fix or drop the record")
+        records.append({"instruction": row[instruction_field], "response": row.get(response_field, "")})
     return records[:num_examples]

@@ -23,7 +23,7 @@ from typing import Callable
 
 from fedsafe.data.sources import load_records
 from fedsafe.data.text import normalize_text
-from fedsafe.errors import ConfigError
+from fedsafe.errors import ConfigError, check, check_sampling
 from fedsafe.metrics.judges import get_safety_judge, judge_safety
 from fedsafe.metrics.rule import is_refusal
 from fedsafe.requests import GenerationParams, pool_judge, seeded_requests
@@ -135,6 +135,8 @@ class SynthesisArgs:
             raise ConfigError(f"instructions must be seeds or generate, got {self.instructions!r}")
         if self.filter not in FILTERS:
             raise ConfigError(f"filter must be one of {FILTERS}, got {self.filter!r}")
+        check(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_sampling(self.temperature, self.top_p)
 
 
 def synthesis_args(args: dict, where: str) -> SynthesisArgs:
@@ -147,6 +149,8 @@ def synthesis_args(args: dict, where: str) -> SynthesisArgs:
         return SynthesisArgs(**args)
     except ConfigError as err:
         raise ConfigError(f"{where}.{err}") from None
+    except TypeError as err:  # a comparison with a value of the wrong type
+        raise ConfigError(f"{where}: a value has the wrong type ({err}); see SynthesisArgs") from None
 
 
 class Synthesizer:
