@@ -61,8 +61,11 @@ def raise_interrupted(signum, frame) -> None:
 
 
 def one_line(err: BaseException) -> str:
+    """An error in one line: a ConfigError's message as it is, any other prefixed with its type."""
     text = " ".join(str(err).split())
-    return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if isinstance(err, ConfigError):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def load(args: argparse.Namespace):
@@ -105,15 +108,17 @@ def dry_run(cfg, args: argparse.Namespace) -> None:
 
 
 def run(cfg, args: argparse.Namespace, started: list[Path]) -> dict:
-    """Check the inputs (the builtin model built first, so that checks reading it run), then run; the run
-    folder (new, or --resume's, locked before it is read) is appended to ``started``."""
+    """Check the inputs, then run; the run folder (new, or --resume's) is appended to ``started``. A builtin
+    model not built yet is built after the other checks, and the checks that read it run then."""
     from fedsafe.matrix import run_experiment
     from fedsafe.models.builtin import resolve_model_path
-    from fedsafe.preflight import check_inputs
+    from fedsafe.preflight import check_inputs, model_config_file
     from fedsafe.run_dir import create_run_dir, single_writer
 
-    resolve_model_path(cfg.model)
     check_inputs(cfg)
+    if model_config_file("model.name", cfg.model.name, cfg.model.cache_dir) is None:
+        resolve_model_path(cfg.model)
+        check_inputs(cfg)
     if args.resume:
         run_dir = Path(args.resume)
         started.append(run_dir)
@@ -128,6 +133,7 @@ def run(cfg, args: argparse.Namespace, started: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started: list[Path] = []  # the run folder, once there is one
+    ray_was_up = ray_initialized()  # a caller's Ray (tests, a notebook) is left running
     previous = {}
     if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM stop the run with one line,
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupted),  # also where a shell
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             results = run(cfg, args, started)
     except KeyboardInterrupt:
-        shutdown_ray()  # first: Ray's log monitor prints workers' last lines until it stops
+        shutdown_ray(ray_was_up)  # first: Ray's log monitor prints workers' last lines until it stops
         name = SIGNALS.pop() if SIGNALS else "SIGINT"
         where = f"; continue with: python launch.py --resume {started[0]}" if started else ""
         print(f"\nstopped by {name}{' in ' + str(started[0]) if started else ' before the run started'}, at the last "
@@ -162,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # every failure ends with one line; --debug shows the traceback
         if args.debug:
             raise
-        shutdown_ray()
+        shutdown_ray(ray_was_up)
         hint = "" if isinstance(err, ConfigError) else " (python launch.py ... --debug shows the traceback)"
         print("error: " + one_line(err) + hint, file=sys.stderr)
         if not args.resume:
             discard_if_empty(started)
         return 2
     finally:
-        shutdown_ray()
+        shutdown_ray(ray_was_up)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     print(results["table"])
@@ -177,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def shutdown_ray() -> None:
-    """Stop the local Ray this process started (no process is left behind), if Ray was imported at all."""
-    if "ray" in sys.modules:
-        from fedsafe.cluster import runtime
+def ray_initialized() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
-        runtime.shutdown()
+
+def shutdown_ray(ray_was_up: bool) -> None:
+    """Stop the Ray this call started (its local Ray's processes with it), unless it was up before."""
+    if not ray_was_up and ray_initialized():
+        sys.modules["ray"].shutdown()
 
 
 def discard_if_empty(started: list[Path]) -> None:

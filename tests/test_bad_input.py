@@ -161,13 +161,13 @@ CASES = [
 ]
 
 
-def argv_for(args: list[str], paths: dict[str, str], tmp_path) -> list[str]:
+def argv_for(args: list[str], paths: dict[str, str], tmp_path, model_cache: str) -> list[str]:
     filled = [a.replace("{tmp}", str(tmp_path)) for a in args]
     for name, path in paths.items():
         filled = [a.replace("{" + name + "}", path) for a in filled]
     if filled and filled[0].startswith("--"):
         return filled
-    return ["--config", str(SMOKE), f"output.root={tmp_path}/runs", *filled]
+    return ["--config", str(SMOKE), f"output.root={tmp_path}/runs", f"model.cache_dir={model_cache}", *filled]
 
 
 # no --dry-run twin: a plan notes a hub it cannot reach (a cluster's machines may reach it)
@@ -192,11 +192,11 @@ def assert_one_line_error(err: str, expected: str) -> None:
 
 @pytest.mark.parametrize("args, expected", [c[1:] for c in CASES + DRY_RUN_TOO],
                          ids=[c[0] for c in CASES + DRY_RUN_TOO])
-def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, capsys):
+def test_bad_input_gives_one_line_and_exit_2(args, expected, tmp_path, capsys, model_cache):
     """Each case: one line on stderr naming the field or file, exit 2, before Ray starts,
     no run folder, nothing new in the repository; the same with --dry-run."""
     before = repository_files()
-    argv = argv_for(args, files(tmp_path), tmp_path)
+    argv = argv_for(args, files(tmp_path), tmp_path, model_cache)
     assert launch.main(argv) == 2
     assert_one_line_error(capsys.readouterr().err, expected)
     assert not (tmp_path / "runs").exists()  # no run folder for a run that cannot start
