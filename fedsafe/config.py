@@ -336,7 +336,7 @@ class EvaluationConfig:
 
     prompts: str = "toy_harmful_eval"
     prompts_args: dict[str, Any] = field(default_factory=dict)
-    num_prompts: int = 520
+    num_prompts: int = 96  # all of the default toy_harmful_eval; AdvBench holds 520
     max_new_tokens: int = 64
     temperature: float = 0.7
     top_p: float = 1.0
