@@ -201,23 +201,8 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
     restarts = 0
     with tqdm(range(start_round, rounds), desc="rounds", initial=start_round, total=rounds) as bar:
         for round_idx in bar:
-            while True:
-                try:
-                    record = run_round(session, cfg, data, coordinator, round_idx, resize=round_idx > start_round)
-                    break
-                except CoordinatorLost as err:
-                    restarts += 1
-                    if restarts > cfg.cluster.max_retries:
-                        raise RuntimeError(f"the coordinator died {restarts} times ({err}); the run stops here. "
-                                           f"Continue it with: python launch.py --resume {run_dir}") from None
-                    tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
-                    coordinator.shutdown()
-                    next_round, resume_from = resume_point(run_dir)
-                    coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
-                    if next_round > round_idx:  # it died after checkpointing this round: the round is done
-                        record = {"round": round_idx, "recovered": f"the coordinator died after checkpointing ({err}); "
-                                  "this round's training and aggregation records are lost"}
-                        break
+            record, coordinator, restarts = run_round_restarting(session, cfg, data, coordinator, round_idx,
+                                                                 round_idx > start_round, run_dir, restarts)
             record["coordinator_restarts"] = restarts
             defense.on_round(ctx, round_idx, record)
             scalars = {"round/seconds": record.get("seconds", 0.0)}
@@ -235,6 +220,28 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
         roles = [c.role for c in data.clients]
         (Path(run_dir) / "clients.json").write_text(json.dumps({"roles": roles, **coordinator.similarity()}))
     return coordinator
+
+
+def run_round_restarting(session: Session, cfg: ExperimentConfig, data: FederatedData,
+                         coordinator: CoordinatorHandle, round_idx: int, resize: bool, run_dir: Path,
+                         restarts: int) -> tuple[dict, CoordinatorHandle, int]:
+    """``run_round``; a coordinator that dies is started again from the last checkpoint and the round run
+    again, at most ``cluster.max_retries`` times per run. Returns (record, the coordinator, restarts)."""
+    while True:
+        try:
+            return run_round(session, cfg, data, coordinator, round_idx, resize), coordinator, restarts
+        except CoordinatorLost as err:
+            restarts += 1
+            if restarts > cfg.cluster.max_retries:
+                raise RuntimeError(f"the coordinator died {restarts} times ({err}); the run stops here. "
+                                   f"Continue it with: python launch.py --resume {run_dir}") from None
+            tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
+            coordinator.shutdown()
+            next_round, resume_from = resume_point(run_dir)
+            coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
+            if next_round > round_idx:  # it died after checkpointing this round: the round is done
+                return {"round": round_idx, "recovered": f"the coordinator died after checkpointing ({err}); "
+                        "this round's training and aggregation records are lost"}, coordinator, restarts
 
 
 def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coordinator: CoordinatorHandle,
