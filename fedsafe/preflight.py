@@ -83,11 +83,12 @@ def size_of(cfg: ExperimentConfig, field: str) -> str:
 
 
 def model_fields(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:
-    """(config field, model name, served by the generation pool) of every model the run may load."""
+    """(config field, model name, served by the generation pool) of every model the run may load (an
+    endpoint's helpfulness model is the endpoint's name for it, not a model fedsafe loads)."""
     ev, g = cfg.evaluation, cfg.generation
     fields = [("model.name", cfg.model.name, True), ("generation.model", g.model, True),
               ("evaluation.judge_model", ev.judge_model, True),
-              ("evaluation.helpfulness_model", ev.helpfulness_model, ev.helpfulness_judge == "pool"),
+              ("evaluation.helpfulness_model", ev.helpfulness_model if ev.helpfulness_judge == "pool" else "", True),
               ("evaluation.reward_model", ev.reward_model, False)]
     return [f for f in fields if f[1]]
 
