@@ -153,15 +153,12 @@ def training_descendant(pid: int) -> psutil.Process | None:
     return None
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_mid_training_stops_with_one_line_no_ray_left_and_resume_equals_uninterrupted(
-        sig, fault_cfg, baseline, model_cache, tmp_path):
-    """The driver gets SIGINT (Ctrl-C) or SIGTERM while a trainer of round 1 or 2 trains: it ends with one
-    line naming the run folder and the --resume command, exit 128 + the signal, every process of its Ray
-    gone; ``--resume`` finishes with the uninterrupted run's adapter and evaluation."""
-    args = [f"model.cache_dir={model_cache}", f"output.root={tmp_path}", *FAULT_RUN]
-    driver = subprocess.Popen([sys.executable, "launch.py", "--config", str(SMOKE), *args], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def signal_mid_training(argv: list[str], sig: signal.Signals, tmp_path) -> str:
+    """Start ``launch.py argv``, send ``sig`` to the driver alone while one of its trainers trains a round
+    after round 0 (an event, not a delay), wait for it to end; check exit 128 + sig and that every process
+    of its local Ray is gone. Returns the last line it wrote to stderr, progress bars' codes removed."""
+    driver = subprocess.Popen([sys.executable, "launch.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     errors: list[str] = []
     reader = threading.Thread(target=lambda: errors.extend(driver.stderr), daemon=True)
     reader.start()
@@ -177,20 +174,31 @@ def test_a_signal_mid_training_stops_with_one_line_no_ray_left_and_resume_equals
     driver.send_signal(sig)
     assert driver.wait(timeout=300) == 128 + sig
     reader.join(timeout=60)
-    (run_dir,) = tmp_path.glob("smoke-*")
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "".join(errors)).replace("\r", "\n")  # progress bars' codes
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    assert last == (f"stopped by {sig.name} in {run_dir}, at the last completed round; continue with: "
-                    f"python launch.py --resume {run_dir}")
     _, alive = psutil.wait_procs(ray_processes, timeout=120)
     assert not alive, f"left behind: {[p.pid for p in alive]}"
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", "".join(errors)).replace("\r", "\n")
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+def test_sigint_then_sigterm_mid_training_stop_with_one_line_and_the_resume_equals_uninterrupted(
+        fault_cfg, baseline, model_cache, tmp_path):
+    """Ctrl-C (SIGINT) while a trainer trains; ``--resume``, then SIGTERM while a trainer trains again; each
+    ends with one line naming the run folder and the --resume command, exit 128 + the signal, no Ray process
+    left. A last ``--resume`` finishes with the uninterrupted run's adapter and evaluation."""
+    args = [f"model.cache_dir={model_cache}", f"output.root={tmp_path}", *FAULT_RUN]
+    last = signal_mid_training(["--config", str(SMOKE), *args], signal.SIGINT, tmp_path)
+    (run_dir,) = tmp_path.glob("smoke-*")
+    resume = f"continue with: python launch.py --resume {run_dir}"
+    assert last == f"stopped by SIGINT in {run_dir}, at the last completed round; {resume}"
+    last = signal_mid_training(["--resume", str(run_dir)], signal.SIGTERM, tmp_path)
+    assert last == f"stopped by SIGTERM in {run_dir}, at the last completed round; {resume}"
     assert not (run_dir / "results.json").exists()
 
     resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert 1 <= arm(results)["resumed_at_round"] <= 2
+    assert 1 <= arm(results)["resumed_at_round"] <= 3
     assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert final_adapter(run_dir) == final_adapter(baseline[0])
     assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
