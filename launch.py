@@ -89,15 +89,15 @@ def load(args: argparse.Namespace):
     return cfg
 
 
-def dry_run(cfg, args: argparse.Namespace) -> None:
+def dry_run(cfg, args: argparse.Namespace, nodes: list[dict[str, float]] | None) -> None:
     from fedsafe.cluster import runtime
     from fedsafe.cluster.plan import generation_reserve, make_plan
     from fedsafe.matrix import describe_arms
 
     address = runtime.target_address(cfg.cluster)
     print(to_yaml(cfg))
-    if args.nodes:
-        print(f"plan for {args.nodes}:\n" + make_plan(cfg, parse_nodes(args.nodes)).describe())
+    if nodes:
+        print(f"plan for {args.nodes}:\n" + make_plan(cfg, nodes).describe())
     elif address:
         print(f"plan: resources are read from the cluster at {address} when the run starts "
               "(--nodes plans for a cluster you describe)")
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 nodes = parse_nodes(args.nodes) if args.nodes else None
                 for note in check_inputs(cfg, plan_only=True, nodes=nodes):
                     print("note: " + note, file=sys.stderr)
-                dry_run(cfg, args)
+                dry_run(cfg, args, nodes)
                 return 0
             results = run(cfg, args, started)
     except KeyboardInterrupt:

@@ -160,10 +160,12 @@ class Unreachable(ConfigError):
     machines of a cluster may reach what this one cannot."""
 
 
-def check_models(cfg: ExperimentConfig, notes: list[str] | None = None) -> None:
+def check_models(cfg: ExperimentConfig, notes: list[str] | None = None) -> Path | None:
     """Each model's folder or hub id, head size (CPU vLLM) and LoRA targets; with ``notes``, a hub that
-    cannot be reached is noted there instead of raised."""
+    cannot be reached is noted there instead of raised. Returns the base model's config.json (None where
+    there is none to read yet)."""
     cpu_vllm = cfg.generation.backend == "vllm" and cfg.generation.gpus_per_replica == 0
+    base_config = None
     for field, name, served in model_fields(cfg):
         try:
             config_file = model_config_file(field, name, cfg.model.cache_dir)
@@ -184,6 +186,8 @@ def check_models(cfg: ExperimentConfig, notes: list[str] | None = None) -> None:
                                   f"(it runs {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}); set generation.backend=hf")
         if field == "model.name":
             check_lora_targets(cfg, config_file)
+            base_config = config_file
+    return base_config
 
 
 def module_names(config_file: Path) -> set[str]:
@@ -210,18 +214,16 @@ def check_lora_targets(cfg: ExperimentConfig, config_file: Path) -> None:
                           f"{', '.join(linear) or 'see model.named_modules()'})")
 
 
-def check_max_length(cfg: ExperimentConfig, records: dict[str, list[dict]]) -> None:
+def check_max_length(cfg: ExperimentConfig, config_file: Path | None,
+                     records: dict[str, list[dict]]) -> None:
     """Every client group must hold records that keep a response token within ``train.max_length`` once
-    the prompt template is added (a client whose batch holds none cannot train)."""
+    the prompt template is added (a client whose batch holds none cannot train). ``config_file``: the base
+    model's (``check_models``), None when it cannot be read yet."""
     from transformers import AutoTokenizer
 
     from fedsafe.models.builtin import BUILTIN_PREFIX
     from fedsafe.training.template import encode_example
 
-    try:
-        config_file = model_config_file("model.name", cfg.model.name, cfg.model.cache_dir)
-    except Unreachable:
-        return  # raised or noted by check_models
     if config_file is None:
         return
     builtin = cfg.model.name.startswith(BUILTIN_PREFIX)
@@ -301,8 +303,8 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
     is for (default: this machine)."""
     notes: list[str] | None = [] if plan_only else None
     check_plan(cfg, nodes)
-    check_models(cfg, notes)
+    base_config = check_models(cfg, notes)
     records = check_data(cfg)
-    check_max_length(cfg, records)
+    check_max_length(cfg, base_config, records)
     check_address(cfg)
     return notes or []

@@ -115,6 +115,19 @@ def test_trainer_and_coordinator_killed_mid_run_the_result_is_unchanged(ray_clus
     assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 
 
+def resume_to_the_end(run_dir, baseline) -> dict:
+    """``launch.py --resume run_dir`` to the end; the run must have one metrics line per round and the
+    uninterrupted run's final adapter and evaluation. Returns its results."""
+    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
+    assert final_adapter(run_dir) == final_adapter(baseline[0])
+    assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
+    return results
+
+
 def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, model_cache, tmp_path):
     """The whole driver (and the local Ray it started) is SIGKILLed once round 0 is checkpointed;
     ``launch.py --resume`` finishes the run with the uninterrupted run's adapter and evaluation."""
@@ -130,16 +143,10 @@ def test_driver_killed_then_resume_equals_uninterrupted(fault_cfg, baseline, mod
     (run_dir,) = tmp_path.glob("smoke-*")
     assert not (run_dir / "results.json").exists()
 
-    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
+    results = resume_to_the_end(run_dir, baseline)
     assert 1 <= arm(results)["resumed_at_round"] <= 2
     # one line per round; a round checkpointed just before the kill but never logged says so
-    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
     assert all("client_metrics" in r or "before its record" in r["recovered"] for r in read_metrics(run_dir))
-    assert final_adapter(run_dir) == final_adapter(baseline[0])
-    assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 
 
 def training_descendant(pid: int) -> psutil.Process | None:
@@ -194,14 +201,8 @@ def test_sigint_then_sigterm_mid_training_stop_with_one_line_and_the_resume_equa
     assert last == f"stopped by SIGTERM in {run_dir}, at the last completed round; {resume}"
     assert not (run_dir / "results.json").exists()
 
-    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
+    results = resume_to_the_end(run_dir, baseline)
     assert 1 <= arm(results)["resumed_at_round"] <= 3
-    assert [r["round"] for r in read_metrics(run_dir)] == [0, 1, 2]
-    assert final_adapter(run_dir) == final_adapter(baseline[0])
-    assert arm(results)["evaluation"] == arm(baseline[1])["evaluation"]
 
 
 class ExitOnArrival(dict):
