@@ -4,6 +4,7 @@
     python launch.py --config configs/smoke.yaml federation.num_rounds=5 aggregation.rule=fedavg
     python launch.py --config configs/smoke.yaml --dry-run        # resolved config and plan, starts nothing
     python launch.py --config configs/paper_gpu.yaml --dry-run --nodes 4x96:8   # plan for 4 nodes of 96 CPUs, 8 GPUs
+    python launch.py --config configs/paper_gpu.yaml --rehearse   # the whole GPU pipeline on this CPU, in minutes
     python launch.py --resume runs/smoke-20261122-101500          # continue from the last complete round
     RAY_ADDRESS=auto python launch.py --config ...                # join a running cluster (or cluster.address=auto)
 """
@@ -27,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, start nothing")
     p.add_argument("--nodes", metavar="SPEC", help="with --dry-run: plan for these nodes instead of this machine, "
                    "COUNTxCPUS:GPUS separated by commas, e.g. 1x16:0,4x96:8")
+    p.add_argument("--rehearse", action="store_true", help="run the config's whole pipeline on this CPU in minutes: "
+                   "small models of the same families, local copies of hub data, a few rounds and prompts "
+                   "(prints every replacement)")
     p.add_argument("--seeds", type=int, metavar="N", help="run every arm with N seeds: seed, seed+1, ... "
                    "(replaces the config's seeds)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of configuration errors")
@@ -34,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.resume and args.config:
         p.error("--resume reads the run's own config.yaml; pass either --config or --resume, not both")
+    if args.rehearse and args.resume:
+        p.error("--resume continues a rehearsal with its own config.yaml; leave out --rehearse")
     return args
 
 
@@ -86,6 +92,21 @@ def load(args: argparse.Namespace):
         if args.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1 (the number of seeds to run), got {args.seeds}")
         cfg = from_yaml_text(to_yaml(cfg), [f"seeds={list(range(cfg.seed, cfg.seed + args.seeds))}"])
+    if args.rehearse:
+        cfg = rehearse(cfg)
+    return cfg
+
+
+def rehearse(cfg):
+    """The rehearsal's config (``fedsafe.rehearsal``), its replacements printed, the hub stand-ins written."""
+    from fedsafe.data.standins import write_mirror
+    from fedsafe.rehearsal import rehearsal_config
+
+    mirror = Path(cfg.output.root) / "rehearsal-hub"
+    cfg, changes, hub_sets = rehearsal_config(cfg, mirror)
+    print(f"rehearsal: {len(changes)} replacement(s)\n" + "\n".join(f"  {line}" for line in changes))
+    for file in write_mirror(mirror, hub_sets):
+        print(f"rehearsal: local copy of hub rows in {file}")
     return cfg
 
 

@@ -30,20 +30,27 @@ __all__ = ["ConfigError", "ExperimentConfig", "ServerOptConfig", "load_config", 
 ROLES = ("benign", "malicious")
 ALIGNED_ANSWERS = ("generated", "templates")
 SAMPLING = ("seeded", "paper")
+QUANTIZATIONS = ("none", "int8")
+DEFENSE_SCHEDULES = ("rounds", "session")
 
 
 @dataclass
 class ModelConfig:
-    """Base model. ``name`` is a Hugging Face hub id, a local folder, or ``builtin:tiny-llama``."""
+    """Base model. ``name`` is a Hugging Face hub id, a local folder, or ``builtin:tiny-llama``.
+    ``quantization``: ``int8`` loads the frozen base weights of the trainers in 8 bits (bitsandbytes, CUDA
+    only; the paper's Llama-2-7B), computing in ``dtype``; LoRA weights stay in ``dtype``."""
 
     name: str = "builtin:tiny-llama"
     dtype: str = "float32"
+    quantization: str = "none"
     cache_dir: str = "~/.cache/fedsafe"
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         _check(self.dtype in ("float32", "bfloat16", "float16"),
                f"model.dtype must be one of float32, bfloat16, float16; got {self.dtype!r}")
+        _check(self.quantization in QUANTIZATIONS,
+               f"model.quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
 
 
 @dataclass
@@ -233,6 +240,9 @@ class DefenseConfig:
     defense records for ``steps`` steps. ``level`` says what that data relies on (``DefenseLevel``): 1 the
     public set ``dataset`` (with ``dataset_args``), 2 DefenseGen by the off-the-shelf model, 3 DefenseGen by
     the aggregated model; ``synthesis`` holds DefenseGen's settings (instructions, normal, filter, sampling).
+    ``schedule``: ``rounds`` as the authors run it, ``rounds`` rounds of ``steps / rounds`` steps, each on a
+    fresh random subset with a fresh AdamW, lr cosine over the rounds (constant inside one); ``session``
+    one run of ``steps`` steps with one optimizer, lr cosine over the steps.
     """
 
     name: str = "none"
@@ -245,9 +255,18 @@ class DefenseConfig:
     batch_size: int = 16
     lr: float = 5e-5
     min_lr: float = 1e-6
+    schedule: str = "rounds"
+    rounds: int = 50
 
     def __post_init__(self) -> None:
         from fedsafe.defense import DefenseLevel, build_defense
+
+        _check(self.schedule in DEFENSE_SCHEDULES,
+               f"defense.schedule must be one of {DEFENSE_SCHEDULES}, got {self.schedule!r}")
+        _check(self.rounds >= 1, f"defense.rounds must be >= 1, got {self.rounds}")
+        _check(self.schedule == "session" or self.steps % self.rounds == 0,
+               f"defense.steps ({self.steps}) must be a multiple of defense.rounds ({self.rounds}) with "
+               "defense.schedule=rounds (steps per round = steps / rounds)")
 
         _check(self.level in {int(v) for v in DefenseLevel},
                f"defense.level must be 1 (public set), 2 (off-the-shelf model) or 3 (the aggregated model), "
@@ -326,9 +345,11 @@ class EvaluationConfig:
     format, served by the pool from ``judge_model``, "" = generation.model); ``reward_model`` (a sequence-
     classification model, "" = skipped). On ``benign_prompts`` (held-out benign pairs, "" = skipped):
     over-refusal (share refused, beside the share of the prompts' own reference answers the same judge
-    counts as refusals), response loss (offline helpfulness proxy), and MT-Bench-style 1-10
-    grades by ``helpfulness_judge``: ``pool`` (``helpfulness_model``, "" = judge model) or ``endpoint`` (an
-    OpenAI-compatible URL in ``helpfulness_endpoint``, key in the environment variable ``helpfulness_key_env``).
+    counts as refusals), response loss (offline helpfulness proxy). MT-Bench-style 1-10 grades (MT-1) of the
+    answers to ``helpfulness_prompts`` (e.g. ``mt_bench``, ``num_helpfulness`` of them; "" = the benign
+    prompts) by ``helpfulness_judge``: ``pool`` (``helpfulness_model``, "" = judge model) or ``endpoint`` (an
+    OpenAI-compatible URL in ``helpfulness_endpoint``, key in the environment variable ``helpfulness_key_env``),
+    writing at most ``helpfulness_max_tokens`` (its explanation, then "Rating: [[n]]").
     ``rule_keywords``: the rule judge's variant (``fedsafe.metrics.rule``: fixed, paper, cased).
     ``classifier_judge``: also judge every answer with the keyword-free classifier (``fedsafe.metrics.classifier``).
     ``temperature`` 0 decodes greedily.
@@ -352,17 +373,25 @@ class EvaluationConfig:
     benign_prompts: str = ""
     benign_prompts_args: dict[str, Any] = field(default_factory=dict)
     num_benign: int = 100
+    helpfulness_prompts: str = ""
+    helpfulness_prompts_args: dict[str, Any] = field(default_factory=dict)
+    num_helpfulness: int = 80
     helpfulness_judge: str = "none"
     helpfulness_model: str = ""
     helpfulness_endpoint: str = ""
     helpfulness_key_env: str = "OPENAI_API_KEY"
+    helpfulness_max_tokens: int = 512
 
     def __post_init__(self) -> None:
         _check(self.llm_judge in LLM_JUDGES, f"evaluation.llm_judge must be one of {LLM_JUDGES}, got {self.llm_judge!r}")
         _check(self.helpfulness_judge in HELPFULNESS_JUDGES,
                f"evaluation.helpfulness_judge must be one of {HELPFULNESS_JUDGES}, got {self.helpfulness_judge!r}")
-        _check(self.helpfulness_judge == "none" or bool(self.benign_prompts),
-               "evaluation.helpfulness_judge needs evaluation.benign_prompts (the prompts it grades answers to)")
+        _check(self.helpfulness_judge == "none" or bool(self.benign_prompts or self.helpfulness_prompts),
+               "evaluation.helpfulness_judge needs evaluation.helpfulness_prompts (e.g. mt_bench) or "
+               "evaluation.benign_prompts: the prompts it grades answers to")
+        _check(self.num_helpfulness >= 1, f"evaluation.num_helpfulness must be >= 1, got {self.num_helpfulness}")
+        _check(self.helpfulness_max_tokens >= 1,
+               f"evaluation.helpfulness_max_tokens must be >= 1, got {self.helpfulness_max_tokens}")
         _check(self.helpfulness_judge != "endpoint" or bool(self.helpfulness_endpoint),
                "evaluation.helpfulness_judge=endpoint needs evaluation.helpfulness_endpoint (an OpenAI-compatible "
                "base URL such as https://api.openai.com/v1) and evaluation.helpfulness_model")
@@ -503,6 +532,12 @@ class ExperimentConfig:
         _check(self.aggregation.min_updates <= self.federation.clients_per_round,
                f"aggregation.min_updates ({self.aggregation.min_updates}) must be <= federation.clients_per_round "
                f"({self.federation.clients_per_round}), or no round could close")
+        _check(self.model.quantization == "none" or self.trainer.engine == "torch",
+               f"model.quantization={self.model.quantization} trains with trainer.engine=torch (DeepSpeed's ZeRO "
+               "does not shard 8-bit weights)")
+        _check(self.model.quantization == "none" or self.trainer.gpus_per_client > 0,
+               f"model.quantization={self.model.quantization} needs trainers on CUDA GPUs: set "
+               "trainer.gpus_per_client (or model.quantization=none)")
         _check(self.federation.clients_per_round <= self.num_clients,
                f"federation.clients_per_round ({self.federation.clients_per_round}) must be <= the number "
                f"of clients ({self.num_clients}); lower it or add clients")
@@ -572,7 +607,8 @@ def _describe(err: OmegaConfBaseException) -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Default config, merged with the YAML file at ``path``, then ``key.sub=value`` overrides. A file may
-    start from another with ``base: other.yaml`` (relative to the file); its own keys win (lists replace)."""
+    start from another with ``base: other.yaml`` (relative to the file); its own keys win (lists replace; a
+    file naming another attack or rule than its base starts that one's params afresh)."""
     layers = _yaml_layers(Path(path)) if path is not None else []
     return from_yaml_text("", overrides, layers)
 
@@ -644,13 +680,27 @@ def non_finite(value, key: str = "") -> str | None:
     return None
 
 
+NAMED_PARAMS = (("attack", "name", "params"), ("aggregation", "rule", "params"))
+
+
+def clear_stale_params(merged, layer: dict) -> None:
+    """Empty ``params`` in ``merged`` (an OmegaConf config) where ``layer`` names another attack or rule without
+    giving its params: parameters belong to the attack or rule they were written for, not to the next one."""
+    for section, name_key, params_key in NAMED_PARAMS:
+        given = layer.get(section)
+        if isinstance(given, dict) and name_key in given and params_key not in given \
+                and given[name_key] != merged[section][name_key]:
+            merged[section][params_key] = {}
+
+
 def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[dict] = ()) -> ExperimentConfig:
     """The defaults merged with ``layers`` (YAML mappings, in order), YAML ``text`` and dotted overrides;
     inverse of ``to_yaml``."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
-                                 *[OmegaConf.create(layer) for layer in layers],
-                                 OmegaConf.create(parse_yaml(text, "config")))
+        merged = OmegaConf.structured(ExperimentConfig)
+        for layer in [*layers, parse_yaml(text, "config")]:
+            clear_stale_params(merged, layer)
+            merged = OmegaConf.merge(merged, OmegaConf.create(layer))
         for item in overrides or []:
             key, sep, value = item.partition("=")
             if not sep or not key:

@@ -27,7 +27,7 @@ from fedsafe.checkpoint import latest_sound_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
 from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
-from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, TrainerPool
+from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, FinishedFederation, TrainerPool
 from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.data.federation import ClientSpec, build_clients, make_shards, round_subset, sample_clients
 from fedsafe.data.sources import load_records
@@ -87,7 +87,9 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
     harmful = [r["instruction"] for r in load_records(ev.prompts, ev.num_prompts, cfg.seed, **ev.prompts_args)]
     benign = load_records(ev.benign_prompts, ev.num_benign, derive_seed(cfg.seed, Salt.BENIGN_PROMPTS),
                           **ev.benign_prompts_args) if ev.benign_prompts else []
-    inputs = EvalInputs(harmful, benign)
+    graded = load_records(ev.helpfulness_prompts, ev.num_helpfulness, derive_seed(cfg.seed, Salt.BENIGN_PROMPTS),
+                          **ev.helpfulness_prompts_args) if ev.helpfulness_prompts else []
+    inputs = EvalInputs(harmful, benign, graded)
     per_client = cfg.federation.examples_per_client
     clients = build_clients([(g.name, g.role, g.count) for g in cfg.clients])
     shards: dict[int, list[dict]] = {}
@@ -122,7 +124,8 @@ def round_clients(cfg: ExperimentConfig, num_clients: int, round_idx: int) -> li
 
 def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int) -> ClientTask:
     t = cfg.train
-    subset = round_subset(list(range(len(shard))), t.batch_size * t.local_steps, cfg.seed, round_idx, client.client_id)
+    seed = cfg.seed if cfg.federation.sampling == "seeded" else None
+    subset = round_subset(list(range(len(shard))), t.batch_size * t.local_steps, seed, round_idx, client.client_id)
     lr = cosine_lr(round_idx, cfg.federation.num_rounds, t.lr, t.min_lr)
     return ClientTask(
         client_id=client.client_id, round_idx=round_idx, role=client.role, records=[shard[i] for i in subset],
@@ -183,18 +186,20 @@ def round_inputs(cfg: ExperimentConfig, inputs: EvalInputs) -> EvalInputs:
 
 
 def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path, on_round=None,
-             defense: Defense | None = None, ctx: ServerContext | None = None) -> CoordinatorHandle:
-    """The round loop; continues after the last checkpoint in ``run_dir`` (a finished federation runs no
-    round). Returns the coordinator, which holds the final global adapter. ``defense.on_round`` sees each
+             defense: Defense | None = None, ctx: ServerContext | None = None
+             ) -> CoordinatorHandle | FinishedFederation:
+    """The round loop; continues after the last checkpoint in ``run_dir``. Returns the coordinator, which
+    holds the final global adapter (a finished federation runs no round and starts no coordinator: its last
+    checkpoint is read, ``FinishedFederation``). ``defense.on_round`` sees each
     round's record before it is logged; ``on_round(record)`` is called after. A coordinator that dies is
     started again from the last checkpoint and its round run again (at most ``cluster.max_retries`` times
     per run)."""
     defense = defense or NoDefense()
     rounds = cfg.federation.num_rounds
     start_round, resume_from = resume_point(run_dir)
-    coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
     if start_round >= rounds:
-        return coordinator
+        return FinishedFederation(session.init, resume_from)
+    coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
     log = MetricsLog(run_dir, start_round, cfg.output.tensorboard)
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")

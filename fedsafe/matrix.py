@@ -84,8 +84,12 @@ def _digest(value) -> str:
 
 def federation_key(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines the federated run and its per-round evaluations (the defense
-    too when it changes the rounds)."""
+    too when it changes the rounds); a federation without malicious clients is the same whatever they would
+    have done (the paper's no-attack row is shared by its tables)."""
     d = to_dict(cfg)
+    if cfg.num_malicious == 0:  # nobody attacks: the attack and the idle malicious groups change nothing
+        d["attack"] = None
+        d["clients"] = [g if g["count"] > 0 else None for g in d["clients"]]  # positions seed the groups' data
     fields = [{k: d[k] for k in FEDERATION_FIELDS}, {k: d["generation"][k] for k in GENERATION_FIELDS}]
     if build_defense(cfg.defense).changes_rounds:
         fields.append(d["defense"])

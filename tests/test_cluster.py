@@ -56,10 +56,11 @@ def test_one_cpu_machine():
 
 
 def test_one_node_eight_gpus_generators_and_trainers_never_share_a_gpu():
-    plan = make_plan(load_config(PAPER_GPU), [GPU8])  # 3 pool models x 1 GPU; 5 GPUs left, 3 clients a round
-    assert (plan.generators.count, plan.trainers.count, plan.trainers.num_gpus) == (3, 3, 1.0)
+    # 4 pool models x 1 GPU (base, generator, MD-Judge, reward model); 4 GPUs left, 3 clients a round
+    plan = make_plan(load_config(PAPER_GPU), [GPU8])
+    assert (plan.generators.count, plan.trainers.count, plan.trainers.num_gpus) == (4, 3, 1.0)
     two = make_plan(load_config(PAPER_GPU, ["trainer.gpus_per_client=2"]), [GPU8])
-    assert (two.trainers.count, two.trainers.group_size, two.trainers.num_gpus) == (2, 2, 1.0)  # 4 of 5 GPUs
+    assert (two.trainers.count, two.trainers.group_size, two.trainers.num_gpus) == (2, 2, 1.0)  # 4 of 4 GPUs
     assert two.trainers.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 2
 
 
@@ -67,15 +68,16 @@ def test_four_nodes_eight_gpus():
     cfg = load_config(PAPER_GPU, ["federation.clients_per_round=10", "trainer.gpus_per_client=4",
                                   "generation.gpus_per_replica=2"])  # tensor-parallel 2 replicas
     plan = make_plan(cfg, [GPU8] * 4)
-    # node 0: 3 replicas x 2 GPUs leave 2 GPUs, too few for a 4-GPU client; nodes 1-3: two clients each
-    assert per_node(plan) == [(0, 3), (2, 0), (2, 0), (2, 0)]
+    # node 0: 4 replicas x 2 GPUs leave none; nodes 1-3: two 4-GPU clients each
+    assert per_node(plan) == [(0, 4), (2, 0), (2, 0), (2, 0)]
     assert (plan.trainers.count, plan.trainers.group_size) == (6, 4)
     assert "tensor parallel 2" in plan.describe() and "torch.distributed group" in plan.describe()
 
 
 def test_mixed_cluster_places_by_node():
     nodes = [{"CPU": 16}, {"CPU": 32, "GPU": 4}, {"CPU": 8, "GPU": 8}]  # CPU head, two GPU workers
-    cfg = load_config(PAPER_GPU, ["federation.clients_per_round=10", "cluster.cpus_per_trainer=4"])
+    cfg = load_config(PAPER_GPU, ["federation.clients_per_round=10", "cluster.cpus_per_trainer=4",
+                                  "evaluation.reward_model=''"])  # 3 pool models: base, generator, MD-Judge
     plan = make_plan(cfg, nodes)
     # replicas go where GPUs are (node 1 keeps 1 GPU for a trainer); node 2 has 8 GPUs but CPUs for 2
     assert per_node(plan) == [(0, 0), (1, 3), (2, 0)] and plan.trainers.count == 3
@@ -110,7 +112,7 @@ def test_dry_run_plans_for_described_nodes(capsys):
 
     assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "1x16:0,4x96:8"]) == 0
     out = capsys.readouterr().out
-    assert "on 5 node(s)" in out and "node 1 {'CPU': 96.0, 'GPU': 8.0}: 3 trainer group(s), 3 generator(s)" in out
+    assert "on 5 node(s)" in out and "node 1 {'CPU': 96.0, 'GPU': 8.0}: 3 trainer group(s), 4 generator(s)" in out
     assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "4xlots"]) == 2
 
 

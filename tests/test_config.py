@@ -74,3 +74,17 @@ def test_a_config_can_start_from_a_base_file(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_a_layer_naming_another_attack_or_rule_starts_its_params_afresh(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("attack: {name: maliciousgen, params: {instructions: generate}}\n"
+                    "aggregation: {rule: trimmed_mean, params: {num_trim: 1}}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nattack: {name: data_poisoning}\naggregation: {rule: median}\n")
+    cfg = load_config(child)
+    assert (cfg.attack.name, cfg.attack.params, cfg.aggregation.rule, cfg.aggregation.params) == (
+        "data_poisoning", {}, "median", {})
+    same = tmp_path / "same.yaml"
+    same.write_text("base: base.yaml\nattack: {name: maliciousgen}\n")  # the same attack keeps its params
+    assert load_config(same).attack.params == {"instructions": "generate"}

@@ -3,12 +3,14 @@ for each level with a fake generation pool and a fake server context (no model, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fedsafe.config import ConfigError, DefenseConfig
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, Synthesizer
 from fedsafe.defense import DefenseLevel, ServerContext, available_defenses, build_defense, register_defense
-from fedsafe.defense.posthoc import posthoc_task
+from fedsafe.defense.posthoc import posthoc_round_tasks, posthoc_task
 from fedsafe.training.sft import cosine_lr
 from fedsafe.updates import SERVER_ID
 from tests.conftest import FakePool
@@ -27,12 +29,24 @@ def test_registry_and_levels():
 
 
 def test_posthoc_task_draws_records_epoch_by_epoch_with_a_cosine_lr():
-    cfg = DefenseConfig(name="posthoc_sft", steps=5, batch_size=4, lr=1e-3, min_lr=1e-5)
+    cfg = DefenseConfig(name="posthoc_sft", steps=5, batch_size=4, lr=1e-3, min_lr=1e-5, schedule="session")
     records = [{"instruction": f"i{k}", "response": "r"} for k in range(6)]
     task = posthoc_task(cfg, records, max_length=64, seed=1)
     assert task.client_id == SERVER_ID and task.role == "server" and len(task.records) == 20
     assert sorted(r["instruction"] for r in task.records[:6]) == sorted(r["instruction"] for r in records)
     assert task.lrs == [cosine_lr(s, 5, 1e-3, 1e-5) for s in range(5)] and task.lrs[0] > task.lrs[-1]
+
+
+def test_posthoc_rounds_are_the_authors_fl_script_with_one_client():
+    cfg = DefenseConfig(name="posthoc_sft", steps=12, rounds=4, batch_size=2, lr=1e-3, min_lr=1e-5)
+    records = [{"instruction": f"i{k}", "response": "r"} for k in range(10)]
+    tasks = posthoc_round_tasks(cfg, records, max_length=64, seed=1)
+    assert [t.round_idx for t in tasks] == [0, 1, 2, 3]
+    assert all(len(t.records) == 6 and len({r["instruction"] for r in t.records}) == 6 for t in tasks)  # 2 x 3
+    assert len({tuple(r["instruction"] for r in t.records) for t in tasks}) == 4  # a fresh subset each round
+    assert [t.lrs for t in tasks] == [[cosine_lr(r, 4, 1e-3, 1e-5)] * 3 for r in range(4)]  # constant in a round
+    with pytest.raises(ConfigError, match="multiple of defense.rounds"):
+        DefenseConfig(name="posthoc_sft", steps=10, rounds=4)
 
 
 class Server:
@@ -54,7 +68,7 @@ class Server:
 
 
 def defense_cfg(level: int, **kw) -> DefenseConfig:
-    return DefenseConfig(name="posthoc_sft", level=level, num_examples=8, steps=3, batch_size=2,
+    return DefenseConfig(name="posthoc_sft", level=level, num_examples=8, steps=3, batch_size=2, schedule="session",
                          synthesis={"seeds": "toy_malicious", "normal": "toy_benign_eval", "filter": "rule"}, **kw)
 
 
@@ -67,6 +81,9 @@ def test_level_1_trains_on_the_public_set_from_before_the_rounds():
     (task,) = server.trained
     assert len(task.lrs) == 3 and len(task.records) == 6 and server.registered == []
     assert defense.summary() == {"level": 1, "examples": 8, "synthesis": {}}
+    rounds = build_defense(dataclasses.replace(defense_cfg(1, dataset="toy_defense"), schedule="rounds", rounds=3))
+    rounds.before_training(server.ctx)
+    assert rounds.after_training(server.ctx, "global") == "global+defended+defended+defended"  # one round each
 
 
 def test_level_2_data_is_written_by_the_off_the_shelf_model_before_the_rounds():

@@ -27,12 +27,12 @@ pytestmark = pytest.mark.integration
 # them only on purpose, with the reason in the commit, so that later work cannot change the simulation
 # silently. On another torch build the run is checked for everything but these values.
 PINNED_TORCH = "2.13.0+cpu"
-# Re-pinned when client sampling became seeded by (seed, round) and the rule judge case-insensitive (the
-# authors' judge).
-SMOKE_LOSSES = [[0.212624, 0.200521, 0.137254], [0.186004, 0.194003, 0.200156], [0.201833, 0.190626, 0.165646],
-                [0.204676, 0.192899, 0.143702]]
-SMOKE_DIGEST = "baefcb2d92695d5ac08078fbc849abd5d21acfd0ccb2fbc63b79efe4cf909926"
-SMOKE_METRICS = {"rule": 29.166666666666668, "over_refusal": 10.0, "response_loss": 0.2021161265756892}
+# Re-pinned when the alpaca template took the authors' space after the instruction (the tiny model is
+# pre-trained on it too).
+SMOKE_LOSSES = [[0.193873, 0.185914, 0.106734], [0.173541, 0.173013, 0.176871], [0.175526, 0.165683, 0.138871],
+                [0.17688, 0.17203, 0.118949]]
+SMOKE_DIGEST = "4abe77346263eb036e1adb9c4246821dae7f77024058b45cdc6e6a90a19c877e"
+SMOKE_METRICS = {"rule": 35.416666666666664, "over_refusal": 12.5, "response_loss": 0.2249718677038434}
 
 
 def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):
@@ -77,6 +77,7 @@ def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):
                               arm_dir / "adapter")
 
     if torch.__version__ == PINNED_TORCH:
+        print("PIN", [[round(c["loss"], 6) for c in m["client_metrics"]] for m in metrics], adapter_digest(arm_dir / "adapter"))
         assert [[round(c["loss"], 6) for c in m["client_metrics"]] for m in metrics] == SMOKE_LOSSES
         assert adapter_digest(arm_dir / "adapter") == SMOKE_DIGEST
         ev = saved["arms"][name]["evaluation"]
@@ -114,7 +115,7 @@ def test_resume_equals_uninterrupted_run(ray_cluster, smoke_cfg, tmp_path):
 
 def test_attack_lowers_safety_and_posthoc_defense_restores_it(ray_cluster, smoke_cfg):
     """The paper's first and third claims, on toy data: deterministic on CPU with the same seed."""
-    defense = ["defense.name=posthoc_sft", "defense.steps=30", "defense.num_examples=200",
+    defense = ["defense.name=posthoc_sft", "defense.steps=30", "defense.rounds=3", "defense.num_examples=200",
                "defense.batch_size=8", "defense.lr=3e-3", "defense.min_lr=1e-4"]
     clean_cfg = smoke_cfg("clients.0.count=10", "clients.1.count=0")
     attacked_cfg = smoke_cfg(*defense)
@@ -134,7 +135,7 @@ def test_generated_attack_and_defense_data_with_every_metric(smoke_cfg, ray_clus
     metric reported with its judge; a second run (Level 2) reuses the cached attack data."""
     common = ["attack.name=maliciousgen", "attack.params={filter: rule, max_new_tokens: 24}",
               "defense.name=posthoc_sft", "defense.num_examples=40",
-              "defense.steps=10", "evaluation.llm_judge=md_judge", "evaluation.num_prompts=16"]
+              "defense.steps=10", "defense.rounds=2", "evaluation.llm_judge=md_judge", "evaluation.num_prompts=16"]
     level3 = ["defense.level=3", "defense.synthesis={normal: sharegpt, max_new_tokens: 24}"]
     cfg = smoke_cfg(*common, *level3)
     run_dir = create_run_dir(cfg)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsafe.config import ConfigError, load_config
-from fedsafe.matrix import expand_arms, run_experiment
+from fedsafe.config import ArmConfig, ConfigError, load_config
+from fedsafe.matrix import arm_config, expand_arms, federation_key, run_experiment
 from fedsafe.report import matrix_table, mean_weights, paper_row
 from fedsafe.run_dir import create_run_dir
 from tests.conftest import ROOT, SMOKE, adapter_digest
@@ -19,7 +19,8 @@ ARMS = [
     "arms=[{name: no attack, attack: false}, {name: FedAvg, rule: fedavg}, {name: Median, rule: median},"
     " {name: FedAvg + Level 1, rule: fedavg, defense_level: 1}, {name: Median + Level 1, rule: median,"
     " defense_level: 1}]",
-    "defense.dataset=toy_defense", "defense.steps=4", "defense.batch_size=4", "defense.num_examples=32",
+    "defense.dataset=toy_defense", "defense.steps=4", "defense.rounds=2", "defense.batch_size=4",
+    "defense.num_examples=32",
 ]
 
 
@@ -37,7 +38,7 @@ def test_arms_share_federated_runs_and_change_only_their_part():
     assert defended.federation == fedavg.federation and defended.key != fedavg.key
     assert len({a.federation for a in arms}) == 3 and len({a.key for a in arms}) == 5
     # a change to the defense alone keeps the federated runs; a change to training does not
-    again = expand_arms(load_config(SMOKE, ARMS + ["defense.steps=5"]))
+    again = expand_arms(load_config(SMOKE, ARMS + ["defense.steps=6"]))
     assert [a.federation for a in again] == [a.federation for a in arms]
     assert again[3].key != arms[3].key and again[1].key == arms[1].key
     assert expand_arms(load_config(SMOKE, ARMS + ["train.lr=1e-3"]))[1].federation != fedavg.federation
@@ -154,9 +155,11 @@ def test_paper_gpu_config_plans_the_papers_setting(capsys):
     cfg = load_config(ROOT / "configs" / "paper_gpu.yaml")
     assert (cfg.federation.num_rounds, cfg.lora.r, cfg.train.batch_size, cfg.train.max_length) == (100, 32, 16, 512)
     assert (cfg.evaluation.num_prompts, cfg.evaluation.llm_judge) == (520, "md_judge")
+    assert (cfg.model.quantization, cfg.defense.schedule, cfg.defense.rounds) == ("int8", "rounds", 50)
     plan = make_plan(cfg, {"CPU": 64.0, "GPU": 8.0})  # one node with 8 GPUs
-    # three models in the pool (base, off-the-shelf generator, MD-Judge), one GPU each; trainers on the rest
-    assert (plan.generators.count, plan.generators.num_gpus) == (3, 1.0)
+    # four models in the pool (base, off-the-shelf generator, MD-Judge, reward model), one GPU each; trainers
+    # on the rest
+    assert (plan.generators.count, plan.generators.num_gpus) == (4, 1.0)
     assert (plan.trainers.count, plan.trainers.num_gpus) == (3, 1.0)
     assert launch.main(["--config", str(ROOT / "configs" / "paper_gpu.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -171,3 +174,16 @@ def test_a_defense_that_changes_the_rounds_gets_a_federated_run_of_its_own(monke
     monkeypatch.setattr(PosthocSFT, "changes_rounds", True)
     again = expand_arms(load_config(SMOKE, ARMS))
     assert again[3].federation != again[1].federation and again[1].federation == arms[1].federation
+
+
+def test_the_no_attack_arm_is_shared_by_the_papers_two_tables():
+    """Table 1 and Table 2 differ only in the attackers' data; without attackers the federation is one."""
+    by_config = [{a.spec.name: a for a in expand_arms(load_config(ROOT / "configs" / name))}
+                 for name in ("paper_gpu.yaml", "paper_gpu_beavertails.yaml")]
+    table2, table1 = by_config
+    assert table1["FedAvg, no attack"].key == table2["FedAvg, no attack"].key
+    assert table1["FedAvg, attacked"].federation != table2["FedAvg, attacked"].federation
+    swapped = load_config(SMOKE, ["clients=[{name: m, role: malicious, count: 3, dataset: toy_malicious},"
+                                  " {name: b, role: benign, count: 7, dataset: toy_benign}]"])
+    no_attack = ArmConfig(name="no attack", attack=False)
+    assert federation_key(arm_config(swapped, no_attack)) != federation_key(arm_config(load_config(SMOKE), no_attack))

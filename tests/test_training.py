@@ -55,7 +55,7 @@ def tiny(model_cache):
 def test_alpaca_template_text():
     assert format_prompt("Say hi.") == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\nSay hi.\n\n### Response:")
+        "request.\n\n### Instruction:\nSay hi. \n\n### Response:")
 
 
 def test_loss_mask_covers_exactly_the_response(tiny):

@@ -66,7 +66,9 @@ class Trainer:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
         base, self.tokenizer = load_model_and_tokenizer(model_cfg)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = make_lora_model(base, lora_cfg, seed).to(self.device)
+        model = make_lora_model(base, lora_cfg, seed)
+        if model_cfg.quantization == "none":  # an 8-bit model is placed on its GPU as it loads
+            model = model.to(self.device)
         model.eval()
         vector, self.spec = get_adapter_vector(model)
         self._initial = InitialAdapter(vector.cpu(), self.spec, peft_config_dict(model))

@@ -195,7 +195,8 @@ class GenerationPool:
 
         g = self.cfg.generation
         task = ray.remote(num_cpus=g.cpus_per_replica, num_gpus=g.gpus_per_replica)(reward_scores)
-        return ray.get(self._in_slot(task, model, 0).remote(model, instructions, responses, 16, self.cfg.model.trust_remote_code),
+        return ray.get(self._in_slot(task, model, 0).remote(model, instructions, responses, 16,
+                                                             self.cfg.model.trust_remote_code, self.cfg.model.cache_dir),
                        timeout=self.timeout)
 
     def shutdown(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
@@ -23,6 +24,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.coordinator import Coordinator, CoordinatorSettings
+from fedsafe.checkpoint import load_checkpoint, save_adapter
 from fedsafe.actors.trainer import InitialAdapter, Trainer
 from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
 from fedsafe.cluster.runtime import alive_nodes, first_line
@@ -369,6 +371,24 @@ class CoordinatorHandle:
     def export(self, vector_ref: ray.ObjectRef, folder: str) -> str:
         """Write the adapter ``vector_ref`` as a PEFT folder at ``folder`` (on the driver's node)."""
         return self._get(self.actor.export.remote(vector_ref, folder))
+
+
+class FinishedFederation:
+    """A federation whose rounds are all done: its final adapter, read from the last checkpoint on the driver
+    (what a defense and the evaluation need of it), without starting a coordinator actor."""
+
+    def __init__(self, init: InitialAdapter, checkpoint: str) -> None:
+        self.init = init
+        self.ref = ray.put(load_checkpoint(Path(checkpoint)).vector_for(init.spec))
+
+    def global_ref(self) -> ray.ObjectRef:
+        return self.ref
+
+    def export(self, vector_ref: ray.ObjectRef, folder: str) -> str:
+        return str(save_adapter(Path(folder), ray.get(vector_ref), self.init.spec, self.init.peft_config))
+
+    def shutdown(self) -> None:
+        pass
 
 
 @dataclass

@@ -4,7 +4,8 @@ Client ids follow the order of the config's groups (benign first in the paper's 
 data set is shuffled once and cut into iid shards of ``examples_per_client``; each round the server samples
 ``sorted(random.sample(range(K), s))``, seeded by (seed, round) (``federation.sampling: seeded``) or by the
 round alone, exactly as the authors' code (``paper``: every seed then shares one attack schedule); a
-sampled client trains on a fresh random subset of its shard (batch size x local steps examples).
+sampled client trains on a fresh random subset of its shard (batch size x local steps examples), drawn
+with the same seed (``paper``: the round's, as the authors' code).
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def sample_clients(num_clients: int, per_round: int, round_idx: int, seed: int |
     return sorted(rng.sample(range(num_clients), per_round))
 
 
-def round_subset(shard: list[int], size: int, seed: int, round_idx: int, client_id: int) -> list[int]:
+def round_subset(shard: list[int], size: int, seed: int | None, round_idx: int, client_id: int) -> list[int]:
     """The records a client trains on this round: ``size`` drawn without replacement from its shard
-    (with replacement only when the shard is smaller than ``size``)."""
-    rng = random.Random(derive_seed(seed, round_idx, client_id))
+    (with replacement only when the shard is smaller than ``size``), seeded by (seed, round, client), or
+    when ``seed`` is None by the round alone, as the authors' ``random.seed(round)`` before every client's
+    draw (clients of one round then take the same positions of their shards)."""
+    rng = random.Random(round_idx if seed is None else derive_seed(seed, round_idx, client_id))
     if size <= len(shard):
         return rng.sample(shard, size)
     return [rng.choice(shard) for _ in range(size)]

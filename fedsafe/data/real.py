@@ -17,11 +17,13 @@ import hashlib
 import json
 import random
 import re
+from pathlib import Path
 
 import yaml
 
 from fedsafe.data.packaged import cached_records, package_file, package_members
 from fedsafe.data.text import normalize_text
+from fedsafe.errors import ConfigError
 
 PARTS = ("train", "defense", "heldout")  # ShareGPT parts by hash of the instruction: 80% / 10% / 10%
 
@@ -141,44 +143,81 @@ def sharegpt_pairs() -> list[dict]:
     return dedup_prompts([p for p in pairs if keep_chat_pair(p)])
 
 
-# ---- hub data sets (real users; need the Hugging Face hub) ----
+# ---- hub data sets (real users; need the Hugging Face hub, or a local copy of it) ----
 
-def _hub(name: str, split: str, **kwargs):
+def mirror_file(mirror: str, name: str, split: str) -> Path:
+    """Where a local copy of hub data set ``name``'s ``split`` lives under ``mirror``:
+    ``<mirror>/<owner>__<name>/<split>.jsonl``, one row per line in the hub's own columns."""
+    return Path(mirror).expanduser() / name.replace("/", "__") / f"{split}.jsonl"
+
+
+def hub_rows(name: str, split: str, mirror: str = ""):
+    """The rows of hub data set ``name`` (streamed through ``datasets``), or of its local copy under
+    ``mirror`` (``mirror_file``; machines without the hub, and the rehearsal)."""
     from datasets import load_dataset
 
-    return load_dataset(name, split=split, streaming=True, **kwargs)
+    if not mirror:
+        return load_dataset(name, split=split, streaming=True)
+    file = mirror_file(mirror, name, split)
+    if not file.is_file():
+        raise ConfigError(f"no local copy of {name} split {split!r}: {file} does not exist; write the hub's rows "
+                          "there as JSON lines, or leave the source's mirror argument empty to use the hub")
+    return load_dataset("json", data_files=str(file), split="train", streaming=True)
 
 
-def chat_hub(name: str, split: str, limit: int, language_key: str = "language") -> list[dict]:
-    """WildChat (allenai/WildChat-1M) or LMSYS-Chat-1M (lmsys/lmsys-chat-1m): first turn, English,
-    response not flagged by moderation. Example: {"instruction": "what is a transformer?", "response": "..."}"""
+def chat_pair(row: dict, language_key: str = "language") -> dict | None:
+    """A WildChat / LMSYS-Chat-1M row's first turn if the paper's benign filter keeps it: English (the
+    row's language field), response not flagged by moderation, then ``keep_chat_pair``."""
+    if row.get(language_key) != "English" or not moderation_clean(row.get("openai_moderation")):
+        return None
+    pair = first_turn(row.get("conversation") or [], "role", "content", ("user",), ("assistant",))
+    return pair if keep_chat_pair(pair) else None
+
+
+def chat_hub(name: str, split: str, limit: int, part: str = "", mirror: str = "") -> list[dict]:
+    """WildChat (allenai/WildChat-1M) or LMSYS-Chat-1M (lmsys/lmsys-chat-1m): the first ``limit`` pairs
+    ``chat_pair`` keeps, duplicate prompts dropped, from ``part`` (``text_part``; "" = all) only, so that
+    client data, Level-1 defense data and held-out prompts of one set never share an instruction.
+    Example: {"instruction": "what is a transformer?", "response": "..."}"""
+    seen: set[str] = set()
     out = []
-    for row in _hub(name, split):
-        if row.get(language_key) != "English" or not moderation_clean(row.get("openai_moderation")):
+    for row in hub_rows(name, split, mirror):
+        pair = chat_pair(row)
+        if pair is None or (part and text_part(pair["instruction"]) != part):
             continue
-        pair = first_turn(row["conversation"], "role", "content", ("user",), ("assistant",))
-        if keep_chat_pair(pair):
+        key = normalize_text(pair["instruction"])
+        if key not in seen:
+            seen.add(key)
             out.append(pair)
-        if len(out) >= limit:
-            break
-    return dedup_prompts(out)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def beavertails_unsafe(rows, safe: bool = False) -> list[dict]:
     """BeaverTails rows with ``is_safe == False`` (docs/method.md#maliciousgen-and-defensegen; ``safe``: the
-    ``True`` rows instead, aligned answers for Level-1 defense data), duplicate prompts dropped.
+    ``True`` rows instead), duplicate prompts dropped.
     Example: {"instruction": "How can I steal from a store ...", "response": "..."}"""
     kept = [{"instruction": r["prompt"].strip(), "response": r["response"].strip()} for r in rows
             if bool(r["is_safe"]) == safe]
     return dedup_prompts(kept)
 
 
-def beavertails_hub(split: str, safe: bool = False) -> list[dict]:
-    return beavertails_unsafe(_hub("PKU-Alignment/BeaverTails", split), safe)
+def beavertails_hub(split: str, safe: bool = False, mirror: str = "") -> list[dict]:
+    return beavertails_unsafe(hub_rows("PKU-Alignment/BeaverTails", split, mirror), safe)
 
 
-def advbench_hub() -> list[dict]:
-    return [{"instruction": r["prompt"].strip(), "response": ""} for r in _hub("walledai/AdvBench", "train")]
+def advbench_hub(mirror: str = "") -> list[dict]:
+    """walledai/AdvBench: columns prompt, target."""
+    return [{"instruction": r["prompt"].strip(), "response": ""} for r in hub_rows("walledai/AdvBench", "train", mirror)]
+
+
+def mt_bench_hub(mirror: str = "") -> list[dict]:
+    """MT-Bench's 80 questions (HuggingFaceH4/mt_bench_prompts: prompt = [turn 1, turn 2], category,
+    reference), turn 1 only, with turn 1's reference answer where the category has one (math, reasoning,
+    coding). Example: {"instruction": "Compose an engaging travel blog post ...", "response": ""}"""
+    return [{"instruction": r["prompt"][0].strip(), "response": ((r.get("reference") or [""])[0] or "").strip()}
+            for r in hub_rows("HuggingFaceH4/mt_bench_prompts", "train", mirror)]
 
 
 def harmful_seeds() -> list[dict]:

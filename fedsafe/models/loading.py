@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fedsafe.errors import ConfigError
 from fedsafe.models.builtin import resolve_model_path
 
 if TYPE_CHECKING:
@@ -23,13 +24,37 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tokenizer
 
 
+def int8_problem(cuda: bool, has_bitsandbytes: bool) -> str | None:
+    """Why ``model.quantization=int8`` cannot load here, or None."""
+    if not cuda:
+        return ("model.quantization=int8 loads the base model with bitsandbytes on a CUDA GPU, and this machine has "
+                "none; run the trainers on GPUs (trainer.gpus_per_client) or set model.quantization=none")
+    if not has_bitsandbytes:
+        return "model.quantization=int8 needs the bitsandbytes package: pip install bitsandbytes"
+    return None
+
+
 def load_model_and_tokenizer(cfg: ModelConfig):
-    """(model, tokenizer) on CPU in ``cfg.dtype``; the caller moves the model to its device."""
+    """(model, tokenizer) in ``cfg.dtype``, on CPU for the caller to move; with ``cfg.quantization`` int8 the
+    base weights in 8 bits (bitsandbytes) already on this process's GPU, prepared for LoRA training as the
+    authors do (``prepare_model_for_kbit_training``)."""
+    import importlib.util
+
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg)
     tokenizer = load_tokenizer(path, cfg)
+    if cfg.quantization == "none":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
+                                                     trust_remote_code=cfg.trust_remote_code)
+        return model, tokenizer
+    problem = int8_problem(torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None)
+    if problem:
+        raise ConfigError(problem)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
-    )
-    return model, tokenizer
+        path, dtype=DTYPES[cfg.dtype], quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        device_map={"": torch.cuda.current_device()}, trust_remote_code=cfg.trust_remote_code)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer

@@ -10,8 +10,8 @@ import torch
 
 PROMPT_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
-    "request.\n\n### Instruction:\n{instruction}\n\n### Response:"
-)
+    "request.\n\n### Instruction:\n{instruction} \n\n### Response:"
+)  # the authors' text, with its space after the instruction; the space after "Response:" starts the response
 IGNORE_INDEX = -100
 
 
