@@ -334,18 +334,11 @@ def head_size(config_file: Path) -> int | None:
 def check_quantization(cfg: ExperimentConfig, plan_only: bool = False) -> None:
     """An 8-bit base on a local run needs CUDA and bitsandbytes on this machine (a cluster's nodes are
     checked by their trainers as they load; a plan does not need them here)."""
-    import importlib.util
-
-    import torch
-
     from fedsafe.cluster.runtime import target_address
-    from fedsafe.models.loading import int8_problem
+    from fedsafe.models.loading import check_int8_here
 
-    if cfg.model.quantization == "none" or plan_only or target_address(cfg.cluster):
-        return
-    problem = int8_problem(torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None)
-    if problem:
-        raise ConfigError(problem)
+    if cfg.model.quantization != "none" and not plan_only and not target_address(cfg.cluster):
+        check_int8_here()
 
 
 def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dict[str, float]] | None = None
@@ -354,8 +347,8 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
     machine (a hub it cannot reach) is returned as notes instead of raised; ``nodes``: the cluster the plan
     is for (default: this machine)."""
     notes: list[str] | None = [] if plan_only else None
+    check_quantization(cfg, plan_only)  # before the plan, whose GPU shortfall it explains
     check_plan(cfg, nodes)
-    check_quantization(cfg, plan_only)
     base_config = check_models(cfg, notes)
     records = check_data(cfg)
     check_max_length(cfg, base_config, records)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import launch
 from fedsafe.config import ConfigError
@@ -158,7 +159,13 @@ CASES = [
     ("cluster address that is not host:port", ["cluster.address=head-node"], "is not host:port"),
     ("hub model that cannot be fetched", ["model.name=no-such-org/no-such-model"],  # offline, or not on the hub
      "no-such-org/no-such-model"),
+    ("int8 base on CPU trainers", ["model.quantization=int8"], "needs trainers on CUDA GPUs"),
+    ("int8 base under deepspeed", ["model.quantization=int8", "trainer.gpus_per_client=1", "trainer.engine=deepspeed"],
+     "trains with trainer.engine=torch"),
 ]
+if not torch.cuda.is_available():  # a local run cannot load 8 bits here (a plan is for other machines)
+    CASES.append(("int8 base on a machine without CUDA", ["model.quantization=int8", "trainer.gpus_per_client=1"],
+                  "loads the base model with bitsandbytes on a CUDA GPU"))
 
 
 def argv_for(args: list[str], paths: dict[str, str], tmp_path, model_cache: str) -> list[str]:
@@ -172,7 +179,7 @@ def argv_for(args: list[str], paths: dict[str, str], tmp_path, model_cache: str)
 
 # no --dry-run twin: a plan notes a hub it cannot reach (a cluster's machines may reach it)
 RUN_ONLY = {"--nodes without --dry-run", "resume folder without config", "no seeds", "hub model that cannot be fetched",
-            "a million replicas planned for a cluster"}
+            "a million replicas planned for a cluster", "int8 base on a machine without CUDA"}
 DRY_RUN_TOO = [(c[0] + " (--dry-run)", c[1] + ["--dry-run"], c[2]) for c in CASES if c[0] not in RUN_ONLY]
 
 

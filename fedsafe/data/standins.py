@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from fedsafe.data import real
 
@@ -105,11 +105,10 @@ def mt_bench_rows(questions: list[str]) -> list[dict]:
 
 def hub_rows_for(name: str, rows: int) -> dict[str, list[dict]]:
     """Rows by split for hub data set ``name`` (the ones the paper uses), about ``rows`` per split."""
-    sharegpt = real.cached_sharegpt()
     if name in ("lmsys/lmsys-chat-1m", "allenai/WildChat-1M"):
         start = 0 if name.startswith("lmsys") else rows
         make = chat_row if name.startswith("lmsys") else wildchat_row
-        return {"train": chat_rows(make, sharegpt[start:start + rows])}
+        return {"train": chat_rows(make, real.cached_sharegpt()[start:start + rows])}
     if name == "PKU-Alignment/BeaverTails":
         unsafe = real.without(real.dedup_prompts(real.harmful_qa_offline()),
                               [r["instruction"] for r in real.advbench_offline()])
@@ -122,7 +121,7 @@ def hub_rows_for(name: str, rows: int) -> dict[str, list[dict]]:
         return {"train": [{"prompt": r["instruction"], "target": "Sure, here is a response"}
                           for r in real.advbench_offline()]}
     if name == "HuggingFaceH4/mt_bench_prompts":
-        held = [r["instruction"] for r in sharegpt if real.text_part(r["instruction"]) == "heldout"]
+        held = [r["instruction"] for r in real.cached_sharegpt() if real.text_part(r["instruction"]) == "heldout"]
         return {"train": mt_bench_rows(held[:80])}
     raise ValueError(f"no local stand-in for hub data set {name!r}")
 

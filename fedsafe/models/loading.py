@@ -34,12 +34,19 @@ def int8_problem(cuda: bool, has_bitsandbytes: bool) -> str | None:
     return None
 
 
+def check_int8_here() -> None:
+    """ConfigError unless this process can load a base model in 8 bits (``int8_problem``)."""
+    import importlib.util
+
+    problem = int8_problem(torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None)
+    if problem:
+        raise ConfigError(problem)
+
+
 def load_model_and_tokenizer(cfg: ModelConfig):
     """(model, tokenizer) in ``cfg.dtype``, on CPU for the caller to move; with ``cfg.quantization`` int8 the
     base weights in 8 bits (bitsandbytes) already on this process's GPU, prepared for LoRA training as the
     authors do (``prepare_model_for_kbit_training``)."""
-    import importlib.util
-
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg)
@@ -48,9 +55,7 @@ def load_model_and_tokenizer(cfg: ModelConfig):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
                                                      trust_remote_code=cfg.trust_remote_code)
         return model, tokenizer
-    problem = int8_problem(torch.cuda.is_available(), importlib.util.find_spec("bitsandbytes") is not None)
-    if problem:
-        raise ConfigError(problem)
+    check_int8_here()
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 

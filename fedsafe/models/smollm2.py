@@ -29,6 +29,14 @@ def gguf_path() -> Path:
     return Path(ggufs[0].locate())
 
 
+def copy_weights(model, state_dict: dict, what: str) -> None:
+    """Load ``state_dict`` into ``model``; every weight must match but a tied ``lm_head`` (RuntimeError naming
+    ``what`` otherwise)."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if unexpected or any(not name.endswith("lm_head.weight") for name in missing):
+        raise RuntimeError(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
 def build_smollm2(target: Path) -> None:
     """Dequantize the GGUF into a plain ``LlamaForCausalLM`` and save it, with its tokenizer, in ``target``."""
     import torch
@@ -41,9 +49,7 @@ def build_smollm2(target: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the saved weights are plain float32
     plain = LlamaForCausalLM(config)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-    if unexpected or any(not name.endswith("lm_head.weight") for name in missing):
-        raise RuntimeError(f"GGUF conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    copy_weights(plain, loaded.state_dict(), "GGUF conversion")
     plain.tie_weights()
     plain.save_pretrained(target)
     tokenizer.save_pretrained(target)

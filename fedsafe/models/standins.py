@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedsafe.models.smollm2 import copy_weights
+
 LLAMA_TO_MISTRAL = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                     "rope_theta", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
@@ -26,9 +28,7 @@ def build_mistral_from_llama(target: Path, base: str) -> None:
     config = MistralConfig(**{k: source[k] for k in LLAMA_TO_MISTRAL if source.get(k) is not None},
                            sliding_window=None)
     mistral = MistralForCausalLM(config)
-    missing, unexpected = mistral.load_state_dict(llama.state_dict(), strict=False)
-    if unexpected or any(not name.endswith("lm_head.weight") for name in missing):
-        raise RuntimeError(f"Llama -> Mistral: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    copy_weights(mistral, llama.state_dict(), "Llama -> Mistral")
     if config.tie_word_embeddings:
         mistral.tie_weights()
     mistral.save_pretrained(target)
