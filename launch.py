@@ -113,18 +113,19 @@ def rehearse(cfg):
 def dry_run(cfg, args: argparse.Namespace, nodes: list[dict[str, float]] | None) -> None:
     from fedsafe.cluster import runtime
     from fedsafe.cluster.plan import generation_reserve, make_plan
-    from fedsafe.matrix import describe_arms
+    from fedsafe.matrix import describe_arms, planned_federations
 
     address = runtime.target_address(cfg.cluster)
+    federations = planned_federations(cfg)
     print(to_yaml(cfg))
     if nodes:
-        print(f"plan for {args.nodes}:\n" + make_plan(cfg, nodes).describe())
+        print(f"plan for {args.nodes}:\n" + make_plan(cfg, nodes, federations).describe())
     elif address:
         print(f"plan: resources are read from the cluster at {address} when the run starts "
               "(--nodes plans for a cluster you describe)")
     else:
         local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
-        print("plan (local Ray):\n" + make_plan(cfg, local).describe())
+        print("plan (local Ray):\n" + make_plan(cfg, local, federations).describe())
     print(describe_arms(cfg))
 
 

@@ -421,6 +421,11 @@ class ClusterConfig:
     ``elastic``: between rounds, start trainers on nodes that joined; clients of a lost trainer always go
     to the others.
 
+    ``concurrent_federations``: how many federations of a matrix (arms with different federated parts,
+    and seeds) may run side by side on the one trainer pool and generation pool; 0 = as many as the
+    trainer groups give ``clients_per_round`` each (so one at a time on a small machine), 1 = one after
+    another. Results do not depend on it.
+
     Faults: a client whose trainer dies, fails or answers nothing within ``client_timeout_s`` (that
     trainer group is killed) is retried on another trainer up to ``max_retries`` times, then left out of
     the round (recorded under ``failures``). ``max_retries`` also bounds the restarts of a generation
@@ -439,8 +444,11 @@ class ClusterConfig:
     round_timeout_s: float = 3600.0
     client_timeout_s: float = 3600.0
     max_retries: int = 2
+    concurrent_federations: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.concurrent_federations >= 0, "cluster.concurrent_federations must be >= 0 (0 = as many as "
+               f"the trainer groups allow), got {self.concurrent_federations}")
         _check(self.num_cpus >= 0, f"cluster.num_cpus must be >= 0 (0 = all of this machine), got {self.num_cpus}")
         _check(self.num_trainers >= 0, f"cluster.num_trainers must be >= 0 (0 = auto), got {self.num_trainers}")
         _check(self.cpus_per_trainer >= 1, f"cluster.cpus_per_trainer must be >= 1, got {self.cpus_per_trainer}")

@@ -144,18 +144,33 @@ def resume_point(run_dir: Path) -> tuple[int, str | None]:
     return ckpt.round_idx + 1, str(ckpt.folder)
 
 
+def side_by_side(groups: int, clients_per_round: int, limit: int, federations: int) -> int:
+    """How many of ``federations`` federated runs train at once on ``groups`` trainer groups: one per
+    ``clients_per_round`` groups, at most ``limit`` (``cluster.concurrent_federations``; 0 = no limit), at
+    least one."""
+    return max(1, min(groups // clients_per_round, limit or federations, federations))
+
+
 class Session:
     """What every arm of a run shares: Ray, the plan, the generation pool, the synthesizer and the trainer
     pool (one base model and LoRA shape for all arms). ``close()`` stops the actors."""
 
-    def __init__(self, cfg: ExperimentConfig, plan: Plan | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, plan: Plan | None = None, federations: int = 1) -> None:
+        """``federations``: how many federations may train side by side (trainer groups are planned for
+        them where the cluster has room)."""
         resolve_model_path(cfg.model)  # builds a builtin model once, here, before any actor loads it
         resources = runtime.connect(cfg.cluster, generation_reserve(cfg)[0])
-        self.plan = plan or make_plan(cfg, resources)
+        self.plan = plan or make_plan(cfg, resources, federations)
         self.generation = GenerationPool(cfg, cache_dir=Path(cfg.output.root) / "cache" / "generations")
         self.synth = Synthesizer(self.generation, judge_model_name(cfg))
-        self.pool = TrainerPool(self.plan, cfg)
+        self.pool = TrainerPool(self.plan, cfg, federations)
         self.init = self.pool.initial_adapter()
+        self.cfg = cfg
+
+    def side_by_side(self, federations: int) -> int:
+        """How many of ``federations`` waiting federated runs train at once (``side_by_side``)."""
+        return side_by_side(len(self.pool.groups), self.cfg.federation.clients_per_round,
+                            self.cfg.cluster.concurrent_federations, federations)
 
     def register_adapter(self, vector_ref) -> str:
         return self.generation.register_adapter(vector_ref, self.init.spec, self.init.peft_config)

@@ -31,7 +31,9 @@ import dataclasses
 import hashlib
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +180,69 @@ def collect_arms(arms: list[Arm]) -> dict:
     return out
 
 
+def group_by_federation(arms: list[Arm]) -> dict[Path, list[Arm]]:
+    """Arms by the folder of their federated run, in order: each group runs in order (its first arm trains
+    the federation, the others load it)."""
+    groups: dict[Path, list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault(arm.fed_dir, []).append(arm)
+    return groups
+
+
+def planned_federations(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> int:
+    """How many federated runs of ``arms`` (default: the whole matrix) the plan makes room for side by side:
+    all of them, at most ``cluster.concurrent_federations`` when set."""
+    if arms is None:
+        arms = expand_arms(cfg, Path(cfg.output.root) / f"{cfg.output.name}-<timestamp>")
+    count = len(group_by_federation(arms))
+    return max(1, min(cfg.cluster.concurrent_federations or count, count))
+
+
+def finish_arm(session: Session, arm: Arm, on_round, in_cache: bool) -> None:
+    """Run one arm (``run_arm``) and write its result beside it (``in_cache``: and its config beside its
+    federated run)."""
+    if in_cache:
+        (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
+    tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in {arm.fed_dir}")
+    result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, on_round)
+    result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation, **result}
+    arm.result_path.write_text(json.dumps(result, indent=2))
+
+
+class Stopped(Exception):
+    """Raised in a federation's thread after its round when another thread failed or the run was stopped."""
+
+
+def run_side_by_side(groups: list[list[Arm]], workers: int, finish, on_round) -> None:
+    """``finish(arm, on_round)`` for every arm, each group's arms in order in one thread, ``workers`` groups
+    at a time. The first error (or Ctrl-C / SIGTERM in the main thread) stops the other threads after
+    their current round (their checkpoints are written) and is raised."""
+    stop = threading.Event()
+
+    def after_round(record: dict) -> None:
+        if on_round is not None:
+            on_round(record)
+        if stop.is_set():
+            raise Stopped()
+
+    def work(group: list[Arm]) -> None:
+        for arm in group:
+            if stop.is_set():
+                return
+            finish(arm, after_round)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="federation")
+    futures = [pool.submit(work, group) for group in groups]
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:
     """Run every arm not already finished (each through ``run_arm``); write ``results.json`` and the
     report into ``run_dir``; return the results. ``on_round(record)`` is called after each round. Each
@@ -201,17 +266,19 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
             for folder in dict.fromkeys(d for a in todo for d in (a.fed_dir, a.dir)):
                 held.enter_context(single_writer(folder))
             todo = [a for a in todo if not a.result_path.is_file()]  # finished meanwhile by another run
-            session = Session(cfg, plan)
+            by_federation = list(group_by_federation(todo).values())
+            session = Session(cfg, plan, federations=planned_federations(cfg, todo))
             try:
-                for arm in todo:
-                    if cfg.arms:
-                        (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
-                    tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in "
-                               f"{arm.fed_dir}")
-                    result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, on_round)
-                    result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation,
-                              **result}
-                    arm.result_path.write_text(json.dumps(result, indent=2))
+                side_by_side = session.side_by_side(len(by_federation))
+                if side_by_side > 1:
+                    tqdm.write(f"{len(by_federation)} federated runs, {side_by_side} side by side on "
+                               f"{len(session.pool.groups)} trainer groups")
+                    run_side_by_side(by_federation, side_by_side,
+                                     lambda arm, after_round: finish_arm(session, arm, after_round, bool(cfg.arms)),
+                                     on_round)
+                else:
+                    for arm in todo:
+                        finish_arm(session, arm, on_round, bool(cfg.arms))
             finally:
                 session.close()
         cache = cache_counts(session.generation)

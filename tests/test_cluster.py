@@ -112,7 +112,13 @@ def test_dry_run_plans_for_described_nodes(capsys):
 
     assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "1x16:0,4x96:8"]) == 0
     out = capsys.readouterr().out
-    assert "on 5 node(s)" in out and "node 1 {'CPU': 96.0, 'GPU': 8.0}: 3 trainer group(s), 4 generator(s)" in out
+    assert "on 5 node(s)" in out and "node 1 {'CPU': 96.0, 'GPU': 8.0}: 4 trainer group(s), 4 generator(s)" in out
+    # the matrix's 8 federated runs get 3 groups each, side by side; concurrent_federations=1 plans one
+    assert "served by 24 trainer group(s)" in out and "up to 8 side by side" in out
+    assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "1x16:0,4x96:8",
+                        "cluster.concurrent_federations=1"]) == 0
+    out = capsys.readouterr().out
+    assert "served by 3 trainer group(s)" in out and "side by side" not in out
     assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "4xlots"]) == 2
 
 

@@ -12,6 +12,29 @@ from fedsafe.requests import GenerationParams, Request
 from tests.conftest import PROMPTS, trained_adapter
 
 
+def hf_batches(requests, batch_size):
+    """The hf backend's batches (Generator.generate): per (adapter, parameters but the seed), in order."""
+    groups = {}
+    for r in requests:
+        groups.setdefault((r.adapter, dataclasses.replace(r.params, seed=0)), []).append(r)
+    return [tuple(r.text for r in m[b:b + batch_size]) for m in groups.values() for b in range(0, len(m), batch_size)]
+
+
+def test_pieces_batch_as_the_whole_list():
+    from fedsafe.cluster.generation import pieces
+
+    greedy, sampled = GenerationParams(32, 0.0), GenerationParams(64, 0.7)
+    requests = ([Request(f"h{i}", dataclasses.replace(sampled, seed=i), adapter="a") for i in range(23)]
+                + [Request(f"b{i}", greedy, adapter="a") for i in range(7)]
+                + [Request(f"j{i}", greedy) for i in range(11)])
+    cut = pieces(requests, 5)
+    assert len(cut) > 3 and [r for p in cut for r in p] == requests
+    assert sorted(b for p in cut for b in hf_batches(p, 5)) == sorted(hf_batches(requests, 5))
+    interleaved = [r for pair in zip(requests[:20], requests[23:]) for r in pair]  # two groups alternate
+    assert sorted(b for p in pieces(interleaved, 4) for b in hf_batches(p, 4)) == sorted(hf_batches(interleaved, 4))
+    assert pieces(requests, 0) == [requests] and pieces(requests[:3], 5) == [requests[:3]]
+
+
 def test_vllm_lora_rank_rounds_up():
     assert vllm_lora_rank(8) == 8 and vllm_lora_rank(9) == 16 and vllm_lora_rank(32) == 32
     with pytest.raises(ValueError, match="max_lora_rank"):

@@ -161,9 +161,37 @@ def test_paper_gpu_config_plans_the_papers_setting(capsys):
     # on the rest
     assert (plan.generators.count, plan.generators.num_gpus) == (4, 1.0)
     assert (plan.trainers.count, plan.trainers.num_gpus) == (3, 1.0)
+    # the matrix's 8 federated runs side by side: trainers on every GPU left on one node; 3 each on 4 nodes
+    assert make_plan(cfg, {"CPU": 64.0, "GPU": 8.0}, federations=8).trainers.count == 4
+    four_nodes = make_plan(cfg, [{"CPU": 64.0, "GPU": 8.0}] * 4, federations=8)
+    assert four_nodes.trainers.count == 24 and "up to 8 side by side" in four_nodes.describe()
     assert launch.main(["--config", str(ROOT / "configs" / "paper_gpu.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "matrix: 17 arms x 1 seed(s) [0] over 8 federated runs" in out and "Residual + Level 2" in out
+
+
+@pytest.mark.integration
+def test_federated_runs_side_by_side_give_the_results_of_one_after_another(ray_cluster, smoke_cfg, tmp_path, capsys):
+    """Two seeds' federated runs (one client a round) on the fixture's two trainer groups: side by side in
+    two threads, with every answer and adapter equal to the sequential run's."""
+    import threading
+
+    common = ("federation.num_rounds=2", "federation.clients_per_round=1", "evaluation.num_prompts=8",
+              "evaluation.num_benign=8", "seeds=[0, 1]", "generation.cache=false")
+    results, threads = {}, {}
+    for mode, concurrent in (("sequential", 1), ("side_by_side", 0)):
+        cfg = smoke_cfg(*common, f"cluster.concurrent_federations={concurrent}", f"output.root={tmp_path / mode}")
+        names = threads[mode] = set()
+        results[mode] = run_experiment(cfg, create_run_dir(cfg),
+                                       on_round=lambda record, names=names: names.add(threading.current_thread().name))
+    assert "2 federated runs, 2 side by side on 2 trainer groups" in capsys.readouterr().out
+    assert threads["sequential"] == {"MainThread"} and len(threads["side_by_side"]) == 2
+    one, both = results["sequential"]["arms"], results["side_by_side"]["arms"]
+    assert one.keys() == both.keys()
+    for name in one:
+        for a, b in zip(one[name]["runs"], both[name]["runs"]):
+            assert a["evaluation"] == b["evaluation"]
+            assert adapter_digest(Path(a["dir"]) / "adapter") == adapter_digest(Path(b["dir"]) / "adapter")
 
 
 def test_a_defense_that_changes_the_rounds_gets_a_federated_run_of_its_own(monkeypatch):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsafe.aggregation.coordinatewise import mean_without, median_with_index
-from fedsafe.aggregation.geometry import column_chunks, combine, gram, sq_distances
+from fedsafe.aggregation.geometry import combine, gram, sq_distances
+from fedsafe.aggregation.order import order_window
 from fedsafe.aggregation.registry import AggregationContext, AggregationResult, register_rule
 
 
@@ -94,17 +94,7 @@ def bulyan(updates: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext
         pick = remaining[int(torch.argmin(krum_scores(sub, k)))] if k > 0 else remaining[0]
         selected.append(pick)
         remaining.remove(pick)
-    rows = torch.tensor(sorted(selected), device=updates.device)
-    out = torch.empty(updates.shape[1], dtype=updates.dtype, device=updates.device)
-    counts = torch.zeros(theta, dtype=torch.float64, device=updates.device)
-    for cols in column_chunks(theta, updates.shape[1], updates.element_size()):
-        block = updates[:, cols].index_select(0, rows)
-        med = median_with_index(block)[0]
-        far = []  # keep the beta values closest to the median: drop the theta - beta farthest
-        if theta > beta:
-            far_rows = torch.topk((block - med).abs(), theta - beta, dim=0).indices
-            far = [(block.gather(0, far_rows), far_rows)]
-        out[cols] = mean_without(block, far, counts)
-    w = torch.zeros(n, dtype=weights.dtype, device=weights.device)
-    w[sorted(selected)] = (counts / counts.sum()).to(weights.dtype)
+    rows = torch.tensor(sorted(selected))
+    out, counts = order_window(updates, "closest", k=beta, rows=rows)  # per coordinate: beta closest to the median
+    w = (counts / counts.sum()).to(device=weights.device, dtype=weights.dtype)
     return AggregationResult(out, w)

@@ -6,7 +6,8 @@
 
 A model's replicas start on its first request and live until ``shutdown``. The federation's base model is
 served with LoRA enabled (every registered adapter is loaded into each of its replicas); the off-the-shelf
-generator and judge models are plain. Requests are split into contiguous chunks, one per replica, and the
+generator and judge models are plain. Requests are split into contiguous chunks, one per replica (sent in
+pieces the replica batches as it would the whole chunk, so that a progress bar counts answers), and the
 answers come back in request order. A replica that dies or hangs is started again in its reserved slot
 (adapters loaded again) and its unfinished chunk sent again. Calls are cached on disk by a hash of (model,
 backend, adapter, prompts, templates, sampling parameters), so a second run with the same inputs reuses
@@ -21,12 +22,14 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from tqdm.auto import tqdm
 
 from fedsafe.actors.generator import Generator, adapter_key
 from fedsafe.cluster.plan import bundle, generation_models
@@ -35,6 +38,30 @@ from fedsafe.config import ExperimentConfig
 from fedsafe.requests import Request
 
 log = logging.getLogger(__name__)
+
+
+def pieces(requests: list[Request], batch_size: int) -> list[list[Request]]:
+    """``requests`` cut into consecutive pieces of about ``batch_size`` that the ``hf`` backend batches
+    exactly as it batches the whole list: it groups requests by (adapter, parameters but the seed) and
+    batches each group's members in order, so a cut may fall only where every group has sent a multiple of
+    ``batch_size`` or all its members. ``batch_size`` 0 (vLLM, which batches continuously): one piece."""
+    if batch_size <= 0 or len(requests) <= batch_size:
+        return [requests]
+    group = [(r.adapter, dataclasses.replace(r.params, seed=0)) for r in requests]
+    total: dict = {}
+    for g in group:
+        total[g] = total.get(g, 0) + 1
+    sent: dict = dict.fromkeys(total, 0)
+    out, start = [], 0
+    for i, g in enumerate(group):
+        sent[g] += 1
+        whole = all(c % batch_size == 0 or c == total[k] for k, c in sent.items())
+        if whole and i + 1 - start >= batch_size:
+            out.append(requests[start:i + 1])
+            start = i + 1
+    if start < len(requests):
+        out.append(requests[start:])
+    return out
 
 
 def cache_key(model: str, backend: str, requests: list[Request]) -> str:
@@ -84,6 +111,7 @@ class GenerationPool:
         self.cache = GenerationCache(cache_dir) if (cache_dir is not None and g.cache) else None
         self.timeout = cfg.cluster.round_timeout_s
         self.restarts = 0  # replicas started again after dying or hanging
+        self.lock = threading.RLock()  # one call at a time: federations running side by side share the replicas
 
     @property
     def base_model(self) -> str:
@@ -136,58 +164,69 @@ class GenerationPool:
 
     def register_adapter(self, vector_ref, spec, peft_config: dict) -> str:
         """Make an adapter of the base model available to requests; returns its key (a content hash)."""
-        key = adapter_key(ray.get(vector_ref, timeout=self.timeout))
-        if key not in self.adapters:
-            self.adapters[key] = (vector_ref, spec, peft_config)
-            if self.base_model in self.groups:
-                ray.get([a.add_adapter.remote(vector_ref, spec, peft_config) for a in self.groups[self.base_model]],
-                        timeout=self.timeout)
-        return key
+        with self.lock:
+            key = adapter_key(ray.get(vector_ref, timeout=self.timeout))
+            if key not in self.adapters:
+                self.adapters[key] = (vector_ref, spec, peft_config)
+                if self.base_model in self.groups:
+                    ray.get([a.add_adapter.remote(vector_ref, spec, peft_config)
+                             for a in self.groups[self.base_model]], timeout=self.timeout)
+            return key
 
     def generate(self, model: str, requests: list[Request]) -> list[str]:
         """Answers to ``requests`` by ``model``, in order; adapters only for the base model."""
-        if not requests:
-            return []
-        if model != self.base_model and any(r.adapter for r in requests):
-            raise ValueError(f"adapters belong to the base model {self.base_model!r}, not to {model!r}")
-        key = cache_key(model, self.cfg.generation.backend, requests)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return hit
-        answers = [a for part in self._run_chunks(model, requests) for a in part]
-        if self.cache is not None:
-            self.cache.put(key, answers)
-        return answers
+        with self.lock:
+            if not requests:
+                return []
+            if model != self.base_model and any(r.adapter for r in requests):
+                raise ValueError(f"adapters belong to the base model {self.base_model!r}, not to {model!r}")
+            key = cache_key(model, self.cfg.generation.backend, requests)
+            if self.cache is not None and (hit := self.cache.get(key)) is not None:
+                return hit
+            answers = [a for part in self._run_chunks(model, requests) for a in part]
+            if self.cache is not None:
+                self.cache.put(key, answers)
+            return answers
 
     def _run_chunks(self, model: str, requests: list[Request]) -> list[list[str]]:
-        """One contiguous chunk of ``requests`` per replica. A replica that dies, or gives no answer within
-        ``cluster.round_timeout_s``, is restarted and its unfinished chunk sent again (at most
-        ``cluster.max_retries`` times per chunk); requests are seeded, so the answers are the same."""
+        """One contiguous chunk of ``requests`` per replica, sent in pieces (``pieces``) so that a progress
+        bar counts the answers. A replica that dies, or gives no answer within ``cluster.round_timeout_s``,
+        is restarted and its unfinished piece sent again (at most ``cluster.max_retries`` times per piece);
+        requests are seeded, so the answers are the same."""
         actors = self._replicas(model)
         per_actor = -(-len(requests) // len(actors))
         chunks = [requests[i:i + per_actor] for i in range(0, len(requests), per_actor)]
-        parts: list = [None] * len(chunks)
+        size = self.cfg.generation.hf_batch_size if self.cfg.generation.backend == "hf" else 0
+        queues = [pieces(chunk, size) for chunk in chunks]  # per replica: its pieces, in order
+        parts: list[list[list[str]]] = [[] for _ in chunks]
         tries = [0] * len(chunks)
-        running = {self.groups[model][i].generate.remote(chunk): i for i, chunk in enumerate(chunks)}
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=self.timeout)
-            failed: list[tuple[int, str]] = []
-            if not done:
-                failed = [(i, f"no answer within cluster.round_timeout_s={self.timeout:g}s") for i in running.values()]
-                running.clear()
-            else:
-                i = running.pop(done[0])
-                try:
-                    parts[i] = ray.get(done[0], timeout=self.timeout)
-                except RayActorError as err:
-                    failed = [(i, first_line(err))]
-            for i, reason in failed:
-                tries[i] += 1
-                if tries[i] > self.cfg.cluster.max_retries:
-                    raise RuntimeError(f"generation replica {i} of {model} failed {tries[i]} times ({reason}); "
-                                       "see its log (ray logs) and cluster.max_retries")
-                self._restart(model, i, reason)
-                running[self.groups[model][i].generate.remote(chunks[i])] = i
-        return parts
+        running = {self.groups[model][i].generate.remote(queue[0]): i for i, queue in enumerate(queues)}
+        with tqdm(total=len(requests), desc=f"answers of {model}", leave=False, mininterval=2.0) as bar:
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1, timeout=self.timeout)
+                failed: list[tuple[int, str]] = []
+                if not done:
+                    failed = [(i, f"no answer within cluster.round_timeout_s={self.timeout:g}s")
+                              for i in running.values()]
+                    running.clear()
+                else:
+                    i = running.pop(done[0])
+                    try:
+                        parts[i].append(ray.get(done[0], timeout=self.timeout))
+                    except RayActorError as err:
+                        failed = [(i, first_line(err))]
+                    else:
+                        bar.update(len(queues[i].pop(0)))
+                        if queues[i]:
+                            running[self.groups[model][i].generate.remote(queues[i][0])] = i
+                for i, reason in failed:
+                    tries[i] += 1
+                    if tries[i] > self.cfg.cluster.max_retries:
+                        raise RuntimeError(f"generation replica {i} of {model} failed {tries[i]} times ({reason}); "
+                                           "see its log (ray logs) and cluster.max_retries")
+                    self._restart(model, i, reason)
+                    running[self.groups[model][i].generate.remote(queues[i][0])] = i
+        return [[a for piece in replica for a in piece] for replica in parts]
 
     def reward_scores(self, model: str, instructions: list[str], responses: list[str]) -> list[float]:
         """Reward-model scores, computed in one Ray task with the pool's per-replica resources."""
@@ -195,9 +234,10 @@ class GenerationPool:
 
         g = self.cfg.generation
         task = ray.remote(num_cpus=g.cpus_per_replica, num_gpus=g.gpus_per_replica)(reward_scores)
-        return ray.get(self._in_slot(task, model, 0).remote(model, instructions, responses, 16,
-                                                             self.cfg.model.trust_remote_code, self.cfg.model.cache_dir),
-                       timeout=self.timeout)
+        with self.lock:
+            return ray.get(self._in_slot(task, model, 0).remote(model, instructions, responses, 16,
+                                                                 self.cfg.model.trust_remote_code,
+                                                                 self.cfg.model.cache_dir), timeout=self.timeout)
 
     def shutdown(self) -> None:
         for actors in self.groups.values():

@@ -72,6 +72,8 @@ class Plan:
             lines.append(f"  node {i} {n.resources}: {n.trainer_groups} trainer group(s), {n.generators} generator(s)")
         lines.append(f"  clients: {self.num_clients} virtual, {self.clients_per_round} per round, "
                      f"served by {t.count} trainer group(s)")
+        if (side_by_side := t.count // self.clients_per_round) > 1:
+            lines.append(f"  federated runs: up to {side_by_side} side by side (cluster.concurrent_federations)")
         return "\n".join(lines)
 
 
@@ -149,8 +151,10 @@ def _place_generators(cfg: ExperimentConfig, rooms: list[NodeRoom], count: int) 
     return per_node
 
 
-def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources]) -> Plan:
-    """``resources``: the cluster's totals as one node, or one entry per node."""
+def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources], federations: int = 1) -> Plan:
+    """``resources``: the cluster's totals as one node, or one entry per node. ``federations``: how many
+    federations may train side by side (``cluster.concurrent_federations``): without ``num_trainers``, up
+    to ``clients_per_round`` groups each."""
     c, t, g = cfg.cluster, cfg.trainer, cfg.generation
     nodes = [dict(resources)] if isinstance(resources, dict) else [dict(n) for n in resources]
     rooms = [NodeRoom(n) for n in nodes]
@@ -164,7 +168,7 @@ def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources]) -> 
     if t.gpus_per_client > largest_gpus + EPS:
         raise ConfigError(f"trainer.gpus_per_client={t.gpus_per_client:g}: a client's GPUs must be on one node and "
                           f"the largest node has {largest_gpus:g}; lower it")
-    wanted = c.num_trainers or cfg.federation.clients_per_round
+    wanted = c.num_trainers or cfg.federation.clients_per_round * max(1, federations)
     groups_per_node = [0] * len(rooms)
     for i, room in enumerate(rooms):  # fill node by node
         while sum(groups_per_node) < wanted and room.take_group(cpus, gpus, size):

@@ -5,6 +5,10 @@ from the trainers to the coordinator, which stages each as its client finishes; 
 metrics. A trainer group is the actors of one client (``trainer.processes``, usually 1) in one placement
 group, so its GPUs are reserved together on one node.
 
+Several federations may train at once (threads of one driver, ``fedsafe.matrix``): each ``train`` call
+leases idle groups from the pool as its clients need them and gives each back as soon as it has no client
+left to start, so federations fill the groups between them; alone, a call takes what it needs, as before.
+
 Faults and elasticity: a client whose group dies, fails or hangs (past ``cluster.client_timeout_s``; the
 group is killed) is retried on the next idle group, at most ``cluster.max_retries`` times; dead groups are
 dropped. Between rounds ``resize`` drops dead groups and, with ``cluster.elastic``, starts groups on
@@ -14,6 +18,7 @@ resources that joined, up to what ``make_plan`` gives the cluster as it is now.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +44,10 @@ class TrainerGroup:
     torch.distributed group (when more than one) before use."""
 
     def __init__(self, spec: ActorPlan, cfg: ExperimentConfig, timeout: float, place_timeout: float | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, trainer_cls: type = Trainer) -> None:
         """``place_timeout``: how long to wait for the resources (default ``timeout``), ``timeout``: for the
         actors to load the model and join. ``start=False`` leaves the start to ``start_groups`` (several
-        groups loading the model at once)."""
+        groups loading the model at once). ``trainer_cls``: the actor class (a stand-in in benchmarks)."""
         self.pg = placement_group(spec.bundles, strategy="STRICT_PACK")
         wait = timeout if place_timeout is None else place_timeout
         try:
@@ -51,7 +56,7 @@ class TrainerGroup:
             remove_placement_group(self.pg)
             raise TimeoutError(f"a trainer group of {spec.bundles} could not be placed within {wait:g}s; the "
                                "cluster lacks the resources (raise cluster.round_timeout_s if it is scaling up)") from None
-        remote = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0)(Trainer)
+        remote = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0)(trainer_cls)
         self.actors = [
             remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
             .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size)
@@ -190,12 +195,31 @@ def _plus_delta(vector, update):
 
 
 class TrainerPool:
-    def __init__(self, plan: Plan, cfg: ExperimentConfig) -> None:
-        self.cfg, self.spec = cfg, plan.trainers
+    def __init__(self, plan: Plan, cfg: ExperimentConfig, federations: int = 1, trainer_cls: type = Trainer) -> None:
+        """``federations``: how many federations share the pool (the elastic target of ``resize``);
+        ``trainer_cls``: the trainer actor class (a stand-in in benchmarks)."""
+        self.cfg, self.spec, self.federations, self.trainer_cls = cfg, plan.trainers, federations, trainer_cls
         self.timeout = cfg.cluster.round_timeout_s
-        self.groups = [TrainerGroup(self.spec, cfg, self.timeout, start=False) for _ in range(plan.trainers.count)]
+        self.groups = [TrainerGroup(self.spec, cfg, self.timeout, start=False, trainer_cls=trainer_cls)
+                       for _ in range(plan.trainers.count)]
         start_groups(self.groups)
         self.lost = 0  # groups dropped because an actor died
+        self.free = list(self.groups)  # groups no train call holds
+        self.changed = threading.Condition()  # a group was given back, dropped or added
+
+    def take(self, want: int, block: bool) -> list[TrainerGroup]:
+        """Up to ``want`` free groups. ``block``: wait (up to ``cluster.round_timeout_s``) until one is free
+        or none is left in the pool."""
+        with self.changed:
+            if block:
+                self.changed.wait_for(lambda: self.free or not self.groups, timeout=self.timeout)
+            taken, self.free = self.free[:want], self.free[want:]
+            return taken
+
+    def give_back(self, groups: list[TrainerGroup]) -> None:
+        with self.changed:
+            self.free += [g for g in groups if g in self.groups and g not in self.free]
+            self.changed.notify_all()
 
     def initial_adapter(self) -> InitialAdapter:
         return ray.get(self.groups[0].actors[0].initial_adapter.remote(), timeout=self.timeout)
@@ -210,20 +234,30 @@ class TrainerPool:
         the outcome holds the update references. ``on_done(metrics)`` is called as each client finishes.
         Raises ``CoordinatorLost`` when the failure was the coordinator's (a dead global adapter or stage).
         """
-        run = Schedule(tasks, list(self.groups), RetryPolicy.from_config(self.cfg))
-        while run.busy:
-            if run.pending and not run.idle and not run.running:
-                self.resize(elastic=True)  # every group has died: start what the cluster allows now
-                run.idle = list(self.groups)
-            run.dispatch(global_ref)
-            ref = run.wait()
-            if ref is None:
-                for group in run.expire():
-                    self._drop(group, run.policy.silence)
-            elif ref in run.staging:
-                self._staged(run, ref)
-            else:
-                self._trained(run, ref, stage, on_done)
+        run = Schedule(tasks, [], RetryPolicy.from_config(self.cfg))
+        try:
+            while run.busy:
+                if len(run.idle) < len(run.pending):  # lease what the waiting clients need; wait if holding none
+                    run.idle += self.take(len(run.pending) - len(run.idle), block=not run.idle and not run.running)
+                if run.pending and not run.idle and not run.running and not self.groups:
+                    self.resize(elastic=True)  # every group has died: start what the cluster allows now
+                    continue
+                run.dispatch(global_ref)
+                if not run.pending and run.idle:  # nothing left to start here: free the groups for others
+                    self.give_back(run.idle)
+                    run.idle = []
+                if not run.running and not run.staging:
+                    continue  # clients wait for a group another federation holds
+                ref = run.wait()
+                if ref is None:
+                    for group in run.expire():
+                        self._drop(group, run.policy.silence)
+                elif ref in run.staging:
+                    self._staged(run, ref)
+                else:
+                    self._trained(run, ref, stage, on_done)
+        finally:  # groups still training for an abandoned call go back too: their next task queues behind
+            self.give_back(run.idle + [group for _, group, _, _ in run.running.values()])
         return run.outcome
 
     def _staged(self, run: Schedule, ref: ray.ObjectRef) -> None:
@@ -271,33 +305,42 @@ class TrainerPool:
     def _drop(self, group: TrainerGroup, reason) -> None:
         log.warning("a trainer group is dropped (%s); its client goes to the other %d group(s)",
                     first_line(reason), len(self.groups) - 1)
-        if group in self.groups:
-            self.groups.remove(group)
-            self.lost += 1
+        with self.changed:
+            if group in self.groups:
+                self.groups.remove(group)
+                self.lost += 1
+            if group in self.free:
+                self.free.remove(group)
+            self.changed.notify_all()
         group.kill()
 
     def resize(self, elastic: bool | None = None) -> dict:
         """Between rounds: drop dead groups; with ``cluster.elastic`` (or ``elastic=True``), add groups up to
         what the cluster as it is now gives (``make_plan`` on the alive nodes). Returns the change."""
         dropped = 0
-        for group in [g for g in self.groups if not g.alive()]:
+        checked = self.take(len(self.groups), block=False)  # only free groups: a busy one answers late
+        for group in [g for g in checked if not g.alive()]:
             self._drop(group, "not answering")
             dropped += 1
+        self.give_back(checked)
         added = 0
         if self.cfg.cluster.elastic if elastic is None else elastic:
             try:
-                target = make_plan(self.cfg, alive_nodes()).trainers.count
+                target = make_plan(self.cfg, alive_nodes(), self.federations).trainers.count
             except ConfigError:
                 target = len(self.groups)
             new: list[TrainerGroup] = []
             while len(self.groups) + len(new) < target:
                 try:  # a node that is leaving may still count as alive: do not wait long for its room
-                    new.append(TrainerGroup(self.spec, self.cfg, self.timeout, place_timeout=10.0, start=False))
+                    new.append(TrainerGroup(self.spec, self.cfg, self.timeout, place_timeout=10.0, start=False,
+                                            trainer_cls=self.trainer_cls))
                 except TimeoutError:
                     break
             try:
                 start_groups(new)
-                self.groups += new
+                with self.changed:
+                    self.groups += new
+                self.give_back(new)
                 added = len(new)
             except TimeoutError as err:
                 log.warning("%s; the pool stays at %d group(s)", err, len(self.groups))
@@ -310,7 +353,10 @@ class TrainerPool:
         while True:
             if not self.groups:
                 self.resize(elastic=True)
-            group = self.groups[0]
+            taken = self.take(1, block=True)
+            if not taken:
+                continue
+            group = taken[0]
             try:
                 return ray.get(group.call("response_loss", global_ref, records, batch_size, max_length),
                                timeout=self.timeout)
@@ -318,6 +364,8 @@ class TrainerPool:
                 if group.alive():
                     raise
                 self._drop(group, err)
+            finally:
+                self.give_back([group])
 
     def shutdown(self) -> None:
         for group in self.groups:

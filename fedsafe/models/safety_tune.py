@@ -26,6 +26,7 @@ def build_smollm2_safe(target: Path, base: str) -> None:
 
     import torch
     from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedsafe.data.sources import load_records
@@ -43,7 +44,9 @@ def build_smollm2_safe(target: Path, base: str) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
-        losses = train_steps(model, batches, lrs, 0.0, r["seed"])
+        with tqdm(total=len(batches), desc=f"building {target.name} (once): safety SFT steps") as bar:
+            losses = train_steps(model, batches, lrs, 0.0, r["seed"],
+                                 on_step=lambda loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
     finally:
         torch.set_num_threads(threads)
     model.merge_and_unload().save_pretrained(target)

@@ -76,10 +76,11 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
 
 
 def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float], weight_decay: float,
-                seed: int, rank: int = 0, world_size: int = 1) -> list[float]:
+                seed: int, rank: int = 0, world_size: int = 1, on_step=None) -> list[float]:
     """One optimizer step per batch with a fresh AdamW; ``lrs[i]`` is the rate of step i. Returns losses.
     With ``world_size`` > 1 (an initialized torch.distributed group) each rank takes its slice of every
-    batch and the gradients are averaged over the group before each step."""
+    batch and the gradients are averaged over the group before each step. ``on_step(loss)`` is called
+    after each step (a progress bar)."""
     if len(lrs) != len(batches):
         raise ValueError(f"need one learning rate per batch, got {len(lrs)} for {len(batches)} batches")
     torch.manual_seed(seed)  # LoRA dropout
@@ -101,6 +102,8 @@ def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float],
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(mean_over_ranks(loss, world_size))
+        if on_step is not None:
+            on_step(losses[-1])
     model.eval()
     return losses
 
