@@ -8,8 +8,8 @@
 A sorting network is a fixed list of compare-exchange steps (i, j), i < j: afterwards wire i holds the
 smaller value and wire j the larger. Because the list does not depend on the data, each step is a vector
 min/max over a block of columns; a block of n rows x 64 columns stays in the L1 cache through all steps,
-so the matrix is read once from memory. numba compiles the loops to SIMD code and runs blocks in
-parallel. Client indices travel with the values, so a rule knows whose values it kept.
+so the matrix is read once from memory. numba compiles the loops to SIMD code; contiguous ranges of blocks
+run side by side in threads (as many as torch may use; the kernels release the GIL). Client indices travel with the values, so a rule knows whose values it kept.
 
 The network is Batcher's odd-even merge sort (Knuth, TAOCP vol. 3, 5.3.4, exercise 32) on n wires padded to
 the next power of two; steps touching a padding wire are dropped (a padding wire would hold +inf, which no
@@ -28,6 +28,7 @@ On a CUDA tensor the same windows are taken from ``torch.sort`` (numba's CPU cod
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -156,23 +157,36 @@ def _block_window(vals, idx, stop, mode, k, out, start, tally, acc, med):
         out[start + c] = acc[c] / k
 
 
-@numba.njit(cache=True, parallel=True)
-def _window_kernel(x, rows, first, second, mode, k, out, tally, block):
-    """out[col] = the window statistic of column col over ``rows`` of x; tally[part, row] = how many columns
-    of the part used (median) or dropped (trim, closest) that row. Blocks split into tally.shape[0] parts."""
-    t, d = rows.shape[0], x.shape[1]
-    parts = tally.shape[0]
-    num_blocks = (d + block - 1) // block
-    per_part = (num_blocks + parts - 1) // parts
-    for part in numba.prange(parts):
-        vals = np.empty((t, block), dtype=x.dtype)
-        idx = np.empty((t, block), dtype=np.int32)
-        med = np.empty(block, dtype=x.dtype)
-        acc = np.empty(block, dtype=np.float64)
-        for b in range(part * per_part, min(num_blocks, (part + 1) * per_part)):
-            start = b * block
-            stop = _sort_block(x, rows, start, vals, idx, first, second)
-            _block_window(vals, idx, stop, mode, k, out, start, tally[part], acc, med)
+@numba.njit(cache=True, nogil=True)
+def _window_kernel(x, rows, first, second, mode, k, out, tally, block, b0, b1):
+    """out[col] = the window statistic of column col over ``rows`` of x, for the columns of blocks
+    [b0, b1); tally[row] += how many of them used (median) or dropped (trim, closest) that row."""
+    t = rows.shape[0]
+    vals = np.empty((t, block), dtype=x.dtype)
+    idx = np.empty((t, block), dtype=np.int32)
+    med = np.empty(block, dtype=x.dtype)
+    acc = np.empty(block, dtype=np.float64)
+    for b in range(b0, b1):
+        start = b * block
+        stop = _sort_block(x, rows, start, vals, idx, first, second)
+        _block_window(vals, idx, stop, mode, k, out, start, tally, acc, med)
+
+
+def block_parts(d: int, block: int) -> list[tuple[int, int]]:
+    """The column blocks of d columns as contiguous ranges [b0, b1), one per thread torch may use."""
+    num_blocks = -(-d // block)
+    per = -(-num_blocks // max(1, min(torch.get_num_threads(), num_blocks)))
+    return [(b, min(num_blocks, b + per)) for b in range(0, num_blocks, per)]
+
+
+def run_parts(kernel, parts: list[tuple[int, int]]) -> None:
+    """``kernel(part_index, b0, b1)`` for every part, side by side in threads (the numba kernels release
+    the GIL)."""
+    if len(parts) == 1:
+        kernel(0, *parts[0])
+        return
+    with ThreadPoolExecutor(len(parts)) as threads:
+        list(threads.map(lambda item: kernel(item[0], *item[1]), enumerate(parts)))
 
 
 def wanted_positions(mode: str, t: int) -> tuple[int, ...] | None:
@@ -207,11 +221,12 @@ def order_window(updates: torch.Tensor, mode: str, k: int = 0, rows: torch.Tenso
         return vector.to(updates.dtype), counts
     x = updates.contiguous().numpy()
     first, second = network(t, wanted_positions(mode, t))
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    parts = max(1, min(4 * numba.get_num_threads(), (d + BLOCK - 1) // BLOCK))
+    parts = block_parts(d, BLOCK)
     out = np.empty(d, dtype=x.dtype)
-    tally = np.zeros((parts, n), dtype=np.int64)
-    _window_kernel(x, rows.numpy(), first, second, MODES[mode], k, out, tally, BLOCK)
+    tally = np.zeros((len(parts), n), dtype=np.int64)
+    picked = rows.numpy()
+    run_parts(lambda i, b0, b1: _window_kernel(x, picked, first, second, MODES[mode], k, out, tally[i], BLOCK, b0, b1),
+              parts)
     counts = torch.from_numpy(tally.sum(axis=0).astype(np.float64))
     if mode in ("trim", "closest"):  # the tally counted dropped values: every row of ``rows`` had d
         counts = torch.zeros(n, dtype=torch.float64).index_fill_(0, rows, float(d)) - counts

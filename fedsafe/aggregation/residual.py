@@ -11,7 +11,7 @@ Assumes a minority of attackers (repeated median breakdown 1/2).
 
 The repeated median costs O(n^2) per coordinate: n medians of n - 1 slopes. ``_residual_kernel`` computes
 it in float64 on blocks of 64 columns with the sorting networks of ``order`` (the medians are order
-statistics, so the same values as a sort gives), numba-compiled and parallel over blocks; ``reweight_shard``
+statistics, so the same values as a sort gives), numba-compiled, block ranges side by side in threads; ``reweight_shard``
 is the same maths in torch, for CUDA tensors (in shards of ``shard_size`` columns: O(shard * n^2) memory).
 """
 
@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import torch
 
-from fedsafe.aggregation.order import network, sort_rows
+from fedsafe.aggregation.order import block_parts, network, run_parts, sort_rows
 from fedsafe.aggregation.registry import AggregationContext, AggregationResult, register_rule
 
 BLOCK = 64  # float64 columns per block: a block's n - 1 slopes (25 KB at n = 50) stay in the L1 cache
@@ -88,84 +88,81 @@ def _middle(vals, lo, hi, c):
     return vals[lo, c] if lo == hi else (vals[lo, c] + vals[hi, c]) / 2
 
 
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _residual_kernel(x, lam, threshold, root, nets, restricted, totals, block):
-    """reweight_shard on every column of x [n, d] (float32/64): restricted [n, d] gets the kept or replaced
-    values, totals[part, client] the sums of confidence * std. ``nets``: (first, second) step arrays of the
-    full sort of n, the middles of n - 1, the middles of n, and positions 1 + the middles of n - 1."""
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _residual_kernel(x, lam, threshold, root, nets, restricted, totals, block, b0, b1):
+    """reweight_shard on the columns of blocks [b0, b1) of x [n, d] (float32/64): restricted [n, d] gets the
+    kept or replaced values, totals[client] adds the sums of confidence * std. ``nets``: (first, second)
+    step arrays of the full sort of n, the middles of n - 1, the middles of n, and positions 1 + the
+    middles of n - 1."""
     n, d = x.shape
     full_a, full_b, inner_a, inner_b, outer_a, outer_b, scale_a, scale_b = nets
-    parts = totals.shape[0]
-    num_blocks = (d + block - 1) // block
-    per_part = (num_blocks + parts - 1) // parts
     k = lam * (2.0 / n) ** 0.5
     factor = 1.4826 * (1 + 5 / (n - 1))
     m_lo, m_hi = (n - 2) // 2, (n - 1) // 2  # middles of n - 1 values
-    for part in numba.prange(parts):
-        ys = np.empty((n, block))
-        idx = np.empty((n, block), dtype=np.int32)
-        slopes = np.empty((n - 1, block))
-        inner = np.empty((n, block))
-        res = np.empty((n, block))
-        absres = np.empty((n, block))
-        slope = np.empty(block)
-        icpt = np.empty(block)
-        for b in range(part * per_part, min(num_blocks, (part + 1) * per_part)):
-            start = b * block
-            stop = min(block, d - start)
-            for r in range(n):
-                for c in range(block):
-                    ys[r, c] = x[r, start + c] if c < stop else 0.0
-                    idx[r, c] = r
-            for p in range(full_a.shape[0]):  # sort each column, carrying the client of each value
-                i, j = full_a[p], full_b[p]
-                for c in range(block):
-                    a, bb = ys[i, c], ys[j, c]
-                    ia, ib = idx[i, c], idx[j, c]
-                    swap = bb < a
-                    ys[i, c] = bb if swap else a
-                    ys[j, c] = a if swap else bb
-                    idx[i, c] = ib if swap else ia
-                    idx[j, c] = ia if swap else ib
-            for i in range(n):  # the median of the slopes from sorted position i to every other one
-                m = 0
-                for j in range(n):
-                    if j != i:
-                        for c in range(block):
-                            slopes[m, c] = (ys[i, c] - ys[j, c]) / (i - j)
-                        m += 1
-                sort_rows(slopes, inner_a, inner_b)
-                for c in range(block):
-                    inner[i, c] = _middle(slopes, m_lo, m_hi, c)
-            sort_rows(inner, outer_a, outer_b)
+    ys = np.empty((n, block))
+    idx = np.empty((n, block), dtype=np.int32)
+    slopes = np.empty((n - 1, block))
+    inner = np.empty((n, block))
+    res = np.empty((n, block))
+    absres = np.empty((n, block))
+    slope = np.empty(block)
+    icpt = np.empty(block)
+    for b in range(b0, b1):
+        start = b * block
+        stop = min(block, d - start)
+        for r in range(n):
             for c in range(block):
-                slope[c] = _middle(inner, (n - 1) // 2, n // 2, c)
-                icpt[c] = _middle(ys, (n - 1) // 2, n // 2, c) - slope[c] * (n - 1) / 2.0
+                ys[r, c] = x[r, start + c] if c < stop else 0.0
+                idx[r, c] = r
+        for p in range(full_a.shape[0]):  # sort each column, carrying the client of each value
+            i, j = full_a[p], full_b[p]
+            for c in range(block):
+                a, bb = ys[i, c], ys[j, c]
+                ia, ib = idx[i, c], idx[j, c]
+                swap = bb < a
+                ys[i, c] = bb if swap else a
+                ys[j, c] = a if swap else bb
+                idx[i, c] = ib if swap else ia
+                idx[j, c] = ia if swap else ib
+        for i in range(n):  # the median of the slopes from sorted position i to every other one
+            m = 0
+            for j in range(n):
+                if j != i:
+                    for c in range(block):
+                        slopes[m, c] = (ys[i, c] - ys[j, c]) / (i - j)
+                    m += 1
+            sort_rows(slopes, inner_a, inner_b)
+            for c in range(block):
+                inner[i, c] = _middle(slopes, m_lo, m_hi, c)
+        sort_rows(inner, outer_a, outer_b)
+        for c in range(block):
+            slope[c] = _middle(inner, (n - 1) // 2, n // 2, c)
+            icpt[c] = _middle(ys, (n - 1) // 2, n // 2, c) - slope[c] * (n - 1) / 2.0
+        for p in range(n):
+            for c in range(block):
+                res[p, c] = ys[p, c] - (icpt[c] + slope[c] * p)
+                absres[p, c] = abs(res[p, c])
+        sort_rows(absres, scale_a, scale_b)
+        for c in range(stop):
+            scale = factor * _middle(absres, 1 + m_lo, 1 + m_hi, c) + 1e-7
+            total = 0.0
+            for p in range(n):  # confidences, kept in res (the residuals are not needed after this)
+                e = res[p, c] / scale
+                q = e / root[p]
+                q = k if q > k else (-k if q < -k else q)  # clamp; a NaN stays NaN, as in torch
+                conf = root[p] / e * q
+                res[p, c] = 1.0 if math.isnan(conf) else conf  # 0 / 0 where the residual is 0
+                total += res[p, c]
+            mean = total / n
+            var = 0.0
             for p in range(n):
-                for c in range(block):
-                    res[p, c] = ys[p, c] - (icpt[c] + slope[c] * p)
-                    absres[p, c] = abs(res[p, c])
-            sort_rows(absres, scale_a, scale_b)
-            for c in range(stop):
-                scale = factor * _middle(absres, 1 + m_lo, 1 + m_hi, c) + 1e-7
-                total = 0.0
-                for p in range(n):  # confidences, kept in res (the residuals are not needed after this)
-                    e = res[p, c] / scale
-                    q = e / root[p]
-                    q = k if q > k else (-k if q < -k else q)  # clamp; a NaN stays NaN, as in torch
-                    conf = root[p] / e * q
-                    res[p, c] = 1.0 if math.isnan(conf) else conf  # 0 / 0 where the residual is 0
-                    total += res[p, c]
-                mean = total / n
-                var = 0.0
-                for p in range(n):
-                    var += (res[p, c] - mean) ** 2
-                std = (var / (n - 1)) ** 0.5
-                for p in range(n):
-                    client = idx[p, c]
-                    totals[part, client] += res[p, c] * std
-                    keep = res[p, c] >= threshold
-                    restricted[client, start + c] = ys[p, c] if keep else icpt[c] + slope[c] * p
+                var += (res[p, c] - mean) ** 2
+            std = (var / (n - 1)) ** 0.5
+            for p in range(n):
+                client = idx[p, c]
+                totals[client] += res[p, c] * std
+                keep = res[p, c] >= threshold
+                restricted[client, start + c] = ys[p, c] if keep else icpt[c] + slope[c] * p
 
 
 def residual_numba(updates: torch.Tensor, lam: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,11 +173,11 @@ def residual_numba(updates: torch.Tensor, lam: float, threshold: float) -> tuple
     nets = (*network(n), *network(n - 1, tuple(sorted(set(middles[0])))),
             *network(n, tuple(sorted(set(middles[1])))), *network(n, tuple(sorted({1 + m for m in middles[0]}))))
     root = leverage_root(torch.arange(n, dtype=torch.float64), n).numpy()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    parts = max(1, min(4 * numba.get_num_threads(), (d + BLOCK - 1) // BLOCK))
+    parts = block_parts(d, BLOCK)
     restricted = np.empty_like(x)
-    totals = np.zeros((parts, n))
-    _residual_kernel(x, lam, threshold, root, nets, restricted, totals, BLOCK)
+    totals = np.zeros((len(parts), n))
+    run_parts(lambda i, b0, b1: _residual_kernel(x, lam, threshold, root, nets, restricted, totals[i], BLOCK, b0, b1),
+              parts)
     return torch.from_numpy(totals.sum(axis=0)), torch.from_numpy(restricted)
 
 
