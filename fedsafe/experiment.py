@@ -189,8 +189,10 @@ class Session:
         return evaluate_model(cfg, self.generation, self.register_adapter(vector_ref), inputs, out_dir, name, loss)
 
     def close(self) -> None:
-        self.pool.shutdown()
-        self.generation.shutdown()
+        """Stop the actors (once; a second call does nothing)."""
+        if not self.pool.closed:
+            self.pool.shutdown()
+            self.generation.shutdown()
 
 
 def round_inputs(cfg: ExperimentConfig, inputs: EvalInputs) -> EvalInputs:

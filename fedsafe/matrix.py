@@ -213,10 +213,11 @@ class Stopped(Exception):
     """Raised in a federation's thread after its round when another thread failed or the run was stopped."""
 
 
-def run_side_by_side(groups: list[list[Arm]], workers: int, finish, on_round) -> None:
+def run_side_by_side(groups: list[list[Arm]], workers: int, finish, on_round, on_stop=None) -> None:
     """``finish(arm, on_round)`` for every arm, each group's arms in order in one thread, ``workers`` groups
-    at a time. The first error (or Ctrl-C / SIGTERM in the main thread) stops the other threads after
-    their current round (their checkpoints are written) and is raised."""
+    at a time. The first error (or Ctrl-C / SIGTERM in the main thread) stops the others and is raised once
+    every thread has ended: ``on_stop()`` (e.g. shutting the pools down, so that their calls fail at once)
+    runs first; a thread between rounds stops after its round (its checkpoint is written)."""
     stop = threading.Event()
 
     def after_round(record: dict) -> None:
@@ -238,7 +239,9 @@ def run_side_by_side(groups: list[list[Arm]], workers: int, finish, on_round) ->
             future.result()
     except BaseException:
         stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        if on_stop is not None:
+            on_stop()
+        pool.shutdown(wait=True, cancel_futures=True)  # the other threads' errors (pools shut) end with them
         raise
     pool.shutdown()
 
@@ -275,7 +278,7 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
                                f"{len(session.pool.groups)} trainer groups")
                     run_side_by_side(by_federation, side_by_side,
                                      lambda arm, after_round: finish_arm(session, arm, after_round, bool(cfg.arms)),
-                                     on_round)
+                                     on_round, on_stop=session.close)
                 else:
                     for arm in todo:
                         finish_arm(session, arm, on_round, bool(cfg.arms))

@@ -160,10 +160,12 @@ def training_descendant(pid: int) -> psutil.Process | None:
     return None
 
 
-def signal_mid_training(argv: list[str], sig: signal.Signals, tmp_path) -> str:
+def signal_mid_training(argv: list[str], sig: signal.Signals, tmp_path, checkpoints: str = "smoke-*/checkpoints"
+                        ) -> str:
     """Start ``launch.py argv``, send ``sig`` to the driver alone while one of its trainers trains a round
     after round 0 (an event, not a delay), wait for it to end; check exit 128 + sig and that every process
-    of its local Ray is gone. Returns the last line it wrote to stderr, progress bars' codes removed."""
+    of its local Ray is gone. Returns the last line it wrote to stderr, progress bars' codes removed.
+    ``checkpoints``: where (a glob under tmp_path) the run's round checkpoints appear."""
     driver = subprocess.Popen([sys.executable, "launch.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     errors: list[str] = []
@@ -173,8 +175,8 @@ def signal_mid_training(argv: list[str], sig: signal.Signals, tmp_path) -> str:
     trainer = None
     while trainer is None:
         assert time.monotonic() < deadline and driver.poll() is None, "the run ended before it could be signalled"
-        assert not list(tmp_path.glob("smoke-*/checkpoints/round_0002")), "the rounds ended before a signal"
-        if list(tmp_path.glob("smoke-*/checkpoints/round_0000")):
+        assert not list(tmp_path.glob(f"{checkpoints}/round_0002")), "the rounds ended before a signal"
+        if list(tmp_path.glob(f"{checkpoints}/round_0000")):
             trainer = training_descendant(driver.pid)
         time.sleep(0.01)
     ray_processes = psutil.Process(driver.pid).children(recursive=True)
@@ -203,6 +205,27 @@ def test_sigint_then_sigterm_mid_training_stop_with_one_line_and_the_resume_equa
 
     results = resume_to_the_end(run_dir, baseline)
     assert 1 <= arm(results)["resumed_at_round"] <= 3
+
+
+def test_sigterm_stops_federated_runs_side_by_side_and_the_resume_finishes_them(model_cache, tmp_path):
+    """Two seeds' federated runs side by side (one client a round, two trainer groups): SIGTERM while a
+    trainer trains ends every thread with the one line and exit 143, no Ray process left; ``--resume``
+    finishes both seeds."""
+    args = [f"model.cache_dir={model_cache}", f"output.root={tmp_path}", *FAULT_RUN, "seeds=[0, 1]",
+            "federation.clients_per_round=1", "cluster.num_cpus=3"]
+    last = signal_mid_training(["--config", str(SMOKE), *args], signal.SIGTERM, tmp_path,
+                               checkpoints="smoke-*/seed-*/checkpoints")
+    (run_dir,) = tmp_path.glob("smoke-*")
+    assert last == (f"stopped by SIGTERM in {run_dir}, at the last completed round; "
+                    f"continue with: python launch.py --resume {run_dir}")
+    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(run_dir)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "2 federated runs, 2 side by side" in resumed.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["seed"] for r in next(iter(results["arms"].values()))["runs"]] == [0, 1]
+    for seed in (0, 1):
+        assert [r["round"] for r in read_metrics(run_dir / f"seed-{seed}")] == [0, 1, 2]
 
 
 class ExitOnArrival(dict):

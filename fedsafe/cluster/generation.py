@@ -112,6 +112,7 @@ class GenerationPool:
         self.timeout = cfg.cluster.round_timeout_s
         self.restarts = 0  # replicas started again after dying or hanging
         self.lock = threading.RLock()  # one call at a time: federations running side by side share the replicas
+        self.closed = False  # shut down: a call running in another thread restarts no replica
 
     @property
     def base_model(self) -> str:
@@ -130,6 +131,8 @@ class GenerationPool:
         return self.groups[model]
 
     def _launch(self, model: str, replica: int):
+        if self.closed:  # a call still running in another thread after shutdown starts nothing
+            raise RuntimeError("the generation pool was shut down (the run is stopping)")
         base = model == self.base_model
         model_cfg = dataclasses.replace(self.cfg.model, name=model)
         g = self.cfg.generation
@@ -240,7 +243,8 @@ class GenerationPool:
                                                                  self.cfg.model.cache_dir), timeout=self.timeout)
 
     def shutdown(self) -> None:
-        for actors in self.groups.values():
+        self.closed = True
+        for actors in list(self.groups.values()):
             for actor in actors:
                 ray.kill(actor)
         self.groups.clear()

@@ -206,13 +206,16 @@ class TrainerPool:
         self.lost = 0  # groups dropped because an actor died
         self.free = list(self.groups)  # groups no train call holds
         self.changed = threading.Condition()  # a group was given back, dropped or added
+        self.closed = False  # shut down: calls still running in other threads stop at their next lease
 
     def take(self, want: int, block: bool) -> list[TrainerGroup]:
         """Up to ``want`` free groups. ``block``: wait (up to ``cluster.round_timeout_s``) until one is free
         or none is left in the pool."""
         with self.changed:
             if block:
-                self.changed.wait_for(lambda: self.free or not self.groups, timeout=self.timeout)
+                self.changed.wait_for(lambda: self.free or not self.groups or self.closed, timeout=self.timeout)
+            if self.closed:
+                raise RuntimeError("the trainer pool was shut down (the run is stopping)")
             taken, self.free = self.free[:want], self.free[want:]
             return taken
 
@@ -368,7 +371,10 @@ class TrainerPool:
                 self.give_back([group])
 
     def shutdown(self) -> None:
-        for group in self.groups:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+        for group in list(self.groups):
             group.kill()
 
 
