@@ -11,7 +11,9 @@ loop's ``fedsafe.experiment.run_arm``. A config without ``arms`` is a matrix of 
 defense: the model before and after it). Arms with the same federated part (clients, data, rule,
 training, evaluation) share one federated run: the first arm trains it, the others load its last
 checkpoint, so every defense starts from the same aggregated adapter; generated data is made once (the
-generation cache keeps it).
+generation cache keeps it). Where the trainer pool has room for several federated runs
+(``cluster.concurrent_federations``), the arms of different federated runs go side by side, one thread
+per federated run (``run_side_by_side``); the results are those of one after another.
 
 Where things go. A config with arms keeps everything finished under ``<output.root>/cache``, keyed by a
 hash of what determines it, so running the matrix again (or another with common arms) recomputes nothing
