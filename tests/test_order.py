@@ -122,3 +122,8 @@ def test_residual_kernel_matches_the_torch_maths(n, dtype):
     expected_totals, expected_restricted = residual_torch(u, 2.0, 0.05, shard_size=17)
     assert torch.equal(restricted, expected_restricted)  # kept values and line values: the same bits
     assert torch.allclose(totals, expected_totals, rtol=1e-12, atol=1e-12)  # sums in another order
+
+
+def test_a_huge_middle_value_is_returned_as_it_is():
+    u = torch.tensor([[3e38], [-1.0], [3.1e38]])  # odd n: the median is the middle value itself, not (v + v) / 2
+    assert torch.equal(order_window(u, "median")[0], u[0])

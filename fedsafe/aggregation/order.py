@@ -9,7 +9,8 @@ A sorting network is a fixed list of compare-exchange steps (i, j), i < j: after
 smaller value and wire j the larger. Because the list does not depend on the data, each step is a vector
 min/max over a block of columns; a block of n rows x 64 columns stays in the L1 cache through all steps,
 so the matrix is read once from memory. numba compiles the loops to SIMD code; contiguous ranges of blocks
-run side by side in threads (as many as torch may use; the kernels release the GIL). Client indices travel with the values, so a rule knows whose values it kept.
+run side by side in threads (as many as torch may use; the kernels release the GIL). Client indices travel
+with the values, so a rule knows whose values it kept.
 
 The network is Batcher's odd-even merge sort (Knuth, TAOCP vol. 3, 5.3.4, exercise 32) on n wires padded to
 the next power of two; steps touching a padding wire are dropped (a padding wire would hold +inf, which no
@@ -122,8 +123,11 @@ def _block_window(vals, idx, stop, mode, k, out, start, tally, acc, med):
     mid_lo, mid_hi = (t - 1) // 2, t // 2
     if mode == 1:
         mid_hi = mid_lo
-    for c in range(width):  # the sum of the middles in the dtype; halving is exact, so storing rounds nothing
-        med[c] = 0.5 * (vals[mid_lo, c] + vals[mid_hi, c])
+    if mid_lo == mid_hi:
+        med[:] = vals[mid_lo]
+    else:
+        for c in range(width):  # the sum of the middles in the dtype; halving is exact, so storing rounds nothing
+            med[c] = 0.5 * (vals[mid_lo, c] + vals[mid_hi, c])
     if mode <= 1:  # median / lower median: count the rows used
         for c in range(stop):
             out[start + c] = med[c]
