@@ -9,7 +9,7 @@ served with LoRA enabled (every registered adapter is loaded into each of its re
 generator and judge models are plain. Requests are split into contiguous chunks, one per replica (sent in
 pieces the replica batches as it would the whole chunk, so that a progress bar counts answers), and the
 answers come back in request order. A replica that dies or hangs is started again in its reserved slot
-(adapters loaded again) and its unfinished chunk sent again. Calls are cached on disk by a hash of (model,
+(adapters loaded again) and its unfinished piece sent again. Calls are cached on disk by a hash of (model,
 backend, adapter, prompts, templates, sampling parameters), so a second run with the same inputs reuses
 the answers.
 """
