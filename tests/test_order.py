@@ -127,3 +127,33 @@ def test_residual_kernel_matches_the_torch_maths(n, dtype):
 def test_a_huge_middle_value_is_returned_as_it_is():
     u = torch.tensor([[3e38], [-1.0], [3.1e38]])  # odd n: the median is the middle value itself, not (v + v) / 2
     assert torch.equal(order_window(u, "median")[0], u[0])
+
+
+def test_without_numba_every_rule_takes_the_torch_path_with_the_same_values():
+    """A machine with torch alone (a GPU box) imports the rules and gets the same aggregates."""
+    import json
+    import subprocess
+    import sys
+
+    from fedsafe.aggregation import aggregate
+    from tests.conftest import ROOT
+
+    code = """
+import json, sys
+sys.modules["numba"] = None  # import numba fails
+import torch
+from fedsafe.aggregation import aggregate
+from fedsafe.aggregation import order
+assert order.numba is None
+u = torch.randn(7, 90, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+print(json.dumps({r: aggregate(r, u, num_malicious=1).vector.tolist()
+                  for r in ("median", "trimmed_mean", "bulyan", "residual")}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    without = json.loads(out.stdout)
+    u = torch.randn(7, 90, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for rule, vector in without.items():
+        assert torch.allclose(torch.tensor(vector, dtype=torch.float64),
+                              aggregate(rule, u, num_malicious=1).vector, atol=1e-12), rule

@@ -23,7 +23,7 @@ Windows over each sorted column (positions 0..t-1 of the t rows used):
 - ``closest``: mean of the k values closest to the median, summed in float64 (Bulyan): the farthest value
   is always at an end of the sorted column, so t - k steps drop an end each.
 Ties between equal values go to one of the tied clients; ties in distance (``closest``) drop the upper end.
-On a CUDA tensor the same windows are taken from ``torch.sort`` (numba's CPU code does not apply there).
+On a CUDA tensor (or without numba) the same windows are taken from ``torch.sort``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,18 @@ from __future__ import annotations
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 import torch
+
+try:
+    import numba
+
+    njit = numba.njit
+except ImportError:  # a machine with torch alone (e.g. a GPU box): every tensor takes the torch.sort path
+    numba = None
+
+    def njit(**_):
+        return lambda fn: fn
 
 BLOCK = 64  # columns per block: 50 clients x 64 columns x (4-byte value + 4-byte index) = 25.6 KB, in L1
 MODES = {"median": 0, "lower": 1, "trim": 2, "closest": 3}
@@ -75,7 +84,7 @@ def network(n: int, wanted: tuple[int, ...] | None = None) -> tuple[np.ndarray, 
     return first, second
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def sort_rows(vals, first, second):
     """Apply the network's steps to the rows of vals [t, width] (each column sorted on its own)."""
     for p in range(first.shape[0]):
@@ -86,7 +95,7 @@ def sort_rows(vals, first, second):
             vals[j, c] = max(a, b)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _sort_block(x, rows, start, vals, idx, first, second):
     """Load columns [start, start + BLOCK) of the ``rows`` of x into vals/idx (zeros past the end) and sort
     each column by the network, carrying row indices."""
@@ -114,7 +123,7 @@ def _sort_block(x, rows, start, vals, idx, first, second):
     return stop
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _block_window(vals, idx, stop, mode, k, out, start, tally, acc, med):
     """The window statistic of the first ``stop`` sorted columns of a block, into out[start:start + stop].
     ``tally`` counts rows used (median) or dropped (trim, closest); ``acc`` (float64) and ``med`` (the
@@ -161,7 +170,7 @@ def _block_window(vals, idx, stop, mode, k, out, start, tally, acc, med):
         out[start + c] = acc[c] / k
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _window_kernel(x, rows, first, second, mode, k, out, tally, block, b0, b1):
     """out[col] = the window statistic of column col over ``rows`` of x, for the columns of blocks
     [b0, b1); tally[row] += how many of them used (median) or dropped (trim, closest) that row."""
@@ -218,7 +227,7 @@ def order_window(updates: torch.Tensor, mode: str, k: int = 0, rows: torch.Tenso
     rows = torch.arange(n) if rows is None else rows.to("cpu", torch.int64)
     t = int(rows.numel())
     window_bounds(mode, t, k)
-    if updates.device.type != "cpu":
+    if updates.device.type != "cpu" or numba is None:
         return _torch_window(updates.index_select(0, rows.to(updates.device)), rows, n, mode, k)
     if updates.dtype not in (torch.float32, torch.float64):  # half precisions: the kernel runs in float32
         vector, counts = order_window(updates.float(), mode, k, rows)

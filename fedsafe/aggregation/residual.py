@@ -9,21 +9,21 @@ value. Each client's confidences, times the per-coordinate std of confidences, a
 coordinates; the normalised, squared sums weight the average of the (restricted) updates.
 Assumes a minority of attackers (repeated median breakdown 1/2).
 
-The repeated median costs O(n^2) per coordinate: n medians of n - 1 slopes. ``_residual_kernel`` computes
-it in float64 on blocks of 64 columns with the sorting networks of ``order`` (the medians are order
-statistics, so the same values as a sort gives), numba-compiled, block ranges side by side in threads; ``reweight_shard``
-is the same maths in torch, for CUDA tensors (in shards of ``shard_size`` columns: O(shard * n^2) memory).
+The repeated median costs O(n^2) per coordinate: n medians of n - 1 slopes. ``_residual_kernel`` computes it
+in float64 on blocks of 64 columns with the sorting networks of ``order`` (the medians are order statistics,
+so the same values as a sort gives), numba-compiled, block ranges side by side in threads; ``reweight_shard``
+is the same maths in torch, for CUDA tensors or without numba (in shards of ``shard_size`` columns: O(shard *
+n^2) memory).
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import torch
 
-from fedsafe.aggregation.order import block_parts, network, run_parts, sort_rows
+from fedsafe.aggregation.order import block_parts, network, njit, numba, run_parts, sort_rows
 from fedsafe.aggregation.registry import AggregationContext, AggregationResult, register_rule
 
 BLOCK = 64  # float64 columns per block: a block's n - 1 slopes (25 KB at n = 50) stay in the L1 cache
@@ -82,13 +82,13 @@ def reweight_shard(y: torch.Tensor, lam: float, threshold: float) -> tuple[torch
     return conf * conf.std(dim=1, keepdim=True), restricted
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _middle(vals, lo, hi, c):
     """The median of sorted column c from its middle positions lo <= hi."""
     return vals[lo, c] if lo == hi else (vals[lo, c] + vals[hi, c]) / 2
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _residual_kernel(x, lam, threshold, root, nets, restricted, totals, block, b0, b1):
     """reweight_shard on the columns of blocks [b0, b1) of x [n, d] (float32/64): restricted [n, d] gets the
     kept or replaced values, totals[client] adds the sums of confidence * std. ``nets``: (first, second)
@@ -201,7 +201,7 @@ def residual(updates: torch.Tensor, weights: torch.Tensor, ctx: AggregationConte
     n = updates.shape[0]
     if n < 3:
         raise ValueError(f"residual fits a line through the clients' values: it needs n >= 3, got {n}")
-    on_cpu = updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64)
+    on_cpu = updates.device.type == "cpu" and updates.dtype in (torch.float32, torch.float64) and numba is not None
     totals, restricted = (residual_numba(updates, lam, threshold) if on_cpu
                           else residual_torch(updates, lam, threshold, shard_size))
     totals = totals.to(updates.device)
