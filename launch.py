@@ -113,10 +113,11 @@ def rehearse(cfg):
 def dry_run(cfg, args: argparse.Namespace, nodes: list[dict[str, float]] | None) -> None:
     from fedsafe.cluster import runtime
     from fedsafe.cluster.plan import generation_reserve, make_plan
-    from fedsafe.matrix import describe_arms, planned_federations
+    from fedsafe.matrix import describe_arms, planned_federations, planning_arms
 
     address = runtime.target_address(cfg.cluster)
-    federations = planned_federations(cfg)
+    arms = planning_arms(cfg)
+    federations = planned_federations(cfg, arms)
     print(to_yaml(cfg))
     if nodes:
         print(f"plan for {args.nodes}:\n" + make_plan(cfg, nodes, federations).describe())
@@ -126,7 +127,7 @@ def dry_run(cfg, args: argparse.Namespace, nodes: list[dict[str, float]] | None)
     else:
         local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
         print("plan (local Ray):\n" + make_plan(cfg, local, federations).describe())
-    print(describe_arms(cfg))
+    print(describe_arms(cfg, arms))
 
 
 def run(cfg, args: argparse.Namespace, started: list[Path]) -> dict:

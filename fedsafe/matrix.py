@@ -153,9 +153,15 @@ def expand_arms(cfg: ExperimentConfig, run_dir: Path | None = None) -> list[Arm]
     return arms
 
 
-def describe_arms(cfg: ExperimentConfig) -> str:
-    """The arms, which federated run each shares, and whether it is already finished (for --dry-run)."""
-    arms = expand_arms(cfg, Path(cfg.output.root) / f"{cfg.output.name}-<timestamp>")
+def planning_arms(cfg: ExperimentConfig) -> list[Arm]:
+    """The matrix's arms as a run not started yet would lay them out (for --dry-run)."""
+    return expand_arms(cfg, Path(cfg.output.root) / f"{cfg.output.name}-<timestamp>")
+
+
+def describe_arms(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> str:
+    """The arms (default: ``planning_arms``), which federated run each shares, and whether it is already
+    finished (for --dry-run)."""
+    arms = planning_arms(cfg) if arms is None else arms
     runs = list(dict.fromkeys(a.federation for a in arms))
     seeds = cfg.run_seeds
     lines = [f"matrix: {len(arms) // len(seeds)} arms x {len(seeds)} seed(s) {seeds} over {len(runs)} federated runs"]
@@ -194,9 +200,7 @@ def group_by_federation(arms: list[Arm]) -> dict[Path, list[Arm]]:
 def planned_federations(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> int:
     """How many federated runs of ``arms`` (default: the whole matrix) the plan makes room for side by side:
     all of them, at most ``cluster.concurrent_federations`` when set."""
-    if arms is None:
-        arms = expand_arms(cfg, Path(cfg.output.root) / f"{cfg.output.name}-<timestamp>")
-    count = len(group_by_federation(arms))
+    count = len(group_by_federation(planning_arms(cfg) if arms is None else arms))
     return max(1, min(cfg.cluster.concurrent_federations or count, count))
 
 
