@@ -18,19 +18,15 @@ import math
 
 import torch
 
-from fedsafe.aggregation.order import order_window
+from fedsafe.aggregation.order import order_window, value_shares
 from fedsafe.aggregation.registry import AggregationContext, AggregationResult, register_rule
-
-
-def _shares(counts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return (counts / counts.sum()).to(device=like.device, dtype=like.dtype)
 
 
 @register_rule("median")
 def median(updates: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext,
            lower: bool = False) -> AggregationResult:
     vector, counts = order_window(updates, "lower" if lower else "median")
-    return AggregationResult(vector, _shares(counts, weights))
+    return AggregationResult(vector, value_shares(counts, weights))
 
 
 def trim_count(n: int, num_trim: int | None, trim_ratio: float | None, num_malicious: int) -> int:
@@ -53,4 +49,4 @@ def trimmed_mean(updates: torch.Tensor, weights: torch.Tensor, ctx: AggregationC
                  num_trim: int | None = None, trim_ratio: float | None = None) -> AggregationResult:
     k = trim_count(updates.shape[0], num_trim, trim_ratio, ctx.num_malicious)
     vector, counts = order_window(updates, "trim", k=k)
-    return AggregationResult(vector, _shares(counts, weights))
+    return AggregationResult(vector, value_shares(counts, weights))

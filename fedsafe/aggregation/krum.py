@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from fedsafe.aggregation.geometry import combine, gram, sq_distances
-from fedsafe.aggregation.order import order_window
+from fedsafe.aggregation.order import order_window, value_shares
 from fedsafe.aggregation.registry import AggregationContext, AggregationResult, register_rule
 
 
@@ -96,5 +96,5 @@ def bulyan(updates: torch.Tensor, weights: torch.Tensor, ctx: AggregationContext
         remaining.remove(pick)
     rows = torch.tensor(sorted(selected))
     out, counts = order_window(updates, "closest", k=beta, rows=rows)  # per coordinate: beta closest to the median
-    w = (counts / counts.sum()).to(device=weights.device, dtype=weights.dtype)
+    w = value_shares(counts, weights)
     return AggregationResult(out, w)

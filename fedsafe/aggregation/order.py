@@ -96,7 +96,7 @@ def sort_rows(vals, first, second):
 
 
 @njit(cache=True, nogil=True)
-def _sort_block(x, rows, start, vals, idx, first, second):
+def sort_block(x, rows, start, vals, idx, first, second):
     """Load columns [start, start + BLOCK) of the ``rows`` of x into vals/idx (zeros past the end) and sort
     each column by the network, carrying row indices."""
     t, width = vals.shape
@@ -181,7 +181,7 @@ def _window_kernel(x, rows, first, second, mode, k, out, tally, block, b0, b1):
     acc = np.empty(block, dtype=np.float64)
     for b in range(b0, b1):
         start = b * block
-        stop = _sort_block(x, rows, start, vals, idx, first, second)
+        stop = sort_block(x, rows, start, vals, idx, first, second)
         _block_window(vals, idx, stop, mode, k, out, start, tally, acc, med)
 
 
@@ -244,6 +244,12 @@ def order_window(updates: torch.Tensor, mode: str, k: int = 0, rows: torch.Tenso
     if mode in ("trim", "closest"):  # the tally counted dropped values: every row of ``rows`` had d
         counts = torch.zeros(n, dtype=torch.float64).index_fill_(0, rows, float(d)) - counts
     return torch.from_numpy(out), counts
+
+
+def value_shares(counts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Effective client weights from ``order_window``'s counts: each row's share of the values used, in the
+    dtype and on the device of ``like``."""
+    return (counts / counts.sum()).to(device=like.device, dtype=like.dtype)
 
 
 def _torch_window(block: torch.Tensor, rows: torch.Tensor, n: int, mode: str, k: int

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from fedsafe.aggregation.order import block_parts, network, njit, numba, run_parts, sort_rows
+from fedsafe.aggregation.order import block_parts, network, njit, numba, run_parts, sort_block, sort_rows
 from fedsafe.aggregation.registry import AggregationContext, AggregationResult, register_rule
 
 BLOCK = 64  # float64 columns per block: a block's n - 1 slopes (25 KB at n = 50) stay in the L1 cache
@@ -94,7 +94,7 @@ def _residual_kernel(x, lam, threshold, root, nets, restricted, totals, block, b
     kept or replaced values, totals[client] adds the sums of confidence * std. ``nets``: (first, second)
     step arrays of the full sort of n, the middles of n - 1, the middles of n, and positions 1 + the
     middles of n - 1."""
-    n, d = x.shape
+    n = x.shape[0]
     full_a, full_b, inner_a, inner_b, outer_a, outer_b, scale_a, scale_b = nets
     k = lam * (2.0 / n) ** 0.5
     factor = 1.4826 * (1 + 5 / (n - 1))
@@ -107,23 +107,10 @@ def _residual_kernel(x, lam, threshold, root, nets, restricted, totals, block, b
     absres = np.empty((n, block))
     slope = np.empty(block)
     icpt = np.empty(block)
+    clients = np.arange(n)
     for b in range(b0, b1):
         start = b * block
-        stop = min(block, d - start)
-        for r in range(n):
-            for c in range(block):
-                ys[r, c] = x[r, start + c] if c < stop else 0.0
-                idx[r, c] = r
-        for p in range(full_a.shape[0]):  # sort each column, carrying the client of each value
-            i, j = full_a[p], full_b[p]
-            for c in range(block):
-                a, bb = ys[i, c], ys[j, c]
-                ia, ib = idx[i, c], idx[j, c]
-                swap = bb < a
-                ys[i, c] = bb if swap else a
-                ys[j, c] = a if swap else bb
-                idx[i, c] = ib if swap else ia
-                idx[j, c] = ia if swap else ib
+        stop = sort_block(x, clients, start, ys, idx, full_a, full_b)  # sorted columns, carrying the clients
         for i in range(n):  # the median of the slopes from sorted position i to every other one
             m = 0
             for j in range(n):
