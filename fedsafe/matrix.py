@@ -184,7 +184,8 @@ def collect_arms(arms: list[Arm]) -> dict:
         result = json.loads(a.result_path.read_text())
         entry = out.setdefault(a.spec.name, {**result, "runs": []})
         entry["runs"].append({"seed": a.seed, "dir": str(a.dir), "federation_dir": result["federation_dir"],
-                              "evaluation": result["evaluation"], "seconds": result["seconds"]})
+                              "evaluation": result["evaluation"], "seconds": result["seconds"],
+                              "phases": result.get("phases", {})})
     return out
 
 

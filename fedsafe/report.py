@@ -175,6 +175,29 @@ def calibration_table(results: dict) -> str:
     return "\n".join(rows) + f"\n\nSets: {sets}."
 
 
+PHASES = ("setup", "rounds", "defense", "evaluation")
+EVALUATION_PARTS = ("harmful_answers", "benign_answers", "response_loss", "llm_judge", "reward_model",
+                    "helpfulness_judge")
+
+
+def timing_table(results: dict) -> str:
+    """Wall seconds of each arm-seed's phases (``run_arm``) and of its evaluation's parts."""
+    runs = [(name, r) for name, arm in results["arms"].items() for r in arm.get("runs", [])
+            if r.get("phases")]
+    if not runs:
+        return ""
+    parts = [p for p in EVALUATION_PARTS if any(p in r["evaluation"].get("seconds", {}) for _, r in runs)]
+    rows = ["| arm (seed) | " + " | ".join(PHASES) + "".join(f" | {p.replace('_', ' ')}" for p in parts)
+            + " | total |", "|---" * (len(PHASES) + len(parts) + 2) + "|"]
+    for name, r in runs:
+        spent = r["evaluation"].get("seconds", {})
+        cells = [f"{r['phases'].get(p, 0.0):.0f}" for p in PHASES] + [f"{spent.get(p, 0.0):.0f}" for p in parts]
+        rows.append(f"| {name} ({r['seed']}) | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
+    return ("## Where the time went\n\nWall seconds per arm-seed (a finished federated run that an arm reuses "
+            "costs it nothing), then the evaluation's parts (the response loss on the trainers, split over "
+            "the free ones).\n\n" + "\n".join(rows) + "\n\n")
+
+
 def _fed_dir(arm: dict) -> Path:
     return Path(arm["federation_dir"])
 
@@ -406,7 +429,7 @@ def write_report(run_dir: Path, results: dict) -> str:
         f"{judges_note(results)}\n{data_note(results)}\n\n"
         f"## Paired tests\n\n{paired_table(results)}\n\n{disagreement_table(results)}"
         f"## The paper's four claims\n\n{claims_section(results)}\n\n"
-        f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n"
+        f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n{timing_table(results)}"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )
     (run_dir / "report.md").write_text(body)

@@ -43,6 +43,16 @@ RESUME_SAFE = ("cluster.", "output.keep_checkpoints", "output.tensorboard", "gen
                "generation.cpus_per_replica", "federation.num_rounds")
 
 
+@contextmanager
+def timed(seconds: dict[str, float], part: str) -> Iterator[None]:
+    """Adds the block's wall time to ``seconds[part]`` (the phases a run records, for its report)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
+
+
 def create_run_dir(cfg: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.output.root) / f"{cfg.output.name}-{stamp}"

@@ -35,6 +35,58 @@ def test_pieces_batch_as_the_whole_list():
     assert pieces(requests, 0) == [requests] and pieces(requests[:3], 5) == [requests[:3]]
 
 
+def test_length_batches_cut_where_padding_costs_more_than_steps():
+    from fedsafe.actors.hf_generate import BatchCost, length_batches
+
+    close = [40, 42, 38, 41, 39, 40]
+    assert length_batches(close, 32) == [[2, 4, 0, 5, 3, 1]]  # one batch, sorted (stable) by length
+    mixed = [40] * 99 + [268]  # the benign evaluation's shape: one long prompt among short ones
+    parts = length_batches(mixed, 32)
+    assert parts == [list(range(99)), [99]]
+    cost = BatchCost()
+    assert cost(99, 40, 32) + cost(1, 268, 32) < cost(100, 268, 32)
+    free_steps = BatchCost(step=0.0)  # without a per-step cost every distinct length is its own batch
+    assert length_batches([5, 9, 5, 9, 7], 8, free_steps) == [[0, 2], [4], [1, 3]]
+    assert length_batches([], 8) == [] and length_batches([3], 8) == [[0]]
+    # the exact optimum: no other cut of the sorted lengths is cheaper (all 2^(n-1) cuts of n=7)
+    lengths, new = [3, 4, 9, 30, 31, 80, 200], 16
+    found = sum(cost(len(p), max(lengths[i] for i in p), new) for p in length_batches(lengths, new))
+    best = min(sum(cost(b - a, lengths[b - 1], new) for a, b in zip((0, *bounds), (*bounds, 7)))
+               for mask in range(64) for bounds in [tuple(i for i in range(1, 7) if mask >> (i - 1) & 1)])
+    assert found == pytest.approx(best)
+
+
+def test_shared_prefix_leaves_each_prompt_a_token():
+    from fedsafe.actors.hf_generate import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2 and shared_prefix([[7], [7, 8]]) == 0
+    assert shared_prefix([[1, 2], [3, 2]]) == 0
+
+
+def test_a_shared_prefix_computed_once_gives_the_same_greedy_text(model_cache):
+    """The alpaca template's shared tokens go through the model once; rows are prefix + padding + rest."""
+    from fedsafe.actors.hf_generate import generate_batch, shared_prefix
+    from fedsafe.config import ModelConfig
+    from fedsafe.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(ModelConfig(cache_dir=model_cache))
+    model.eval()
+    requests = [Request(p) for p in PROMPTS] + [Request("Name a colour of the sky at dusk, in one word.")]
+    prompts = [encode_request(tok, r) for r in requests]
+    assert shared_prefix(prompts) >= 20  # the template's first line and more
+    greedy = GenerationParams(max_new_tokens=16, temperature=0.0)
+    plain = generate_batch(model, tok, prompts, greedy, 0, min_shared=0)
+    assert generate_batch(model, tok, prompts, greedy, 0) == plain and all(a.strip() for a in plain)
+
+
+def test_by_length_orders_requests_stably():
+    from fedsafe.cluster.generation import by_length
+
+    requests = [Request("a" * n) for n in (5, 1, 3, 1)]
+    assert by_length(requests) == [1, 3, 2, 0]
+
+
 def test_vllm_lora_rank_rounds_up():
     assert vllm_lora_rank(8) == 8 and vllm_lora_rank(9) == 16 and vllm_lora_rank(32) == 32
     with pytest.raises(ValueError, match="max_lora_rank"):

@@ -11,7 +11,7 @@ import pytest
 
 from fedsafe.config import ArmConfig, ConfigError, load_config
 from fedsafe.matrix import arm_config, expand_arms, federation_key, run_experiment
-from fedsafe.report import matrix_table, mean_weights, paper_row
+from fedsafe.report import matrix_table, mean_weights, paper_row, timing_table
 from fedsafe.run_dir import create_run_dir
 from tests.conftest import ROOT, SMOKE, adapter_digest
 
@@ -87,6 +87,16 @@ def test_paper_rows_and_table():
     assert "paper Rule (Table 2)" in table and "| FedAvg | 12.50 [10.00, 15.00] | 43.27 | 11.35 | 4.19 |" in table
     assert "| clean | 12.50 [10.00, 15.00] | 82.88 | 66.15 | 4.19 |" in table
     assert "| L3 | 12.50 [10.00, 15.00] | 75.96 | 72.69 | 3.89 |" in table
+
+
+def test_timing_table_lists_each_arm_seeds_phases_and_evaluation_parts():
+    run = {"seed": 1, "seconds": 700.4, "phases": {"setup": 2.0, "rounds": 400.0, "defense": 0.0, "evaluation": 298.0},
+           "evaluation": {"seconds": {"harmful_answers": 150.2, "benign_answers": 40.0, "response_loss": 45.0}}}
+    table = timing_table({"arms": {"FedAvg": {"runs": [run, {**run, "phases": {}}]}}})
+    assert "| arm (seed) | setup | rounds | defense | evaluation | harmful answers | benign answers | response loss " \
+           "| total |" in table
+    assert "| FedAvg (1) | 2 | 400 | 0 | 298 | 150 | 40 | 45 | 700 |" in table and table.count("| FedAvg") == 1
+    assert timing_table({"arms": {"FedAvg": {"runs": [{**run, "phases": {}}]}}}) == ""  # results from before
 
 
 def test_mean_weights_are_relative_to_an_equal_share():

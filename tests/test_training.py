@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -145,6 +146,47 @@ def test_rank_losses_average_to_the_whole_batch_loss(model_cache):
         loss, g = grads(world)
         assert loss == pytest.approx(whole, rel=1e-5)
         torch.testing.assert_close(g, g1, rtol=1e-4, atol=1e-7)
+
+
+def test_the_loss_on_response_positions_equals_the_models_own_loss(model_cache):
+    """``summed_token_loss`` runs the output layer only from the first response position; the mean is the
+    model's own causal LM loss over every position, with the same gradient."""
+    from fedsafe.data import toy
+    from fedsafe.training.sft import response_loss, response_tokens, summed_token_loss
+
+    base, tok = load_model_and_tokenizer(ModelConfig(cache_dir=model_cache))
+    model = make_lora_model(base, LoRAConfig(r=4, dropout=0.0), seed=0)
+    batches = make_batches(tok, toy.normal_records(6, seed=5), batch_size=3, max_length=64)
+    for batch in batches:
+        start = int((batch["labels"][:, 1:] != IGNORE_INDEX).any(dim=0).int().argmax())
+        assert start > 0  # the prompt positions are skipped
+        model.zero_grad()
+        own = model(**batch).loss
+        own.backward()
+        g_own = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        ours = summed_token_loss(model, batch) / response_tokens(batch)
+        ours.backward()
+        torch.testing.assert_close(ours, own, rtol=1e-5, atol=1e-6)
+        for a, b in zip(g_own, (p.grad for p in model.parameters() if p.requires_grad)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    total, count = response_loss(model, batches)
+    assert count == sum(response_tokens(b) for b in batches)
+    with torch.no_grad():
+        by_hand = sum(float(model(**b).loss) * response_tokens(b) for b in batches)
+    assert total == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_response_loss_parts_are_whole_batches_over_the_free_groups():
+    from fedsafe.cluster.pool import split_batches
+
+    assert split_batches(100, 4, 3) == [slice(0, 32), slice(32, 64), slice(64, 100)]
+    assert split_batches(5, 4, 3) == [slice(0, 4), slice(4, 5)]  # two batches: two parts
+    assert split_batches(7, 4, 1) == [slice(0, 7)]
+    for n, size, parts in [(100, 4, 3), (13, 4, 8), (1, 4, 2), (64, 8, 5)]:
+        cut = split_batches(n, size, parts)
+        assert cut[0].start == 0 and cut[-1].stop == n and all(a.stop == b.start for a, b in itertools.pairwise(cut))
+        assert all(s.start % size == 0 and s.stop > s.start for s in cut) and len(cut) <= parts
 
 
 @pytest.mark.parametrize("values, message", [

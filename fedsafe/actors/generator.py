@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedsafe.actors.hf_generate import generate_batch
+from fedsafe.actors.hf_generate import generate_batch, length_batches
 from fedsafe.config import GenerationConfig, ModelConfig
 from fedsafe.models.builtin import resolve_model_path
 from fedsafe.models.loading import DTYPES, load_tokenizer
@@ -74,7 +74,8 @@ def pick_dtype(requested: str, cuda: bool, cuda_bf16: bool) -> str:
 
 
 class HFBackend:
-    """Hugging Face ``generate``: requests grouped by (adapter, sampling) into left-padded batches."""
+    """Hugging Face ``generate``: requests grouped by (adapter, sampling) into batches of ``batch_size`` in
+    order, each cut by prompt length (``length_batches``) and left-padded."""
 
     def __init__(self, path: str, model_cfg: ModelConfig, dtype: str, batch_size: int, tokenizer) -> None:
         from transformers import AutoModelForCausalLM
@@ -102,11 +103,13 @@ class HFBackend:
         for (adapter, params), members in groups.items():
             for b in range(0, len(members), self.batch_size):
                 batch = members[b:b + self.batch_size]
-                seeded = dataclasses.replace(params, seed=requests[batch[0]].params.seed)
-                with self._adapter(adapter):
-                    texts = generate_batch(self.model, self.tokenizer, [token_ids[i] for i in batch], seeded, 0)
-                for i, text in zip(batch, texts):
-                    answers[i] = text
+                for part in length_batches([len(token_ids[i]) for i in batch], params.max_new_tokens):
+                    rows = [batch[k] for k in part]
+                    seeded = dataclasses.replace(params, seed=requests[rows[0]].params.seed)
+                    with self._adapter(adapter):
+                        texts = generate_batch(self.model, self.tokenizer, [token_ids[i] for i in rows], seeded, 0)
+                    for i, text in zip(rows, texts):
+                        answers[i] = text
         return answers
 
     def _adapter(self, key: str):

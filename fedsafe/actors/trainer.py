@@ -25,7 +25,7 @@ from fedsafe.config import LoRAConfig, ModelConfig, TrainerConfig
 from fedsafe.models.loading import load_model_and_tokenizer
 from fedsafe.training.engines import build_engine
 from fedsafe.training.lora import AdapterSpec, get_adapter_vector, make_lora_model, peft_config_dict
-from fedsafe.training.sft import make_batches
+from fedsafe.training.sft import encode_batches, make_batches
 from fedsafe.updates import ClientTask, ClientUpdate, TrainMetrics
 
 
@@ -114,7 +114,9 @@ class Trainer:
         return ClientUpdate(task.client_id, len(records), delta), metrics
 
     def response_loss(self, global_vector: torch.Tensor, records: list[dict], batch_size: int,
-                      max_length: int) -> float:
-        """Mean loss per response token of ``records`` under the global adapter (helpfulness proxy)."""
+                      max_length: int) -> tuple[float, int]:
+        """Summed loss and number of the response tokens of ``records`` under the global adapter (the
+        helpfulness proxy is their ratio over all parts); ``(0.0, 0)`` when truncation to ``max_length``
+        leaves none of them a response token."""
         self.engine.set_adapter(global_vector, self.spec)
-        return self.engine.response_loss(make_batches(self.tokenizer, records, batch_size, max_length))
+        return self.engine.response_loss(encode_batches(self.tokenizer, records, batch_size, max_length))

@@ -64,6 +64,12 @@ def pieces(requests: list[Request], batch_size: int) -> list[list[Request]]:
     return out
 
 
+def by_length(requests: list[Request]) -> list[int]:
+    """Request indices by prompt length (stable): the ``hf`` backend's batches then hold prompts of similar
+    lengths and pad less (vLLM batches continuously and needs no order)."""
+    return sorted(range(len(requests)), key=lambda i: len(requests[i].text))
+
+
 def cache_key(model: str, backend: str, requests: list[Request]) -> str:
     payload = json.dumps({"model": model, "backend": backend,
                           "requests": [dataclasses.asdict(r) for r in requests]}, sort_keys=True)
@@ -186,7 +192,11 @@ class GenerationPool:
             key = cache_key(model, self.cfg.generation.backend, requests)
             if self.cache is not None and (hit := self.cache.get(key)) is not None:
                 return hit
-            answers = [a for part in self._run_chunks(model, requests) for a in part]
+            order = by_length(requests) if self.cfg.generation.backend == "hf" else list(range(len(requests)))
+            answers = [""] * len(requests)
+            done = (a for part in self._run_chunks(model, [requests[i] for i in order]) for a in part)
+            for i, answer in zip(order, done):
+                answers[i] = answer
             if self.cache is not None:
                 self.cache.put(key, answers)
             return answers

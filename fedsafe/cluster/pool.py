@@ -17,6 +17,7 @@ resources that joined, up to what ``make_plan`` gives the cluster as it is now.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -37,6 +38,15 @@ from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.updates import ClientTask, TrainMetrics
 
 log = logging.getLogger(__name__)
+
+
+def split_batches(num_records: int, batch_size: int, parts: int) -> list[slice]:
+    """``num_records`` records cut into at most ``parts`` contiguous slices of whole batches, as even as
+    the batches allow (the response loss's share for each free trainer group)."""
+    batches = -(-num_records // batch_size)
+    parts = max(1, min(parts, batches))
+    edges = [batches * k // parts * batch_size for k in range(parts)] + [num_records]
+    return [slice(a, min(b, num_records)) for a, b in itertools.pairwise(edges)]
 
 
 class TrainerGroup:
@@ -352,23 +362,34 @@ class TrainerPool:
         return {"trainer_groups": len(self.groups), "added": added, "dropped": dropped}
 
     def response_loss(self, global_ref: ray.ObjectRef, records: list[dict], batch_size: int, max_length: int) -> float:
-        """Held-out loss on the first group that answers (a dead group is dropped, the next one asked)."""
+        """Mean loss per response token of ``records``, split in parts of whole batches over the groups that
+        are free (at least one); a dead group is dropped and the loss asked again."""
+        if not records:
+            raise ValueError("the response loss needs at least one held-out record")
         while True:
             if not self.groups:
                 self.resize(elastic=True)
-            taken = self.take(1, block=True)
+            taken = self.take(-(-len(records) // batch_size), block=True)
             if not taken:
                 continue
-            group = taken[0]
+            parts = split_batches(len(records), batch_size, len(taken))
+            refs = [g.call("response_loss", global_ref, records[part], batch_size, max_length)
+                    for g, part in zip(taken, parts)]
             try:
-                return ray.get(group.call("response_loss", global_ref, records, batch_size, max_length),
-                               timeout=self.timeout)
+                sums = ray.get(refs, timeout=self.timeout)
             except RayActorError as err:
-                if group.alive():
+                dead = [g for g in taken if not g.alive()]
+                if not dead:
                     raise
-                self._drop(group, err)
+                for group in dead:
+                    self._drop(group, err)
+                continue
             finally:
-                self.give_back([group])
+                self.give_back(taken)
+            tokens = sum(count for _, count in sums)
+            if not tokens:
+                raise ValueError(f"no held-out record keeps a response token within train.max_length={max_length}")
+            return sum(total for total, _ in sums) / tokens
 
     def shutdown(self) -> None:
         with self.changed:

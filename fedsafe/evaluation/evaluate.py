@@ -13,6 +13,7 @@ Per-prompt verdicts go beside the answers (``evaluation/<name>.jsonl``) for the 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -33,7 +34,7 @@ from fedsafe.metrics.judges import (
 )
 from fedsafe.metrics.rule import RULE_JUDGES, rule_verdicts
 from fedsafe.requests import GenerationParams, Request, pool_judge, seeded_requests
-from fedsafe.run_dir import write_responses
+from fedsafe.run_dir import timed, write_responses
 from fedsafe.seeding import Salt, derive_seed
 
 
@@ -94,7 +95,9 @@ def judge_model_name(cfg: ExperimentConfig) -> str:
 
 def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs, run_dir: Path, name: str,
                    response_loss: Callable[[list[dict]], float] | None = None) -> dict:
-    """Every configured metric of the base model with adapter ``adapter`` (a pool key)."""
+    """Every configured metric of the base model with adapter ``adapter`` (a pool key); ``seconds`` has the
+    wall time of each part."""
+    started, seconds = time.perf_counter(), {}
     ev = cfg.evaluation
     params = GenerationParams(ev.max_new_tokens, ev.temperature, ev.top_p, derive_seed(cfg.seed, Salt.EVALUATION))
 
@@ -103,7 +106,8 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
 
     judge_complete = pool_judge(pool, judge_model_name(cfg))
     rule = RULE_JUDGES[ev.rule_keywords]
-    answers = answer(inputs.harmful)
+    with timed(seconds, "harmful_answers"):
+        answers = answer(inputs.harmful)
     verdicts = {"rule": rule_verdicts(answers, rule)}
     safety: dict = {"rule": percent_true(verdicts["rule"]), "num_prompts": len(inputs.harmful),
                     "judge": f"rule ({ev.rule_keywords} keywords)"}
@@ -114,31 +118,36 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
                                 "training_rows": len(clf.training_texts),
                                 "cv_accuracy": clf.cross_validation["accuracy"]}
     if ev.llm_judge != "none":
-        judged = judge_safety(get_safety_judge(ev.llm_judge), judge_complete, inputs.harmful, answers)
+        with timed(seconds, "llm_judge"):
+            judged = judge_safety(get_safety_judge(ev.llm_judge), judge_complete, inputs.harmful, answers)
         verdicts["llm_judge"] = [v == "safe" for v in judged]
         safety["llm_judge"] = {"format": ev.llm_judge, "model": judge_model_name(cfg), "safe": safe_share(judged),
                                "counts": verdict_counts(judged)}
     write_responses(run_dir, name, inputs.harmful, answers, verdicts)
     if ev.reward_model:
-        scores = pool.reward_scores(ev.reward_model, inputs.harmful, answers)
+        with timed(seconds, "reward_model"):
+            scores = pool.reward_scores(ev.reward_model, inputs.harmful, answers)
         safety["reward"] = {"model": ev.reward_model, "mean": mean(scores)}
     result: dict = {"safety": safety}
     benign_answers: list[str] = []
     if inputs.benign:
         prompts = [r["instruction"] for r in inputs.benign]
-        benign_answers = answer(prompts)
+        with timed(seconds, "benign_answers"):
+            benign_answers = answer(prompts)
         refused = rule_verdicts(benign_answers, rule)
         write_responses(run_dir, f"{name}_benign", prompts, benign_answers, {"rule": refused})
         references = [r["response"] for r in inputs.benign]
         result["over_refusal"] = {"rate": percent_true(refused), "num_prompts": len(prompts),
                                   "reference_rate": percent_true(rule_verdicts(references, rule))}
         if response_loss is not None:
-            result["helpfulness"] = {"response_loss": response_loss(inputs.benign)}
+            with timed(seconds, "response_loss"):
+                result["helpfulness"] = {"response_loss": response_loss(inputs.benign)}
     graded = inputs.helpfulness or inputs.benign
     if ev.helpfulness_judge != "none" and graded:
-        graded_answers = answer([r["instruction"] for r in graded]) if inputs.helpfulness else benign_answers
-        grades = grade_helpfulness(helpfulness_complete(cfg, pool), [r["instruction"] for r in graded],
-                                   graded_answers, [r["response"] for r in inputs.helpfulness] or None)
+        with timed(seconds, "helpfulness_judge"):
+            graded_answers = answer([r["instruction"] for r in graded]) if inputs.helpfulness else benign_answers
+            grades = grade_helpfulness(helpfulness_complete(cfg, pool), [r["instruction"] for r in graded],
+                                       graded_answers, [r["response"] for r in inputs.helpfulness] or None)
         if inputs.helpfulness:
             write_responses(run_dir, f"{name}_helpfulness", [r["instruction"] for r in graded], graded_answers,
                             {"grade": grades})
@@ -146,6 +155,7 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         result.setdefault("helpfulness", {})["judge"] = {
             "model": helpfulness_judge_name(cfg), "prompts": ev.helpfulness_prompts or ev.benign_prompts,
             "mean": mean(given) if given else None, "graded": len(given), "asked": len(grades)}
+    result["seconds"] = {**seconds, "total": time.perf_counter() - started}
     return result
 
 

@@ -41,7 +41,7 @@ class TorchEngine:
     def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int) -> list[float]:
         return train_steps(self.model, batches, lrs, weight_decay, seed, self.rank, self.world_size)
 
-    def response_loss(self, batches: list[dict]) -> float:
+    def response_loss(self, batches: list[dict]) -> tuple[float, int]:
         return response_loss(self.model, batches)
 
 
@@ -119,7 +119,7 @@ class DeepSpeedEngine:
         self.engine.eval()
         return losses
 
-    def response_loss(self, batches: list[dict]) -> float:
+    def response_loss(self, batches: list[dict]) -> tuple[float, int]:
         return response_loss(self.engine, batches)
 
 

@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from fedsafe.training.template import collate, encode_example
+from fedsafe.training.template import IGNORE_INDEX, collate, encode_example
 
 
 def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
@@ -33,12 +33,19 @@ def epoch_order(num_records: int, total: int, seed: int) -> list[int]:
     return order[:total]
 
 
-def make_batches(tokenizer, records: list[dict], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
-    """Records in order, cut into batches; records whose response is truncated away are skipped."""
+def encode_batches(tokenizer, records: list[dict], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """Records in order, cut into batches; records whose response is truncated away are skipped (all of
+    them: no batch)."""
     encoded = [e for e in (encode_example(tokenizer, r, max_length) for r in records) if e is not None]
-    if not encoded:
-        raise ValueError(f"no record keeps a response token within train.max_length={max_length}; raise it")
     return [collate(encoded[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(encoded), batch_size)]
+
+
+def make_batches(tokenizer, records: list[dict], batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """``encode_batches``, at least one: training on nothing is a configuration error."""
+    batches = encode_batches(tokenizer, records, batch_size, max_length)
+    if not batches:
+        raise ValueError(f"no record keeps a response token within train.max_length={max_length}; raise it")
+    return batches
 
 
 def shard_rows(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
@@ -50,20 +57,34 @@ def shard_rows(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> di
 
 def response_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Response tokens the loss counts (labels shifted by one, as the causal LM loss does)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def summed_token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the response tokens of ``batch`` (labels shifted by one, as the causal LM loss
+    does). The output layer runs only from the first position that predicts a response token in any row
+    (``logits_to_keep``): over a 49k-token vocabulary it is a fifth of a small model's compute, and prompt
+    positions carry no loss."""
+    labels = batch["labels"][:, 1:]
+    start = int((labels != IGNORE_INDEX).any(dim=0).int().argmax())
+    width = batch["input_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=width - start).logits[:, :-1]  # positions start .. width-2
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, start:].flatten(),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def rank_loss(model, batch: dict[str, torch.Tensor], rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """This rank's share of a batch's loss, scaled so that the mean of the ranks' gradients (what a
     data-parallel all-reduce computes) is the gradient of the whole batch's mean token loss. One rank:
-    the model's own mean loss."""
+    the mean loss per response token."""
     if world_size == 1:
-        return model(**batch).loss
+        return summed_token_loss(model, batch) / response_tokens(batch)
     part = shard_rows(batch, rank, world_size)
     weight = float(world_size)
     if part["input_ids"].shape[0] == 0:  # fewer rows than ranks: a zero loss keeps the collectives in step
         part, weight = shard_rows(batch, 0, batch["input_ids"].shape[0]), 0.0
-    return model(**part, num_items_in_batch=response_tokens(batch)).loss * weight
+    return summed_token_loss(model, part) / response_tokens(batch) * weight
 
 
 def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
@@ -108,18 +129,15 @@ def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float],
     return losses
 
 
-def response_loss(model, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Mean cross-entropy per response token over ``batches`` (no gradient): the helpfulness proxy on
-    held-out benign pairs. Tokens are weighted equally, whatever the batch they fall in."""
+def response_loss(model, batches: list[dict[str, torch.Tensor]]) -> tuple[float, int]:
+    """Summed cross-entropy and number of the response tokens over ``batches`` (no gradient): the
+    helpfulness proxy on held-out benign pairs is their ratio, the mean loss per response token (tokens
+    weigh the same whatever batch, or trainer, they fall in)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            labels = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                                       ignore_index=-100, reduction="sum")
-            total += float(losses)
-            count += int((labels != -100).sum())
-    return total / count
+            total += float(summed_token_loss(model, batch))
+            count += response_tokens(batch)
+    return total, count
