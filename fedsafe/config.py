@@ -290,7 +290,8 @@ class GenerationConfig:
     float32 on CPUs.
     ``gpus_per_replica``: a share of one GPU, or a whole number > 1 = vLLM's tensor-parallel size.
     ``cache``: reuse generations across runs, keyed by a hash of (model, adapter, prompts, sampling),
-    under ``<output.root>/cache/generations``."""
+    under ``<output.root>/cache/generations``. ``hf_batch_size``: the most rows of one ``hf`` batch; prompts
+    go in sorted by length and a batch is cut further where padding would cost more than decoding steps."""
 
     backend: str = "vllm"
     model: str = ""

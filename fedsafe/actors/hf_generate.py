@@ -74,11 +74,11 @@ def prefix_cache(model, prefix: list[int], rows: int):
 def generate_batch(model, tokenizer, prompts: list[list[int]], params: GenerationParams, batch_index: int,
                    min_shared: int = 8) -> list[str]:
     """Batch generation of token-id prompts; returns the decoded continuations only. A prefix of at least
-    ``min_shared`` tokens that every prompt shares (the alpaca template's first 25 tokens) is computed once:
+    ``min_shared`` tokens that every prompt shares (the alpaca template's first 24 tokens) is computed once:
     rows are ``prefix + left padding + rest``, and positions follow the attention mask, so each row sees
     what it would alone. 0 turns this off (plain left padding)."""
     shared = shared_prefix(prompts) if min_shared and len(prompts) > 1 else 0
-    if shared < max(min_shared, 1):
+    if shared < min_shared:
         shared = 0
     head, rests = prompts[0][:shared], [p[shared:] for p in prompts]
     width = max(len(r) for r in rests)
