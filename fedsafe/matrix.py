@@ -185,7 +185,8 @@ def collect_arms(arms: list[Arm]) -> dict:
         entry = out.setdefault(a.spec.name, {**result, "runs": []})
         entry["runs"].append({"seed": a.seed, "dir": str(a.dir), "federation_dir": result["federation_dir"],
                               "evaluation": result["evaluation"], "seconds": result["seconds"],
-                              "phases": result.get("phases", {})})
+                              "phases": result.get("phases", {}),
+                              "evaluation_seconds": result.get("evaluation_seconds", {})})
     return out
 
 

@@ -186,11 +186,11 @@ def timing_table(results: dict) -> str:
             if r.get("phases")]
     if not runs:
         return ""
-    parts = [p for p in EVALUATION_PARTS if any(p in r["evaluation"].get("seconds", {}) for _, r in runs)]
+    parts = [p for p in EVALUATION_PARTS if any(p in r.get("evaluation_seconds", {}) for _, r in runs)]
     rows = ["| arm (seed) | " + " | ".join(PHASES) + "".join(f" | {p.replace('_', ' ')}" for p in parts)
             + " | total |", "|---" * (len(PHASES) + len(parts) + 2) + "|"]
     for name, r in runs:
-        spent = r["evaluation"].get("seconds", {})
+        spent = r.get("evaluation_seconds", {})
         cells = [f"{r['phases'].get(p, 0.0):.0f}" for p in PHASES] + [f"{spent.get(p, 0.0):.0f}" for p in parts]
         rows.append(f"| {name} ({r['seed']}) | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
     return ("## Where the time went\n\nWall seconds per arm-seed (a finished federated run that an arm reuses "

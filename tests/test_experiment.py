@@ -28,11 +28,14 @@ pytestmark = pytest.mark.integration
 # silently. On another torch build the run is checked for everything but these values.
 PINNED_TORCH = "2.13.0+cpu"
 # Re-pinned when the alpaca template took the authors' space after the instruction (the tiny model is
-# pre-trained on it too).
-SMOKE_LOSSES = [[0.193873, 0.185914, 0.106734], [0.173541, 0.173013, 0.176871], [0.175526, 0.165683, 0.138871],
-                [0.17688, 0.17203, 0.118949]]
-SMOKE_DIGEST = "4abe77346263eb036e1adb9c4246821dae7f77024058b45cdc6e6a90a19c877e"
-SMOKE_METRICS = {"rule": 35.416666666666664, "over_refusal": 12.5, "response_loss": 0.2249718677038434}
+# pre-trained on it too), and when the loss ran the output layer only from the first response position
+# (the same losses to 1e-6: float rounding) and evaluation prompts went to the hf backend sorted by length
+# (other batches: the tiny model's near-tied greedy choices flip on float rounding, 4 of 48 answers here;
+# SmolLM2 gave the same 200 of 200 answers in the old and new batches).
+SMOKE_LOSSES = [[0.193873, 0.185915, 0.106734], [0.173541, 0.173013, 0.176871], [0.175527, 0.165682, 0.138872],
+                [0.17688, 0.172029, 0.11895]]
+SMOKE_DIGEST = "d37576aab86e82e5914d367c5fdd3e79c7313b546a7c81005da9fafd2bc43e6a"
+SMOKE_METRICS = {"rule": 27.083333333333332, "over_refusal": 22.5, "response_loss": 0.22497361720293418}
 
 
 def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):

@@ -91,7 +91,7 @@ def test_paper_rows_and_table():
 
 def test_timing_table_lists_each_arm_seeds_phases_and_evaluation_parts():
     run = {"seed": 1, "seconds": 700.4, "phases": {"setup": 2.0, "rounds": 400.0, "defense": 0.0, "evaluation": 298.0},
-           "evaluation": {"seconds": {"harmful_answers": 150.2, "benign_answers": 40.0, "response_loss": 45.0}}}
+           "evaluation_seconds": {"harmful_answers": 150.2, "benign_answers": 40.0, "response_loss": 45.0}}
     table = timing_table({"arms": {"FedAvg": {"runs": [run, {**run, "phases": {}}]}}})
     assert "| arm (seed) | setup | rounds | defense | evaluation | harmful answers | benign answers | response loss " \
            "| total |" in table

@@ -94,10 +94,11 @@ def judge_model_name(cfg: ExperimentConfig) -> str:
 
 
 def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs, run_dir: Path, name: str,
-                   response_loss: Callable[[list[dict]], float] | None = None) -> dict:
-    """Every configured metric of the base model with adapter ``adapter`` (a pool key); ``seconds`` has the
-    wall time of each part."""
-    started, seconds = time.perf_counter(), {}
+                   response_loss: Callable[[list[dict]], float] | None = None,
+                   seconds: dict[str, float] | None = None) -> dict:
+    """Every configured metric of the base model with adapter ``adapter`` (a pool key). ``seconds``, if given,
+    gets the wall time of each part (kept out of the metrics, which must not depend on the machine)."""
+    started, seconds = time.perf_counter(), {} if seconds is None else seconds
     ev = cfg.evaluation
     params = GenerationParams(ev.max_new_tokens, ev.temperature, ev.top_p, derive_seed(cfg.seed, Salt.EVALUATION))
 
@@ -155,7 +156,7 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         result.setdefault("helpfulness", {})["judge"] = {
             "model": helpfulness_judge_name(cfg), "prompts": ev.helpfulness_prompts or ev.benign_prompts,
             "mean": mean(given) if given else None, "graded": len(given), "asked": len(grades)}
-    result["seconds"] = {**seconds, "total": time.perf_counter() - started}
+    seconds["total"] = time.perf_counter() - started
     return result
 
 
