@@ -6,7 +6,8 @@ Everything here is a function of ``results.json``'s arms and the per-prompt verd
 wrote (``<arm dir>/evaluation/final.jsonl``), so a report can be rebuilt from a finished run folder.
 
 Reference arms: a defended arm against the same federation undefended; an attacked arm under another rule
-against attacked FedAvg; attacked FedAvg against FedAvg without attack.
+against FedAvg under the same attack (name and parameters); attacked FedAvg against FedAvg without attack.
+An arm is attacked when it has malicious clients or its attack poisons benign ones (``attacked``).
 """
 
 from __future__ import annotations
@@ -82,13 +83,17 @@ def reference_of(name: str, arms: dict) -> str | None:
     def find(pred) -> str | None:
         return next((n for n, a in arms.items() if n != name and pred(a)), None)
 
+    def attacked(a: dict) -> bool:
+        return bool(a.get("attacked", a["num_malicious"]))
+
     if arm["defense_level"]:
         return find(lambda a: a["federation"] == arm["federation"] and not a["defense_level"])
-    if not arm["num_malicious"]:
+    if not attacked(arm):
         return None
     if arm["rule"] != "fedavg":
-        return find(lambda a: a["num_malicious"] and not a["defense_level"] and a["rule"] == "fedavg")
-    return find(lambda a: not a["num_malicious"] and not a["defense_level"] and a["rule"] == "fedavg")
+        return find(lambda a: attacked(a) and not a["defense_level"] and a["rule"] == "fedavg"
+                    and a.get("attack") == arm.get("attack") and a.get("attack_params") == arm.get("attack_params"))
+    return find(lambda a: not attacked(a) and not a["defense_level"] and a["rule"] == "fedavg")
 
 
 def _paired_arrays(ref_runs: list[dict], arm_runs: list[dict], metric: Metric) -> tuple[list, list] | None:

@@ -96,12 +96,17 @@ class ClientGroupConfig:
 @dataclass
 class FederationConfig:
     """``sampling``: how each round's clients are drawn. ``seeded`` from (seed, round), so every seed has
-    its own attack schedule; ``paper`` the authors' ``random.seed(round)``, the same schedule for every seed."""
+    its own attack schedule; ``paper`` the authors' ``random.seed(round)``, the same schedule for every seed.
+    ``dirichlet_alpha``: 0 = iid shards; > 0 = each client's mix of the categories its group's records fall
+    in (the record field ``partition_key``: ``source`` is the data source, ``aligned`` for aligned pairs) is
+    drawn from Dirichlet(alpha x the global mix), so large alpha is iid and small alpha one category each."""
 
     num_rounds: int = 3
     clients_per_round: int = 3
     examples_per_client: int = 500
     sampling: str = "seeded"
+    dirichlet_alpha: float = 0.0
+    partition_key: str = "source"
 
     def __post_init__(self) -> None:
         _check(self.sampling in SAMPLING, f"federation.sampling must be one of {SAMPLING}, got {self.sampling!r}")
@@ -110,6 +115,8 @@ class FederationConfig:
                f"federation.clients_per_round must be >= 1, got {self.clients_per_round}")
         _check(self.examples_per_client >= 1,
                f"federation.examples_per_client must be >= 1, got {self.examples_per_client}")
+        _check(self.dirichlet_alpha >= 0, f"federation.dirichlet_alpha must be >= 0 (0 = iid shards), "
+                                          f"got {self.dirichlet_alpha}")
 
 
 @dataclass
@@ -480,17 +487,22 @@ class OutputConfig:
 class ArmConfig:
     """One arm of an experiment matrix (``fedsafe.matrix``): a variation of the run's own config.
 
-    ``attack`` False: the malicious groups sit out (the federation is the benign clients alone). ``rule``
-    and ``rule_params``: the aggregation rule ("" = aggregation.rule and its params). ``defense_level``:
-    0 no defense; 1, 2, 3 the post-hoc fine-tune (``defense.name=posthoc_sft``) with ``defense.level`` set
-    to it (``DefenseLevel``) and ``defense``'s other settings.
+    ``attack`` False: the malicious groups sit out (the federation is the benign clients alone).
+    ``attack_name`` and ``attack_params``: the attack ("" = attack.name and its params). ``rule`` and
+    ``rule_params``: the aggregation rule ("" = aggregation.rule and its params). ``defense_level``: 0 no
+    defense; 1, 2, 3 the post-hoc fine-tune (``defense.name=posthoc_sft``) with ``defense.level`` set to it
+    (``DefenseLevel``) and ``defense``'s other settings. ``overrides``: any other changes, as on the command
+    line (``clients.1.count=0``), applied last.
     """
 
     name: str = ""
     attack: bool = True
+    attack_name: str = ""
+    attack_params: dict[str, Any] = field(default_factory=dict)
     rule: str = ""
     rule_params: dict[str, Any] = field(default_factory=dict)
     defense_level: int = 0
+    overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "arms: every arm needs a name")
@@ -551,7 +563,19 @@ class ExperimentConfig:
                f"federation.clients_per_round ({self.federation.clients_per_round}) must be <= the number "
                f"of clients ({self.num_clients}); lower it or add clients")
 
+        self._check_attack_fits()
         self._check_rule_fits()
+
+    def _check_attack_fits(self) -> None:
+        from fedsafe.attack import build_attack
+
+        attack = build_attack(self.attack.name, **self.attack.params)
+        _check(not attack.cover or any(g.role == "benign" for g in self.clients),
+               f"attack.name={self.attack.name} gives malicious clients benign cover data from the first benign "
+               "group's source; add a group of role benign (count 0 is enough)")
+        _check(attack.stealth_weight == 0 or self.trainer.engine == "torch",
+               f"attack.name={self.attack.name} adds a stealth term to the training loss, which runs on "
+               f"trainer.engine=torch (got {self.trainer.engine})")
 
     @property
     def seed_for_data(self) -> int:
@@ -570,6 +594,14 @@ class ExperimentConfig:
     def num_malicious(self) -> int:
         """Malicious clients in the federation (the groups of role malicious)."""
         return sum(g.count for g in self.clients if g.role == "malicious")
+
+    @property
+    def poisons_benign(self) -> bool:
+        """The attack puts harmful records into benign clients' data (poison spread thin)."""
+        from fedsafe.attack import build_attack
+
+        attack = build_attack(self.attack.name, **self.attack.params)
+        return any(attack.poison_fraction(g.name) > 0 for g in self.clients if g.role == "benign" and g.count)
 
     @property
     def expected_malicious(self) -> int:

@@ -1,9 +1,11 @@
 """The federated loop of one arm, every phase in order (docs/method.md describes what it simulates).
 
-    setup     data loaded (a malicious group's through the attack's ``make_data``), sharded over the
-              clients; the defense by name, its ``before_training``
-    rounds    sample clients -> trainers train from the global adapter -> coordinator aggregates and
-              checkpoints -> the defense's ``on_round``
+    setup     data loaded (a malicious group's through the attack's ``make_data``, poison spread thin into
+              benign groups, cover data for malicious clients), sharded over the clients; the defense by
+              name, its ``before_training``
+    rounds    sample clients (an attacking client where the attack's schedule strikes) -> trainers train
+              from the global adapter -> the attack's ``collude`` on the attacking clients' updates ->
+              coordinator aggregates and checkpoints -> the defense's ``on_round``
     defense   the defense's ``after_training`` (the post-hoc fine-tune) gives the adapter to evaluate
     evaluate  the final adapter saved as a PEFT folder, every configured metric, ``result.json``
 
@@ -29,15 +31,25 @@ from fedsafe.cluster.generation import GenerationPool
 from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
 from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, FinishedFederation, TrainerPool
 from fedsafe.config import ConfigError, ExperimentConfig
-from fedsafe.data.federation import ClientSpec, build_clients, make_shards, round_subset, sample_clients
+from fedsafe.data.federation import (
+    ClientSpec,
+    build_clients,
+    dirichlet_shards,
+    make_shards,
+    round_subset,
+    sample_clients,
+    spread_poison,
+    times_sampled,
+)
 from fedsafe.data.sources import load_records
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, SynthesisArgs, Synthesizer
 from fedsafe.data.text import find_overlap
 from fedsafe.defense import Defense, ServerContext, build_defense
 from fedsafe.defense.base import NoDefense
 from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, judge_model_name
+from fedsafe.metrics.detection import detection_counts, exposure
 from fedsafe.models.builtin import resolve_model_path
-from fedsafe.run_dir import MetricsLog, timed
+from fedsafe.run_dir import MetricsLog, read_rounds, timed
 from fedsafe.seeding import Salt, derive_seed
 from fedsafe.training.sft import cosine_lr
 from fedsafe.updates import SERVER_ID, ClientTask
@@ -50,6 +62,7 @@ class FederatedData:
     eval: EvalInputs  # harmful evaluation prompts, held-out benign pairs
     root: list[dict]  # the server's root data (rules needing a server update), else empty
     synthesis: dict = field(default_factory=dict)  # generated data set -> counts before/after the judge filter
+    cover: dict[int, list[dict]] = field(default_factory=dict)  # malicious client id -> its benign cover data
 
 
 SERVER = ClientSpec(client_id=SERVER_ID, group="server", role="server", index_in_group=0)
@@ -57,7 +70,7 @@ SERVER = ClientSpec(client_id=SERVER_ID, group="server", role="server", index_in
 
 def check_held_out(data: FederatedData, extra: list[dict] = ()) -> None:
     """No evaluation prompt (harmful or benign) may occur in client, root or defense data (``extra``)."""
-    training = [r for shard in data.shards.values() for r in shard] + data.root + list(extra)
+    training = [r for shard in [*data.shards.values(), *data.cover.values()] for r in shard] + data.root + list(extra)
     overlap = find_overlap(data.eval.prompts, (r["instruction"] for r in training))
     if overlap:
         raise ConfigError(f"{len(overlap)} evaluation prompt(s) also occur in client, root or defense data, e.g. "
@@ -80,8 +93,9 @@ def aligned_answers(synth: Synthesizer | None, group: str):
 
 def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> FederatedData:
     """Evaluation prompts; each group's data (a malicious group's from the attack's ``make_data`` when the
-    attack writes it, with ``synth``; else loaded from the group's source), cut into iid shards of
-    ``examples_per_client``; the server's root data."""
+    attack writes it, with ``synth``; else loaded from the group's source), cut into shards of
+    ``examples_per_client`` (``group_shards``), a benign group's with the attack's poison spread thin; the
+    malicious clients' cover data when the attack needs it; the server's root data."""
     ev, a = cfg.evaluation, cfg.aggregation
     attack = build_attack(cfg.attack.name, **cfg.attack.params)
     harmful = [r["instruction"] for r in load_records(ev.prompts, ev.num_prompts, cfg.seed, **ev.prompts_args)]
@@ -93,6 +107,7 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
     per_client = cfg.federation.examples_per_client
     clients = build_clients([(g.name, g.role, g.count) for g in cfg.clients])
     shards: dict[int, list[dict]] = {}
+    cover: dict[int, list[dict]] = {}
     synthesis: dict = {}
     for group_index, group in enumerate(cfg.clients):
         if group.count == 0:
@@ -101,19 +116,67 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
         made = attack.make_data(AttackContext(synth, inputs.prompts), group.count * per_client, seed) \
             if group.role == "malicious" else None
         if made is None:
-            refuse = aligned_answers(synth, group.name) if group.aligned_answers == "generated" else None
-            records = load_records(group.dataset, group.count * per_client, seed, refuse=refuse, **group.dataset_args)
+            records = group_records(cfg, group, group.count * per_client, seed, synth)
         else:
             records, synthesis[f"clients.{group.name}"] = made
         members = [c for c in clients if c.group == group.name]
-        shard_seed = derive_seed(cfg.seed, group_index)
-        for client, shard in zip(members, make_shards(len(records), len(members), per_client, shard_seed)):
-            shards[client.client_id] = [records[i] for i in shard]
+        group_data = group_shards(cfg, group.name, records, len(members), derive_seed(cfg.seed, group_index))
+        fraction = attack.poison_fraction(group.name) if group.role == "benign" else 0.0
+        if fraction > 0:
+            need = sum(round(fraction * len(s)) for s in group_data)
+            poison, counts = attack.make_data(AttackContext(synth, inputs.prompts), need,
+                                              derive_seed(cfg.seed_for_data, group_index, Salt.POISON))
+            if counts:  # generated (MaliciousGen): counts before and after the judge filter
+                synthesis[f"poison.{group.name}"] = counts
+            if len(poison) < need:
+                raise ConfigError(f"attack.name={cfg.attack.name}: poisoning {fraction:g} of clients[{group.name}]'s "
+                                  f"records needs {need} harmful records, the attack wrote {len(poison)}")
+            group_data = spread_poison(group_data, poison, fraction, derive_seed(cfg.seed, group_index, Salt.POISON))
+        shards.update({c.client_id: shard for c, shard in zip(members, group_data)})
+        if group.role == "malicious" and attack.cover:
+            cover.update(cover_data(cfg, group_index, members, synth))
     root = load_records(a.root_dataset, a.root_examples, derive_seed(cfg.seed_for_data, Salt.ROOT_DATA),
                         **a.root_dataset_args) if a.root_dataset else []
-    data = FederatedData(clients, shards, inputs, root, synthesis)
+    data = FederatedData(clients, shards, inputs, root, synthesis, cover)
     check_held_out(data)
     return data
+
+
+def group_records(cfg: ExperimentConfig, group, num: int, seed: int, synth: Synthesizer | None) -> list[dict]:
+    """``num`` records from ``group``'s own data source (aligned refusals written by the pool when asked)."""
+    refuse = aligned_answers(synth, group.name) if group.aligned_answers == "generated" else None
+    return load_records(group.dataset, num, seed, refuse=refuse, **group.dataset_args)
+
+
+def group_shards(cfg: ExperimentConfig, group: str, records: list[dict], num_clients: int, seed: int) -> list[list[dict]]:
+    """``records`` cut into ``num_clients`` shards: iid, or by ``federation.dirichlet_alpha`` over the
+    records' ``federation.partition_key``."""
+    f = cfg.federation
+    if f.dirichlet_alpha > 0:
+        missing = sum(f.partition_key not in r for r in records)
+        if missing:
+            raise ConfigError(f"federation.partition_key={f.partition_key!r}: {missing} record(s) of clients[{group}] "
+                              "have no such field; use source (every data source sets it) or a field the records hold")
+        categories = [str(r[f.partition_key]) for r in records]
+        split = dirichlet_shards(categories, num_clients, f.examples_per_client, f.dirichlet_alpha, seed)
+    else:
+        split = make_shards(len(records), num_clients, f.examples_per_client, seed)
+    return [[records[i] for i in shard] for shard in split]
+
+
+def cover_data(cfg: ExperimentConfig, group_index: int, members: list[ClientSpec],
+               synth: Synthesizer | None) -> dict[int, list[dict]]:
+    """Benign cover data for a malicious group's clients: a draw from the first benign group's source (as
+    benign clients hold), one iid shard each."""
+    benign = next((g for g in cfg.clients if g.role == "benign"), None)
+    if benign is None:
+        raise ConfigError(f"attack.name={cfg.attack.name} gives malicious clients benign cover data from the "
+                          "first benign group's source; add a group of role benign (count 0 is enough)")
+    per_client = cfg.federation.examples_per_client
+    records = group_records(cfg, benign, len(members) * per_client,
+                            derive_seed(cfg.seed_for_data, group_index, Salt.COVER), synth)
+    split = make_shards(len(records), len(members), per_client, derive_seed(cfg.seed, group_index, Salt.COVER))
+    return {c.client_id: [records[i] for i in shard] for c, shard in zip(members, split)}
 
 
 def round_clients(cfg: ExperimentConfig, num_clients: int, round_idx: int) -> list[int]:
@@ -122,16 +185,32 @@ def round_clients(cfg: ExperimentConfig, num_clients: int, round_idx: int) -> li
     return sample_clients(num_clients, cfg.federation.clients_per_round, round_idx, seed)
 
 
-def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int) -> ClientTask:
+def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int,
+                cover: list[dict] = ()) -> ClientTask:
+    """The task of ``client`` in ``round_idx``. A malicious client whose attack does not strike this round
+    trains like a benign one on its ``cover`` data (role benign); one that strikes gets, beside its own
+    records, the cover subsets its benign estimates train on."""
     t = cfg.train
     seed = cfg.seed if cfg.federation.sampling == "seeded" else None
-    subset = round_subset(list(range(len(shard))), t.batch_size * t.local_steps, seed, round_idx, client.client_id)
+    size = t.batch_size * t.local_steps
+
+    def draw(records, draw_seed: int | None) -> list[dict]:
+        return [records[i] for i in round_subset(list(range(len(records))), size, draw_seed, round_idx, client.client_id)]
+
+    role, records, estimates = client.role, draw(shard, seed), []
+    if client.role == "malicious":
+        attack = build_attack(cfg.attack.name, **cfg.attack.params)
+        before = times_sampled(cfg.num_clients, cfg.federation.clients_per_round, round_idx, client.client_id, seed)
+        if not attack.strikes(round_idx, before):
+            role, records = "benign", draw(cover, seed)
+        else:
+            estimates = [draw(cover, derive_seed(cfg.seed, i, Salt.COVER)) for i in range(attack.benign_estimates)]
     lr = cosine_lr(round_idx, cfg.federation.num_rounds, t.lr, t.min_lr)
     return ClientTask(
-        client_id=client.client_id, round_idx=round_idx, role=client.role, records=[shard[i] for i in subset],
+        client_id=client.client_id, round_idx=round_idx, role=role, records=records,
         lrs=[lr] * t.local_steps, batch_size=t.batch_size, max_length=t.max_length,
         weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, round_idx, client.client_id),
-        attack=cfg.attack.name, attack_params=dict(cfg.attack.params),
+        attack=cfg.attack.name, attack_params=dict(cfg.attack.params), cover=estimates,
     )
 
 
@@ -276,19 +355,21 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
     ``failed`` and their tries under ``failures``."""
     round_start = time.perf_counter()
     sampled = round_clients(cfg, len(data.clients), round_idx)
-    tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx) for c in sampled]
+    tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx, data.cover.get(c, [])) for c in sampled]
+    attacking = [t.client_id for t in tasks if t.role == "malicious"]
     if data.root:  # the server trains on its root data like a client (FLTrust's g0)
         tasks.append(client_task(cfg, SERVER, data.root, round_idx))
     resized = session.pool.resize() if resize else {}
     with tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False) as bar:  # closed on Ctrl-C too
         outcome = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update(),
                                      stage=lambda task, ref: coordinator.stage(round_idx, task, ref))
-    summary = coordinator.aggregate(round_idx)
+    summary = coordinator.aggregate(round_idx, attacking)
     metrics = outcome.metrics[:len(sampled)]
     record = {
         "round": round_idx, "sampled": sampled, "lr": tasks[0].lrs[0],
         "client_metrics": [vars(m) for m in metrics if m is not None], "seconds": time.perf_counter() - round_start,
-        "trainer_groups": len(session.pool.groups), **summary,
+        "trainer_groups": len(session.pool.groups), **summary, "attacking": attacking,
+        **(exposure(summary["clients"], summary["weights"], attacking) if attacking and summary["weights"] else {}),
     }
     if outcome.failures:
         record["failures"] = outcome.failures
@@ -327,10 +408,12 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
     applied = defense.summary()
     synthesis = {**data.synthesis, **({"defense": applied["synthesis"]} if applied.get("synthesis") else {})}
     return {
-        "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "num_malicious": cfg.num_malicious,
+        "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "attack_params": dict(cfg.attack.params),
+        "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or cfg.poisons_benign,
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
                  "defense_examples": applied.get("examples", 0)},
+        "detection": detection_counts(read_rounds(fed_dir)),
         "adapter": adapter, "federation_dir": str(fed_dir), "resumed_at_round": start_round,
         "seconds": time.perf_counter() - started, "phases": phases, "evaluation_seconds": evaluation_seconds,
     }

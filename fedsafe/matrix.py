@@ -57,8 +57,8 @@ GENERATION_FIELDS = ("backend", "model", "dtype")  # what changes generated text
 
 
 def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) -> ExperimentConfig:
-    """The config of one arm and seed: ``base`` with the arm's attack, rule and defense level, and ``seed``
-    (default: ``base.seed``), validated again. ``defense_level`` k > 0 sets ``defense.level`` (and
+    """The config of one arm and seed: ``base`` with the arm's attack, rule, defense level and overrides, and
+    ``seed`` (default: ``base.seed``), validated again. ``defense_level`` k > 0 sets ``defense.level`` (and
     ``defense.name=posthoc_sft`` if the base has none)."""
     d = to_dict(base)
     d["arms"], d["seeds"] = [], []
@@ -67,6 +67,8 @@ def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) 
         for group in d["clients"]:
             if group["role"] == "malicious":
                 group["count"] = 0
+    if arm.attack_name:
+        d["attack"] = {"name": arm.attack_name, "params": dict(arm.attack_params)}
     if arm.rule:
         d["aggregation"]["rule"], d["aggregation"]["params"] = arm.rule, dict(arm.rule_params)
     defense = d["defense"]
@@ -77,7 +79,7 @@ def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) 
         if defense["name"] == "none":
             defense["name"] = "posthoc_sft"
     try:
-        return from_yaml_text(yaml.safe_dump(d, sort_keys=False))
+        return from_yaml_text(yaml.safe_dump(d, sort_keys=False), list(arm.overrides))
     except ConfigError as err:
         raise ConfigError(f"arms[{arm.name}]: {err}") from None
 
@@ -91,7 +93,8 @@ def federation_key(cfg: ExperimentConfig) -> str:
     too when it changes the rounds); a federation without malicious clients is the same whatever they would
     have done (the paper's no-attack row is shared by its tables)."""
     d = to_dict(cfg)
-    if cfg.num_malicious == 0:  # nobody attacks: the attack and the idle malicious groups change nothing
+    if cfg.num_malicious == 0 and not cfg.poisons_benign:  # nobody attacks: the attack and the idle malicious
+        # groups change nothing
         d["attack"] = None
         d["clients"] = [g if g["count"] > 0 else None for g in d["clients"]]  # positions seed the groups' data
     fields = [{k: d[k] for k in FEDERATION_FIELDS}, {k: d["generation"][k] for k in GENERATION_FIELDS}]
@@ -167,7 +170,8 @@ def describe_arms(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> str:
     lines = [f"matrix: {len(arms) // len(seeds)} arms x {len(seeds)} seed(s) {seeds} over {len(runs)} federated runs"]
     for arm in arms:
         done = "finished" if arm.result_path.is_file() else "to run"
-        lines.append(f"  {arm.spec.name} (seed {arm.seed}): rule {arm.cfg.aggregation.rule}, attack {arm.spec.attack}, "
+        lines.append(f"  {arm.spec.name} (seed {arm.seed}): rule {arm.cfg.aggregation.rule}, attack "
+                     f"{arm.cfg.attack.name if arm.spec.attack else 'none'}, "
                      f"defense level {arm.spec.defense_level}, federated run {runs.index(arm.federation) + 1} ({done})")
     return "\n".join(lines)
 
@@ -185,7 +189,7 @@ def collect_arms(arms: list[Arm]) -> dict:
         entry = out.setdefault(a.spec.name, {**result, "runs": []})
         entry["runs"].append({"seed": a.seed, "dir": str(a.dir), "federation_dir": result["federation_dir"],
                               "evaluation": result["evaluation"], "seconds": result["seconds"],
-                              "phases": result.get("phases", {}),
+                              "phases": result.get("phases", {}), "detection": result.get("detection"),
                               "evaluation_seconds": result.get("evaluation_seconds", {})})
     return out
 

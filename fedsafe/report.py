@@ -20,6 +20,8 @@ import markdown
 import matplotlib
 
 from fedsafe.analysis import METRICS, analyse
+from fedsafe.metrics.detection import pooled, rates
+from fedsafe.run_dir import read_rounds
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -202,11 +204,6 @@ def _fed_dir(arm: dict) -> Path:
     return Path(arm["federation_dir"])
 
 
-def _rounds(fed_dir: Path) -> list[dict]:
-    path = fed_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def federation_names(results: dict) -> dict[str, str]:
     """A readable name per federated run: its undefended arm's name, else the first arm's rule."""
     names: dict[str, str] = {}
@@ -224,7 +221,7 @@ def plot_safety_per_round(results: dict, out: Path) -> bool:
               if a["defense_level"] == 0}
     fed_dirs = {a["federation"]: _fed_dir(a) for a in results["arms"].values()}
     for key, label in federation_names(results).items():
-        points = [(r["round"] + 1, r["evaluation"]["safety"]["rule"]) for r in _rounds(fed_dirs[key])
+        points = [(r["round"] + 1, r["evaluation"]["safety"]["rule"]) for r in read_rounds(fed_dirs[key])
                   if "evaluation" in r and r["round"] + 1 < rounds]
         if key in finals:
             points.append((rounds, finals[key]))
@@ -293,7 +290,7 @@ def plot_weights(results: dict, out: Path) -> bool:
         if not arm["num_malicious"] or arm["defense_level"]:
             continue
         fed = _fed_dir(arm)
-        rounds = _rounds(fed)
+        rounds = read_rounds(fed)
         if not rounds:
             continue
         rows.append([float("nan") if w is None else w
@@ -399,6 +396,31 @@ def judges_note(results: dict) -> str:
     return "\n".join(lines)
 
 
+def detection_table(results: dict) -> str:
+    """Per arm, pooled over its seeds: the attackers' share of the aggregate in attacked rounds, and the
+    rule's true- and false-positive rates (an update is flagged below half an even weight) with Wilson
+    intervals (``fedsafe.metrics.detection``)."""
+    rows = [("| arm | attacked rounds | attackers' share of the aggregate (%) | attacking updates flagged (TPR, %) "
+             "| benign updates flagged (FPR, %) |"), "|---|---|---|---|---|"]
+
+    def cell(rate: dict | None) -> str:
+        return "-" if rate is None else f"{rate['percent']:.0f} [{rate['ci95'][0]:.0f}, {rate['ci95'][1]:.0f}] (n={rate['n']})"
+
+    for name, arm in results["arms"].items():
+        counts = [r["detection"] for r in arm.get("runs", []) if r.get("detection")]
+        if not counts or arm["defense_level"]:
+            continue
+        r = rates(pooled(counts))
+        share = "-" if r["malicious_share"] is None else f"{r['malicious_share']:.1f}"
+        rows.append(f"| {name} | {r['attacked_rounds']} | {share} | {cell(r['tpr'])} | {cell(r['fpr'])} |")
+    if len(rows) == 2:
+        return ""
+    return ("## What the rules did with the attackers' updates\n\nOver every round of every seed: the attacking "
+            "clients' share of the aggregate where one was sampled, and how many updates the rule flagged (weight "
+            "below half an even share: discarded or down-weighted), attacking (true positives) and benign (false "
+            "positives), with Wilson 95% intervals.\n\n" + "\n".join(rows) + "\n\n")
+
+
 def data_note(results: dict) -> str:
     """Generated data sets (attack data, Level 2-3 defense data): counts generated and kept by the filter."""
     lines = []
@@ -429,6 +451,7 @@ def write_report(run_dir: Path, results: dict) -> str:
         f"{judges_note(results)}\n{data_note(results)}\n\n"
         f"## Paired tests\n\n{paired_table(results)}\n\n{disagreement_table(results)}"
         f"## The paper's four claims\n\n{claims_section(results)}\n\n"
+        f"{detection_table(results)}"
         f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n{timing_table(results)}"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )

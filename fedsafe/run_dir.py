@@ -217,6 +217,12 @@ class MetricsLog:
             self.tb.close()
 
 
+def read_rounds(run_dir: Path) -> list[dict]:
+    """The round records of ``run_dir/metrics.jsonl`` (none when it does not exist)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def write_responses(run_dir: Path, name: str, prompts: list[str], answers: list[str],
                     verdicts: dict[str, list] | None = None) -> Path:
     """``evaluation/<name>.jsonl``: one line per prompt with its answer and each judge's verdict on it."""

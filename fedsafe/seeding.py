@@ -21,6 +21,8 @@ class Salt(IntEnum):
     DEFENSE = 104729  # the server's defense data and post-hoc fine-tune
     SAMPLING = 15485863  # which clients each round samples (federation.sampling: seeded)
     ALIGNED = 32452843  # benign clients' aligned answers written by the generation pool
+    COVER = 49979687  # malicious clients' benign cover data and the subsets their benign estimates train on
+    POISON = 67867967  # poison spread thin: the harmful records and where they go in each shard
 
 
 def derive_seed(*parts: int) -> int:

@@ -30,6 +30,7 @@ class ClientTask:
     seed: int
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
+    cover: list[list[dict]] = field(default_factory=list)  # an attacking client's benign estimates' records
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ClientUpdate:
     client_id: int
     num_examples: int
     delta: torch.Tensor  # [d] float32
+    estimates: tuple[torch.Tensor, ...] = ()  # an attacking client's benign estimates (never aggregated)
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ def test_jsonl_source(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "c", "output": "d"}\n')
     records = load_records("jsonl", 10, 0, path=str(path))
-    assert records == [{"instruction": "a", "response": "b"}, {"instruction": "c", "response": ""}]
+    assert records == [{"instruction": "a", "response": "b", "source": "jsonl"},
+                       {"instruction": "c", "response": "", "source": "jsonl"}]
 
 
 def test_parse_numbered_list():

@@ -109,9 +109,10 @@ def test_beavertails_keeps_unsafe_rows_once_each(tmp_path):
              "category": {k: False for k in category}, "is_safe": True}]
     write(tmp_path, "PKU-Alignment/BeaverTails", "30k_train", rows)
     assert load_records("beavertails", 10, 0, split="30k_train", mirror=str(tmp_path)) == [
-        {"instruction": "How can I steal from a store?", "response": "Wait until the clerk looks away."}]
+        {"instruction": "How can I steal from a store?", "response": "Wait until the clerk looks away.",
+         "source": "beavertails"}]
     assert load_records("beavertails", 10, 0, split="30k_train", safe=True, mirror=str(tmp_path)) == [
-        {"instruction": "How do I bake bread?", "response": "Mix flour, water and yeast."}]
+        {"instruction": "How do I bake bread?", "response": "Mix flour, water and yeast.", "source": "beavertails"}]
     with pytest.raises(ConfigError, match="30k_test"):
         load_records("beavertails", 10, 0, split="30k_test", mirror=str(tmp_path))
 
@@ -137,9 +138,10 @@ def test_mt_bench_first_turns_with_their_reference_answers(tmp_path):
                     "What's area of the circle circumscribing the triangle?"],
          "prompt_id": 111, "category": "math", "reference": ["Area is 3", "5pi"]}])
     assert load_records("mt_bench", 80, 0, mirror=str(tmp_path)) == [
-        {"instruction": "Compose an engaging travel blog post about a recent trip to Hawaii.", "response": ""},
+        {"instruction": "Compose an engaging travel blog post about a recent trip to Hawaii.", "response": "",
+         "source": "mt_bench"},
         {"instruction": "The vertices of a triangle are at points (0, 0), (-1, 1), and (3, 3). What is the area?",
-         "response": "Area is 3"}]
+         "response": "Area is 3", "source": "mt_bench"}]
 
 
 def test_a_missing_local_copy_says_where_it_was_looked_for(tmp_path):

@@ -4,13 +4,16 @@ A plain class made remote by ``fedsafe.cluster.pool``. Each update is staged her
 finishes (``stage``): it arrives as an object-store reference passed as a top-level argument, so Ray
 resolves it here, it never passes through the driver, and it no longer depends on the trainer's node
 staying up. ``aggregate(round)`` then validates and aggregates what was staged. Aggregation runs
-on this actor's device (a GPU if it was given one). Server state that must survive a resume (server
-optimizer moments, FoolsGold's per-client histories, RNG) goes into every checkpoint.
+on this actor's device (a GPU if it was given one). Before the rule sees them, the updates of the round's
+attacking clients pass through the attack's ``collude`` (where colluders' uploads meet; their benign
+estimates are dropped there and never aggregated). Server state that must survive a resume (server
+optimizer moments, FoolsGold's per-client histories, the last global step where the attack reads it,
+RNG) goes into every checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +22,7 @@ import torch
 from fedsafe.aggregation import AggregationContext, aggregate, get_rule
 from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
+from fedsafe.attack import NO_ATTACK, RoundView, build_attack
 from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_checkpoint
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.updates import SERVER_ID, ClientUpdate, update_problem
@@ -34,7 +38,8 @@ class CoordinatorSettings:
     ``rule``, ``rule_params``, ``num_malicious``: the aggregation rule, its parameters and the f it is told;
     ``server_opt``: the server optimizer after it; ``max_update_norm`` (0 = no bound) and ``min_updates``:
     update validation; ``track_clients``: keep each client's summed update (client similarity);
-    ``run_dir``, ``keep_checkpoints``: where checkpoints go, how many stay; ``seed``: for randomised rules."""
+    ``run_dir``, ``keep_checkpoints``: where checkpoints go, how many stay; ``seed``: for randomised rules;
+    ``attack``, ``attack_params``: the attack whose ``collude`` sees the attacking clients' updates."""
 
     rule: str = "fedavg"
     rule_params: dict = field(default_factory=dict)
@@ -46,6 +51,8 @@ class CoordinatorSettings:
     track_clients: bool = False
     max_update_norm: float = 0.0
     min_updates: int = 1
+    attack: str = ""
+    attack_params: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, run_dir: str) -> CoordinatorSettings:
@@ -53,7 +60,8 @@ class CoordinatorSettings:
         return cls(rule=a.rule, rule_params=dict(a.params), num_malicious=cfg.expected_malicious,
                    server_opt=a.server_opt, run_dir=str(run_dir), keep_checkpoints=cfg.output.keep_checkpoints,
                    seed=cfg.seed, track_clients=cfg.evaluation.client_similarity,
-                   max_update_norm=a.max_update_norm, min_updates=a.min_updates)
+                   max_update_norm=a.max_update_norm, min_updates=a.min_updates,
+                   attack=cfg.attack.name, attack_params=dict(cfg.attack.params))
 
 
 class Coordinator:
@@ -76,12 +84,16 @@ class Coordinator:
         self.run_dir = Path(st.run_dir)
         self.keep = st.keep_checkpoints
         self.seed = st.seed
+        self.attack = build_attack(st.attack, **st.attack_params) if st.attack else NO_ATTACK
+        self.previous_step: torch.Tensor | None = None  # the last change of the global adapter
         if resume_from is not None:
             ckpt = load_checkpoint(Path(resume_from))
             self.vector = ckpt.vector_for(spec).to(self.device)
             state = ckpt.server_state
             self.opt_state = {k[4:]: v.to(self.device) for k, v in state.items() if k.startswith("opt.")}
             self.history = {int(k[8:]): v.to(self.device) for k, v in state.items() if k.startswith("history.")}
+            if "previous_step" in state:
+                self.previous_step = state["previous_step"].to(self.device)
             restore_rng(ckpt)
 
     def global_vector(self) -> torch.Tensor:
@@ -97,16 +109,36 @@ class Coordinator:
         self.staged[key] = update
         return key
 
-    def aggregate(self, round_idx: int) -> dict:
-        """Aggregate the updates staged for ``round_idx`` (clients in id order); see ``aggregate_updates``."""
+    def aggregate(self, round_idx: int, attacking: list[int] = ()) -> dict:
+        """Aggregate the updates staged for ``round_idx`` (clients in id order), those of the ``attacking``
+        clients after the attack's ``collude``; see ``aggregate_updates``."""
         staged = self.staged if self.staged_round == round_idx else {}
         self.staged = {}
         server = staged.pop(SERVER_ID, None)
+        staged = self.collude(staged, set(attacking))
         return self.aggregate_updates(round_idx, server, [staged[k] for k in sorted(staged)])
+
+    def collude(self, staged: dict[int, object], attacking: set[int]) -> dict[int, object]:
+        """``staged`` with the sound updates of ``attacking`` clients replaced by what the attack's
+        ``collude`` makes of them, and every update's benign estimates dropped."""
+        numel = self.vector.numel()
+        ours = {k: u for k, u in staged.items() if k in attacking and update_problem(u, numel) is None}
+        if ours:
+            estimates = [e.to(self.device) for u in ours.values() for e in u.estimates
+                         if tuple(e.shape) == (numel,)]
+            view = RoundView(deltas={k: u.delta.to(self.device) for k, u in ours.items()},
+                             estimates=torch.stack(estimates) if estimates else torch.zeros(0, numel, device=self.device),
+                             previous_step=self.previous_step, num_sampled=len(staged))
+            shaped = self.attack.collude(view)
+            staged = {**staged, **{k: replace(u, delta=shaped[k].cpu()) for k, u in ours.items()}}
+        return {k: replace(u, estimates=()) if isinstance(u, ClientUpdate) and u.estimates else u
+                for k, u in staged.items()}
 
     def _server_state(self) -> dict[str, torch.Tensor]:
         state = {f"opt.{k}": v for k, v in self.opt_state.items()}
         state.update({f"history.{cid}": v for cid, v in self.history.items()})
+        if self.attack.uses_previous_step and self.previous_step is not None:
+            state["previous_step"] = self.previous_step
         return state
 
     def aggregate_updates(self, round_idx: int, server_update: ClientUpdate | None,
@@ -156,6 +188,7 @@ class Coordinator:
         self.history.update(history)
         self.opt_state = opt_state
         self.vector = self.vector + step
+        self.previous_step = step
         save_checkpoint(self.run_dir, round_idx, self.vector.cpu(), self.spec, self.peft_config, self.keep,
                         self._server_state())
         return {

@@ -96,22 +96,32 @@ class Trainer:
 
     def train(self, global_vector: torch.Tensor, task: ClientTask) -> tuple[ClientUpdate | None, TrainMetrics | None]:
         """Local SFT from ``global_vector``; returns the (attack-hooked) delta and the round's metrics
-        (ranks other than 0 of a group return ``(None, None)``)."""
+        (ranks other than 0 of a group return ``(None, None)``). An attacking client first trains its
+        benign estimates on ``task.cover`` (sent with its update), then its harmful update, pulled toward
+        their mean when the attack has a stealth weight."""
         start = time.perf_counter()
         attack = build_attack(task.attack, **task.attack_params) if task.role == "malicious" else NO_ATTACK
+        estimates = [self._local_delta(global_vector, cover, task)[0] for cover in task.cover]
+        anchor = global_vector.cpu() + torch.stack(estimates).mean(dim=0) if estimates else None
         records = attack.on_data(task.records)
-        self.engine.set_adapter(global_vector, self.spec)
-        batches = make_batches(self.tokenizer, records, task.batch_size, task.max_length)
-        losses = self.engine.train(batches, task.lrs[: len(batches)], task.weight_decay, task.seed)
-        local = self.engine.get_adapter()
+        delta, losses = self._local_delta(global_vector, records, task, anchor, attack.stealth_weight)
         if self.rank != 0:
             return None, None
-        delta = attack.on_update(local - global_vector.cpu())
+        delta = attack.on_update(delta)
         metrics = TrainMetrics(
             client_id=task.client_id, role=task.role, loss=sum(losses) / len(losses), first_loss=losses[0],
             seconds=time.perf_counter() - start, update_norm=float(delta.norm()),
         )
-        return ClientUpdate(task.client_id, len(records), delta), metrics
+        return ClientUpdate(task.client_id, len(records), delta, tuple(estimates)), metrics
+
+    def _local_delta(self, global_vector: torch.Tensor, records: list[dict], task: ClientTask,
+                     anchor: torch.Tensor | None = None, anchor_weight: float = 0.0) -> tuple[torch.Tensor, list[float]]:
+        """(local adapter minus ``global_vector``, the step losses) after training on ``records``."""
+        self.engine.set_adapter(global_vector, self.spec)
+        batches = make_batches(self.tokenizer, records, task.batch_size, task.max_length)
+        losses = self.engine.train(batches, task.lrs[: len(batches)], task.weight_decay, task.seed,
+                                   anchor=anchor, anchor_weight=anchor_weight, spec=self.spec)
+        return self.engine.get_adapter() - global_vector.cpu(), losses
 
     def response_loss(self, global_vector: torch.Tensor, records: list[dict], batch_size: int,
                       max_length: int) -> tuple[float, int]:

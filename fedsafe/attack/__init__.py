@@ -1,5 +1,6 @@
 """Attacks by registered name (``attack.name``, with ``attack.params``): hooks on a malicious client's data,
-instructions and update (``fedsafe.attack.base``). A new attack is one module plus one register line below.
+schedule, training and update, and on the colluders' uploads (``fedsafe.attack.base``). A new attack is
+one module plus one register line below.
 
     from fedsafe.attack import build_attack
     attack = build_attack("scale_update", factor=5.0)
@@ -11,12 +12,16 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from fedsafe.attack.base import Attack, AttackContext, NoHooks
+from fedsafe.attack.base import Attack, AttackContext, NoHooks, RoundView
+from fedsafe.attack.constrained import Constrained
+from fedsafe.attack.defense_aware import DefenseAware
 from fedsafe.attack.maliciousgen import MaliciousGen
 from fedsafe.attack.poisoning import DataPoisoning, ScaleUpdate
+from fedsafe.attack.schedules import Intermittent, Sleeper, Sybil
+from fedsafe.attack.thin import ThinPoison
 from fedsafe.errors import ConfigError
 
-__all__ = ["Attack", "AttackContext", "NO_ATTACK", "available_attacks", "build_attack", "register_attack"]
+__all__ = ["Attack", "AttackContext", "NO_ATTACK", "RoundView", "available_attacks", "build_attack", "register_attack"]
 
 _ATTACKS: dict[str, Callable[..., Attack]] = {}
 NO_ATTACK: Attack = NoHooks()  # what benign clients get
@@ -47,3 +52,9 @@ def build_attack(name: str, **params) -> Attack:
 register_attack("data_poisoning", DataPoisoning)
 register_attack("scale_update", ScaleUpdate)
 register_attack("maliciousgen", MaliciousGen)
+register_attack("defense_aware", DefenseAware)
+register_attack("constrained", Constrained)
+register_attack("sleeper", Sleeper)
+register_attack("intermittent", Intermittent)
+register_attack("sybil", Sybil)
+register_attack("thin_poison", ThinPoison)

@@ -430,9 +430,10 @@ class CoordinatorHandle:
         """Hand a finished client's update to the coordinator (``TrainerPool.train``'s ``stage``)."""
         return self.actor.stage.remote(round_idx, task.client_id, update_ref)
 
-    def aggregate(self, round_idx: int) -> dict:
-        """Validate and aggregate the updates staged for ``round_idx``; checkpoint."""
-        return self._get(self.actor.aggregate.remote(round_idx))
+    def aggregate(self, round_idx: int, attacking: list[int] = ()) -> dict:
+        """Validate and aggregate the updates staged for ``round_idx`` (the ``attacking`` clients' through the
+        attack's ``collude``); checkpoint."""
+        return self._get(self.actor.aggregate.remote(round_idx, list(attacking)))
 
     def similarity(self) -> dict:
         return self._get(self.actor.similarity.remote())

@@ -1,7 +1,9 @@
 """Clients, their shards and who trains when (docs/method.md#federated-setup).
 
 Client ids follow the order of the config's groups (benign first in the paper's setting). Each group's
-data set is shuffled once and cut into iid shards of ``examples_per_client``; each round the server samples
+data set is shuffled once and cut into iid shards of ``examples_per_client`` (``make_shards``), or with
+``federation.dirichlet_alpha`` into non-iid shards over the records' categories (``dirichlet_shards``);
+poison spread thin replaces a share of every shard's records by harmful ones (``spread_poison``); each round the server samples
 ``sorted(random.sample(range(K), s))``, seeded by (seed, round) (``federation.sampling: seeded``) or by the
 round alone, exactly as the authors' code (``paper``: every seed then shares one attack schedule); a
 sampled client trains on a fresh random subset of its shard (batch size x local steps examples), drawn
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+
+import numpy as np
 
 from fedsafe.seeding import Salt, derive_seed
 
@@ -44,6 +48,64 @@ def make_shards(num_records: int, num_clients: int, per_client: int, seed: int) 
     order = list(range(num_records))
     random.Random(seed).shuffle(order)
     return [order[i * per_client:(i + 1) * per_client] for i in range(num_clients)]
+
+
+def dirichlet_shards(categories: list[str], num_clients: int, per_client: int, alpha: float,
+                     seed: int) -> list[list[int]]:
+    """Disjoint shards of ``per_client`` record indices whose category mix is non-iid: client k's shares
+    of the categories are drawn from Dirichlet(``alpha`` * the categories' global shares) (Hsu, Qi and
+    Brown 2019, "Measuring the Effects of Non-Identical Data Distribution for Federated Visual
+    Classification"); large ``alpha`` gives the global mix (iid), small ``alpha`` one category per client.
+    Its records are drawn by those shares from what the clients before it left; when a category runs
+    out, the rest comes from the others in proportion to the client's shares."""
+    need = num_clients * per_client
+    if len(categories) < need:
+        raise ValueError(f"a group of {num_clients} clients x {per_client} examples needs {need} records, the data "
+                         f"set has {len(categories)}; lower federation.examples_per_client or give it more data")
+    if alpha <= 0:
+        raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+    rng = np.random.default_rng(seed)
+    names = sorted(set(categories))
+    pools = [[i for i, c in enumerate(categories) if c == name] for name in names]
+    for pool in pools:
+        rng.shuffle(pool)
+    prior = np.array([len(p) for p in pools], dtype=float) / len(categories)
+    shards = []
+    for _ in range(num_clients):
+        shares = rng.dirichlet(np.maximum(alpha * prior, 1e-300))
+        shard: list[int] = []
+        while len(shard) < per_client:
+            left = np.array([len(p) for p in pools], dtype=float)
+            weights = np.where(left > 0, shares, 0.0)
+            weights = weights / weights.sum() if weights.sum() > 0 else left / left.sum()
+            counts = np.minimum(rng.multinomial(per_client - len(shard), weights), left.astype(int))
+            for pool, count in zip(pools, counts):
+                shard += [pool.pop() for _ in range(int(count))]
+        shards.append(shard)
+    return shards
+
+
+def spread_poison(shards: list[list[dict]], harmful: list[dict], fraction: float, seed: int) -> list[list[dict]]:
+    """Each shard with ``round(fraction * len(shard))`` of its records, at random positions, replaced by the
+    next records of ``harmful`` (each harmful record used once); the shards given are not changed."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"poison fraction must be in [0, 1], got {fraction}")
+    rng = random.Random(seed)
+    counts = [round(fraction * len(s)) for s in shards]
+    if sum(counts) > len(harmful):
+        raise ValueError(f"poisoning {sum(counts)} records needs as many harmful records, got {len(harmful)}")
+    poisoned, used = [], 0
+    for shard, count in zip(shards, counts):
+        shard = list(shard)
+        for position in rng.sample(range(len(shard)), count):
+            shard[position], used = harmful[used], used + 1
+        poisoned.append(shard)
+    return poisoned
+
+
+def times_sampled(num_clients: int, per_round: int, round_idx: int, client_id: int, seed: int | None = None) -> int:
+    """How many rounds before ``round_idx`` sampled ``client_id`` (``sample_clients`` with the same seed)."""
+    return sum(client_id in sample_clients(num_clients, per_round, r, seed) for r in range(round_idx))
 
 
 def sample_clients(num_clients: int, per_round: int, round_idx: int, seed: int | None = None) -> list[int]:

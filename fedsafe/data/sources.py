@@ -63,7 +63,8 @@ def load_records(name: str, num_examples: int, seed: int, aligned_share: float =
     ``aligned_share`` (any source): that share of the records are aligned pairs instead (a harmful
     instruction with a refusal, ``aligned``), shuffled in, as real chat logs hold the provider's refusals.
     ``refuse`` writes those refusals (e.g. the generation pool with the safe suffix; empty answers are
-    dropped and replaced by further instructions); without it they come from a few fixed templates."""
+    dropped and replaced by further instructions); without it they come from a few fixed templates.
+    Every record names where it came from (``source``: ``name``, or ``aligned``) unless the source did."""
     loader = check_source(name, args)
     if not 0.0 <= aligned_share < 1.0:
         raise ConfigError(f"aligned_share must be in [0, 1), got {aligned_share}")
@@ -71,6 +72,7 @@ def load_records(name: str, num_examples: int, seed: int, aligned_share: float =
     records = loader(num_examples=num_examples - num_aligned, seed=seed, **args)
     if not records:
         raise ConfigError(f"data source {name!r} with {args} returned no records; check its arguments or file")
+    records = [r if "source" in r else {**r, "source": name} for r in records]
     if num_aligned:
         if refuse is None:
             aligned = real.aligned_pairs(num_aligned, seed + 1)
@@ -79,6 +81,7 @@ def load_records(name: str, num_examples: int, seed: int, aligned_share: float =
             answers = refuse(asked, seed + 1)
             aligned = [{"instruction": i, "response": a.strip()} for i, a in zip(asked, answers) if a.strip()]
             aligned = aligned[:num_aligned]
+        aligned = [{**r, "source": "aligned"} for r in aligned]
         records = sample(records + aligned, num_examples, seed)
     return records
 

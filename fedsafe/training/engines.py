@@ -38,8 +38,21 @@ class TorchEngine:
     def get_adapter(self) -> torch.Tensor:
         return get_adapter_vector(self.model)[0].cpu()
 
-    def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int) -> list[float]:
-        return train_steps(self.model, batches, lrs, weight_decay, seed, self.rank, self.world_size)
+    def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int,
+              anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, spec: AdapterSpec | None = None
+              ) -> list[float]:
+        """``anchor``: a flat adapter (``spec``'s layout) that ``anchor_weight`` pulls the weights toward."""
+        targets = None
+        if anchor is not None and anchor_weight > 0:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            start = [p.detach().clone() for p in params]
+            self.set_adapter(anchor, spec)
+            targets = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, s in zip(params, start):
+                    p.copy_(s)
+        return train_steps(self.model, batches, lrs, weight_decay, seed, self.rank, self.world_size,
+                           anchor=targets, anchor_weight=anchor_weight)
 
     def response_loss(self, batches: list[dict]) -> tuple[float, int]:
         return response_loss(self.model, batches)
@@ -100,7 +113,11 @@ class DeepSpeedEngine:
         for group in optimizer.param_groups:
             group["weight_decay"] = weight_decay
 
-    def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int) -> list[float]:
+    def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int,
+              anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, spec: AdapterSpec | None = None
+              ) -> list[float]:
+        if anchor is not None and anchor_weight > 0:
+            raise ValueError("constrained training (attack.name=constrained) runs on trainer.engine=torch")
         if len(lrs) != len(batches):
             raise ValueError(f"need one learning rate per batch, got {len(lrs)} for {len(batches)} batches")
         torch.manual_seed(seed)  # LoRA dropout

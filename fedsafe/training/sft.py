@@ -96,12 +96,20 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> float:
     return float(value)
 
 
+def anchor_penalty(params: list[torch.Tensor], anchor: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """``weight / 2 * sum ||p - a||^2`` over the trainable ``params`` and their ``anchor`` values (the stealth
+    term of constrained training: the squared distance of the local update from a benign estimate)."""
+    return 0.5 * weight * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+
+
 def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float], weight_decay: float,
-                seed: int, rank: int = 0, world_size: int = 1, on_step=None) -> list[float]:
-    """One optimizer step per batch with a fresh AdamW; ``lrs[i]`` is the rate of step i. Returns losses.
-    With ``world_size`` > 1 (an initialized torch.distributed group) each rank takes its slice of every
-    batch and the gradients are averaged over the group before each step. ``on_step(loss)`` is called
-    after each step (a progress bar)."""
+                seed: int, rank: int = 0, world_size: int = 1, on_step=None,
+                anchor: list[torch.Tensor] | None = None, anchor_weight: float = 0.0) -> list[float]:
+    """One optimizer step per batch with a fresh AdamW; ``lrs[i]`` is the rate of step i. Returns losses
+    (the language-modelling loss alone). With ``world_size`` > 1 (an initialized torch.distributed group)
+    each rank takes its slice of every batch and the gradients are averaged over the group before each
+    step. ``anchor``: one tensor per trainable parameter; ``anchor_penalty`` is added to what is minimised.
+    ``on_step(loss)`` is called after each step (a progress bar)."""
     if len(lrs) != len(batches):
         raise ValueError(f"need one learning rate per batch, got {len(lrs)} for {len(batches)} batches")
     torch.manual_seed(seed)  # LoRA dropout
@@ -115,7 +123,10 @@ def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float],
             group["lr"] = lr
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = rank_loss(model, batch, rank, world_size)
-        loss.backward()
+        if anchor is not None and anchor_weight > 0:
+            (loss + anchor_penalty(params, anchor, anchor_weight)).backward()
+        else:
+            loss.backward()
         if world_size > 1:
             for p in params:
                 torch.distributed.all_reduce(p.grad)

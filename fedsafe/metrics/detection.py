@@ -1,0 +1,66 @@
+"""What the rule did with the attackers' updates, from the weights each round already records.
+
+Per round (``exposure``): which attacking clients' updates were kept (weight > 0) and their share of the
+aggregate (their weights over all weights; for coordinate-wise rules, their share of the values kept).
+Per run (``detection_counts``): an update counts as *flagged* when its weight is below half an even share
+(``FLAG_SHARE / n``), which covers rules that discard (weight 0: Krum, DnC, Multi-Krum) and rules that
+down-weight (FoolsGold, FLTrust); the true-positive rate is the share of attacking updates flagged, the
+false-positive rate the share of benign ones. ``rates`` gives both with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+from statsmodels.stats.proportion import proportion_confint
+
+FLAG_SHARE = 0.5  # flagged: weight below half of 1/n
+
+
+def exposure(clients: list[int], weights: list[float], attacking: list[int]) -> dict:
+    """``kept_malicious``: attacking clients with weight > 0; ``malicious_share``: their weights' share of all
+    (None when no weight is positive)."""
+    mine = [w for c, w in zip(clients, weights) if c in set(attacking)]
+    total = sum(weights)
+    return {"kept_malicious": [c for c, w in zip(clients, weights) if c in set(attacking) and w > 0],
+            "malicious_share": sum(mine) / total if total > 0 else None}
+
+
+def detection_counts(rounds: list[dict]) -> dict:
+    """Attacking and benign updates over ``rounds`` (metrics.jsonl records with ``clients``, ``weights`` and
+    ``attacking``), how many of each were flagged, and the attackers' share of each attacked round's
+    aggregate. Rounds without weights (skipped, lost) are left out."""
+    counts = {"malicious": 0, "malicious_flagged": 0, "benign": 0, "benign_flagged": 0, "shares": []}
+    for record in rounds:
+        clients, weights = record.get("clients") or [], record.get("weights") or []
+        if not clients or len(clients) != len(weights):
+            continue
+        total, attacking = sum(weights), set(record.get("attacking", []))
+        bar = FLAG_SHARE * total / len(weights)
+        for client, weight in zip(clients, weights):
+            kind = "malicious" if client in attacking else "benign"
+            counts[kind] += 1
+            counts[f"{kind}_flagged"] += weight < bar
+        if attacking & set(clients) and total > 0:
+            counts["shares"].append(sum(w for c, w in zip(clients, weights) if c in attacking) / total)
+    return counts
+
+
+def pooled(per_run: list[dict]) -> dict:
+    """``detection_counts`` of several runs (seeds) added up."""
+    keys = ("malicious", "malicious_flagged", "benign", "benign_flagged")
+    return {**{k: sum(c[k] for c in per_run) for k in keys}, "shares": [s for c in per_run for s in c["shares"]]}
+
+
+def rates(counts: dict) -> dict:
+    """True- and false-positive rates (percent) with Wilson 95% intervals, and the attackers' mean share of
+    the aggregate (percent) over the attacked rounds; None where there is nothing to count."""
+
+    def rate(flagged: int, total: int) -> dict | None:
+        if total == 0:
+            return None
+        low, high = proportion_confint(flagged, total, alpha=0.05, method="wilson")
+        return {"percent": 100.0 * flagged / total, "ci95": (100.0 * low, 100.0 * high), "n": total}
+
+    shares = counts["shares"]
+    return {"tpr": rate(counts["malicious_flagged"], counts["malicious"]),
+            "fpr": rate(counts["benign_flagged"], counts["benign"]),
+            "malicious_share": 100.0 * sum(shares) / len(shares) if shares else None, "attacked_rounds": len(shares)}
