@@ -30,7 +30,7 @@ from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
 from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
 from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, FinishedFederation, TrainerPool
-from fedsafe.config import ConfigError, ExperimentConfig
+from fedsafe.config import ClientGroupConfig, ConfigError, ExperimentConfig
 from fedsafe.data.federation import (
     ClientSpec,
     build_clients,
@@ -116,7 +116,7 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
         made = attack.make_data(AttackContext(synth, inputs.prompts), group.count * per_client, seed) \
             if group.role == "malicious" else None
         if made is None:
-            records = group_records(cfg, group, group.count * per_client, seed, synth)
+            records = group_records(group, group.count * per_client, seed, synth)
         else:
             records, synthesis[f"clients.{group.name}"] = made
         members = [c for c in clients if c.group == group.name]
@@ -142,7 +142,7 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
     return data
 
 
-def group_records(cfg: ExperimentConfig, group, num: int, seed: int, synth: Synthesizer | None) -> list[dict]:
+def group_records(group: ClientGroupConfig, num: int, seed: int, synth: Synthesizer | None) -> list[dict]:
     """``num`` records from ``group``'s own data source (aligned refusals written by the pool when asked)."""
     refuse = aligned_answers(synth, group.name) if group.aligned_answers == "generated" else None
     return load_records(group.dataset, num, seed, refuse=refuse, **group.dataset_args)
@@ -173,7 +173,7 @@ def cover_data(cfg: ExperimentConfig, group_index: int, members: list[ClientSpec
         raise ConfigError(f"attack.name={cfg.attack.name} gives malicious clients benign cover data from the "
                           "first benign group's source; add a group of role benign (count 0 is enough)")
     per_client = cfg.federation.examples_per_client
-    records = group_records(cfg, benign, len(members) * per_client,
+    records = group_records(benign, len(members) * per_client,
                             derive_seed(cfg.seed_for_data, group_index, Salt.COVER), synth)
     split = make_shards(len(records), len(members), per_client, derive_seed(cfg.seed, group_index, Salt.COVER))
     return {c.client_id: [records[i] for i in shard] for c, shard in zip(members, split)}
