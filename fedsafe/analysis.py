@@ -6,7 +6,9 @@ Everything here is a function of ``results.json``'s arms and the per-prompt verd
 wrote (``<arm dir>/evaluation/final.jsonl``), so a report can be rebuilt from a finished run folder.
 
 Reference arms: a defended arm against the same federation undefended; an attacked arm under another rule
-against FedAvg under the same attack (name and parameters); attacked FedAvg against FedAvg without attack.
+against FedAvg under the same attack (name and parameters); attacked FedAvg against FedAvg without attack,
+the one with as many benign clients where there are several (poison spread thin has no malicious client
+and as many benign clients as the others have clients).
 An arm is attacked when it has malicious clients or its attack poisons benign ones (``attacked``).
 """
 
@@ -93,7 +95,10 @@ def reference_of(name: str, arms: dict) -> str | None:
     if arm["rule"] != "fedavg":
         return find(lambda a: attacked(a) and not a["defense_level"] and a["rule"] == "fedavg"
                     and a.get("attack") == arm.get("attack") and a.get("attack_params") == arm.get("attack_params"))
-    return find(lambda a: not attacked(a) and not a["defense_level"] and a["rule"] == "fedavg")
+    clean = [n for n, a in arms.items() if n != name and not attacked(a) and not a["defense_level"]
+             and a["rule"] == "fedavg"]
+    same_size = [n for n in clean if arms[n].get("benign_clients") == arm.get("benign_clients")]
+    return (same_size or clean or [None])[0]
 
 
 def _paired_arrays(ref_runs: list[dict], arm_runs: list[dict], metric: Metric) -> tuple[list, list] | None:

@@ -410,6 +410,7 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
     return {
         "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "attack_params": dict(cfg.attack.params),
         "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or cfg.poisons_benign,
+        "benign_clients": cfg.num_clients - cfg.num_malicious,
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
                  "defense_examples": applied.get("examples", 0)},

@@ -100,6 +100,12 @@ def test_references_follow_the_matrix(tmp_path):
     refs = {name: analysis.reference_of(name, arms) for name in arms}
     assert refs == {"clean": None, "fedavg": "clean", "krum": "fedavg", "fedavg + L2": "fedavg",
                     "krum + L2": "krum"}
+    # poison spread thin: no malicious client, 10 benign ones; its reference is the clean run of as many
+    arms["clean"]["benign_clients"] = arms["fedavg"]["benign_clients"] = 7
+    arms["clean 10"] = {**_arm(tmp_path, "c10", v, num_malicious=0), "benign_clients": 10}
+    arms["thin"] = {**_arm(tmp_path, "t", v, num_malicious=0), "attacked": True, "benign_clients": 10,
+                    "attack": "thin_poison"}
+    assert analysis.reference_of("thin", arms) == "clean 10" and analysis.reference_of("fedavg", arms) == "clean"
 
 
 def test_claims_supported_and_not_supported_on_clear_data(tmp_path):
