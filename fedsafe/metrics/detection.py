@@ -18,10 +18,10 @@ FLAG_SHARE = 0.5  # flagged: weight below half of 1/n
 def exposure(clients: list[int], weights: list[float], attacking: list[int]) -> dict:
     """``kept_malicious``: attacking clients with weight > 0; ``malicious_share``: their weights' share of all
     (None when no weight is positive)."""
-    mine = [w for c, w in zip(clients, weights) if c in set(attacking)]
-    total = sum(weights)
-    return {"kept_malicious": [c for c, w in zip(clients, weights) if c in set(attacking) and w > 0],
-            "malicious_share": sum(mine) / total if total > 0 else None}
+    attacking, total = set(attacking), sum(weights)
+    mine = [(c, w) for c, w in zip(clients, weights) if c in attacking]
+    return {"kept_malicious": [c for c, w in mine if w > 0],
+            "malicious_share": sum(w for _, w in mine) / total if total > 0 else None}
 
 
 def detection_counts(rounds: list[dict]) -> dict:
@@ -39,8 +39,9 @@ def detection_counts(rounds: list[dict]) -> dict:
             kind = "malicious" if client in attacking else "benign"
             counts[kind] += 1
             counts[f"{kind}_flagged"] += weight < bar
-        if attacking & set(clients) and total > 0:
-            counts["shares"].append(sum(w for c, w in zip(clients, weights) if c in attacking) / total)
+        share = exposure(clients, weights, attacking)["malicious_share"]
+        if attacking & set(clients) and share is not None:
+            counts["shares"].append(share)
     return counts
 
 
