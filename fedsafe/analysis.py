@@ -5,7 +5,8 @@ Holm-corrected across arms; the paper's four claims, each supported, not support
 Everything here is a function of ``results.json``'s arms and the per-prompt verdicts their evaluations
 wrote (``<arm dir>/evaluation/final.jsonl``), so a report can be rebuilt from a finished run folder.
 
-Reference arms: a defended arm against the same federation undefended; an attacked arm under another rule
+Reference arms: a defended arm (any defense) against the undefended arm of the same rule, attack and benign
+clients (for a post-hoc defense alone: the same federation undefended); an attacked arm under another rule
 against FedAvg under the same attack (name and parameters); attacked FedAvg against FedAvg without attack,
 the one with as many benign clients where there are several (poison spread thin has no malicious client
 and as many benign clients as the others have clients).
@@ -78,6 +79,11 @@ def summarize_arm(runs: list[dict]) -> dict:
     return {"per_seed": per_seed, "summary": summary}
 
 
+def defended(arm: dict) -> bool:
+    """Whether any defense acted on the arm (results before composed defenses name only ``defense_level``)."""
+    return bool(arm["defense_level"]) or arm.get("defense", "none") != "none"
+
+
 def reference_of(name: str, arms: dict) -> str | None:
     """The arm ``name`` is compared with (module docstring), if the matrix has it."""
     arm = arms[name]
@@ -88,14 +94,19 @@ def reference_of(name: str, arms: dict) -> str | None:
     def attacked(a: dict) -> bool:
         return bool(a.get("attacked", a["num_malicious"]))
 
-    if arm["defense_level"]:
-        return find(lambda a: a["federation"] == arm["federation"] and not a["defense_level"])
+    def same_attack(a: dict) -> bool:
+        return attacked(a) == attacked(arm) and a.get("attack") == arm.get("attack") \
+            and a.get("attack_params") == arm.get("attack_params")
+
+    if defended(arm):
+        same_federation = find(lambda a: a["federation"] == arm["federation"] and not defended(a))
+        return same_federation or find(lambda a: not defended(a) and a["rule"] == arm["rule"] and same_attack(a)
+                                       and a.get("benign_clients") == arm.get("benign_clients"))
     if not attacked(arm):
         return None
     if arm["rule"] != "fedavg":
-        return find(lambda a: attacked(a) and not a["defense_level"] and a["rule"] == "fedavg"
-                    and a.get("attack") == arm.get("attack") and a.get("attack_params") == arm.get("attack_params"))
-    clean = [n for n, a in arms.items() if n != name and not attacked(a) and not a["defense_level"]
+        return find(lambda a: not defended(a) and a["rule"] == "fedavg" and same_attack(a))
+    clean = [n for n, a in arms.items() if n != name and not attacked(a) and not defended(a)
              and a["rule"] == "fedavg"]
     same_size = [n for n in clean if arms[n].get("benign_clients") == arm.get("benign_clients")]
     return (same_size or clean or [None])[0]
@@ -168,8 +179,13 @@ def power_note(arms: dict) -> dict | None:
 
 # --- the paper's four claims -------------------------------------------------------------------------------
 
+def posthoc_only(arm: dict, level: int) -> bool:
+    """The arm has the post-hoc defense of ``level`` (0: none) and no other defense."""
+    return arm["defense_level"] == level and arm.get("defense", "none") in ("none", "posthoc_sft")
+
+
 def _find(arms: dict, attacked: bool, rule: str | None, level: int) -> list[str]:
-    return [n for n, a in arms.items() if bool(a["num_malicious"]) == attacked and a["defense_level"] == level
+    return [n for n, a in arms.items() if bool(a["num_malicious"]) == attacked and posthoc_only(a, level)
             and (rule is None or a["rule"] == rule)]
 
 

@@ -239,10 +239,107 @@ class AttackConfig:
         build_attack(self.name, **self.params)  # unknown names and bad parameters raise ConfigError
 
 
+def _check_server_training(section: str, cfg) -> None:
+    """A server-side training's ``num_examples``, ``steps``, ``batch_size`` (>= 1) and ``lr`` (> 0)."""
+    for key in ("num_examples", "steps", "batch_size"):
+        _check(getattr(cfg, key) >= 1, f"{section}.{key} must be >= 1, got {getattr(cfg, key)}")
+    _check(cfg.lr > 0, f"{section}.lr must be > 0, got {cfg.lr}")
+
+
+SCREENING_JUDGES = ("rule", "classifier", "both")
+SCREENING_ACTIONS = ("reject", "downweight", "observe")
+
+
+@dataclass
+class ScreeningConfig:
+    """``screening`` (``fedsafe.defense.screening``): each round, before aggregation, the generation pool
+    answers ``num_harmful`` harmful canary prompts (source ``harmful``) and ``num_benign`` benign ones (source
+    ``benign``) with the global adapter plus each client's update; canaries that occur in any evaluation or
+    training set are skipped when drawing. A client whose canary safety (share judged safe by ``judge``:
+    the rule judge, the classifier, or the mean of both) is more than ``threshold`` below the round's
+    median client, or whose over-refusal on the benign canaries is more than ``refusal_threshold`` above the
+    median, is acted on: ``reject`` (left out of the aggregate), ``downweight`` (its update scaled by
+    ``downweight``), ``observe`` (recorded only)."""
+
+    harmful: str = "harmbench"
+    harmful_args: dict[str, Any] = field(default_factory=dict)
+    num_harmful: int = 16
+    benign: str = "sharegpt_heldout"
+    benign_args: dict[str, Any] = field(default_factory=dict)
+    num_benign: int = 8
+    max_new_tokens: int = 32
+    judge: str = "both"
+    threshold: float = 0.25
+    refusal_threshold: float = 0.5
+    action: str = "reject"
+    downweight: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.num_harmful >= 1, f"defense.screening.num_harmful must be >= 1, got {self.num_harmful}")
+        _check(self.num_benign >= 0, f"defense.screening.num_benign must be >= 0, got {self.num_benign}")
+        _check(self.max_new_tokens >= 1, f"defense.screening.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.judge in SCREENING_JUDGES,
+               f"defense.screening.judge must be one of {SCREENING_JUDGES}, got {self.judge!r}")
+        _check(self.action in SCREENING_ACTIONS,
+               f"defense.screening.action must be one of {SCREENING_ACTIONS}, got {self.action!r}")
+        _check(0 <= self.threshold <= 1, f"defense.screening.threshold must be in [0, 1], got {self.threshold}")
+        _check(0 <= self.refusal_threshold <= 1,
+               f"defense.screening.refusal_threshold must be in [0, 1] (1 = off), got {self.refusal_threshold}")
+        _check(0 <= self.downweight < 1, f"defense.screening.downweight must be in [0, 1), got {self.downweight}")
+
+
+@dataclass
+class ProjectionConfig:
+    """``projection`` (``fedsafe.defense.projection``): before round 0 the server writes ``num_examples``
+    harmful instructions with two answers each (a refusal and a compliant answer, both by the off-the-shelf
+    model, DefenseGen's and MaliciousGen's suffixes, ``synthesis`` settings) and trains two adapters from the
+    starting one for ``steps`` steps: on the aligned pairs and on the harmful pairs. Per LoRA layer their
+    difference (harmful minus aligned) is the harmful direction; each round's aggregate loses its component
+    along it in every layer where its cosine with the direction exceeds ``threshold``."""
+
+    synthesis: dict[str, Any] = field(default_factory=lambda: {"filter": "rule", "max_new_tokens": 96})
+    num_examples: int = 64
+    steps: int = 16
+    batch_size: int = 4
+    lr: float = 2e-3
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        from fedsafe.data.synthesis import synthesis_args
+
+        synthesis_args(dict(self.synthesis), "defense.projection.synthesis")
+        _check_server_training("defense.projection", self)
+        _check(0 <= self.threshold < 1, f"defense.projection.threshold must be in [0, 1), got {self.threshold}")
+
+
+@dataclass
+class HardeningConfig:
+    """``hardening`` (``fedsafe.defense.hardening``): before round 0 the server safety-tunes the starting
+    adapter for ``steps`` steps on ``num_examples`` defense records (``level`` 1: ``defense.dataset``; 2:
+    DefenseGen by the off-the-shelf model with ``defense.synthesis``), with the perturbation-aware objective
+    (Vaccine): each step's loss is taken again with every decoder layer's hidden states pushed by ``rho``
+    along their normalised loss gradient. ``rho: 0`` is the plain safety SFT on the same data."""
+
+    level: int = 2
+    num_examples: int = 64
+    steps: int = 16
+    batch_size: int = 4
+    lr: float = 1e-3
+    rho: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check(self.level in (1, 2), f"defense.hardening.level must be 1 (public set) or 2 (off-the-shelf model), "
+                                     f"got {self.level}")
+        _check_server_training("defense.hardening", self)
+        _check(self.rho >= 0, f"defense.hardening.rho must be >= 0 (0 = plain safety SFT), got {self.rho}")
+
+
 @dataclass
 class DefenseConfig:
-    """The server's defense (``fedsafe.defense``, docs/method.md#defenses), by registered name.
+    """The server's defenses (``fedsafe.defense``, docs/method.md#defenses), by registered name; several
+    joined by ``+`` compose (``screening+posthoc_sft``), each acting at its own stage.
 
+    ``screening``, ``projection``, ``hardening``: their own sections below.
     ``posthoc_sft``: after the last round the server fine-tunes the global adapter on ``num_examples``
     defense records for ``steps`` steps. ``level`` says what that data relies on (``DefenseLevel``): 1 the
     public set ``dataset`` (with ``dataset_args``), 2 DefenseGen by the off-the-shelf model, 3 DefenseGen by
@@ -264,6 +361,14 @@ class DefenseConfig:
     min_lr: float = 1e-6
     schedule: str = "rounds"
     rounds: int = 50
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    hardening: HardeningConfig = field(default_factory=HardeningConfig)
+
+    @property
+    def names(self) -> list[str]:
+        """The composed defenses' names (``none``: [])."""
+        return [n for n in self.name.split("+") if n != "none"]
 
     def __post_init__(self) -> None:
         from fedsafe.defense import DefenseLevel, build_defense
@@ -491,8 +596,10 @@ class ArmConfig:
     ``attack_name`` and ``attack_params``: the attack ("" = attack.name and its params). ``rule`` and
     ``rule_params``: the aggregation rule ("" = aggregation.rule and its params). ``defense_level``: 0 no
     defense; 1, 2, 3 the post-hoc fine-tune (``defense.name=posthoc_sft``) with ``defense.level`` set to it
-    (``DefenseLevel``) and ``defense``'s other settings. ``overrides``: any other changes, as on the command
-    line (``clients.1.count=0``), applied last.
+    (``DefenseLevel``) and ``defense``'s other settings. ``defenses``: the defenses at the other stages
+    (``screening``, ``projection``, ``hardening``, joined by ``+``; "" = those of ``defense.name``, ``none``
+    = no other), composed with the post-hoc one. ``overrides``: any other changes, as on the command line
+    (``clients.1.count=0``), applied last.
     """
 
     name: str = ""
@@ -502,10 +609,13 @@ class ArmConfig:
     rule: str = ""
     rule_params: dict[str, Any] = field(default_factory=dict)
     defense_level: int = 0
+    defenses: str = ""
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "arms: every arm needs a name")
+        _check("posthoc_sft" not in self.defenses.split("+"),
+               f"arms[{self.name}].defenses: the post-hoc fine-tune is set by defense_level, not by name")
         _check(self.defense_level in (0, 1, 2, 3),
                f"arms[{self.name}].defense_level must be 0 (none), 1, 2 or 3; got {self.defense_level}")
 

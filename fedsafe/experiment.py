@@ -3,9 +3,12 @@
     setup     data loaded (a malicious group's through the attack's ``make_data``, poison spread thin into
               benign groups, cover data for malicious clients), sharded over the clients; the defense by
               name, its ``before_training``
+              (hardening may give the rounds a new starting adapter; the projection trains its direction;
+              screening draws its canaries)
     rounds    sample clients (an attacking client where the attack's schedule strikes) -> trainers train
-              from the global adapter -> the attack's ``collude`` on the attacking clients' updates ->
-              coordinator aggregates and checkpoints -> the defense's ``on_round``
+              from the global adapter -> the attack's ``collude`` on the attacking clients' updates -> the
+              defense's ``screen`` of the uploads -> coordinator aggregates (through the defense's aggregate
+              hook) and checkpoints -> the defense's ``on_round``
     defense   the defense's ``after_training`` (the post-hoc fine-tune) gives the adapter to evaluate
     evaluate  the final adapter saved as a PEFT folder, every configured metric, ``result.json``
 
@@ -29,7 +32,7 @@ from fedsafe.checkpoint import latest_sound_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
 from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
-from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, FinishedFederation, TrainerPool
+from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, FinishedFederation, TrainerPool, fetch, put
 from fedsafe.config import ClientGroupConfig, ConfigError, ExperimentConfig
 from fedsafe.data.federation import (
     ClientSpec,
@@ -44,10 +47,11 @@ from fedsafe.data.federation import (
 from fedsafe.data.sources import load_records
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, SynthesisArgs, Synthesizer
 from fedsafe.data.text import find_overlap
-from fedsafe.defense import Defense, ServerContext, build_defense
+from fedsafe.defense import Defense, RoundUploads, Screened, ServerContext, build_defense
 from fedsafe.defense.base import NoDefense
-from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, judge_model_name
-from fedsafe.metrics.detection import detection_counts, exposure
+from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, harm_classifier, judge_model_name
+from fedsafe.metrics.detection import detection_counts, exposure, screening_counts
+from fedsafe.metrics.rule import RULE_JUDGES, rule_verdicts
 from fedsafe.models.builtin import resolve_model_path
 from fedsafe.run_dir import MetricsLog, read_rounds, timed
 from fedsafe.seeding import Salt, derive_seed
@@ -244,6 +248,7 @@ class Session:
         self.synth = Synthesizer(self.generation, judge_model_name(cfg))
         self.pool = TrainerPool(self.plan, cfg, federations)
         self.init = self.pool.initial_adapter()
+        self.init_ref = put(self.init.vector)
         self.cfg = cfg
 
     def side_by_side(self, federations: int) -> int:
@@ -255,11 +260,16 @@ class Session:
         return self.generation.register_adapter(vector_ref, self.init.spec, self.init.peft_config)
 
     def server_context(self, cfg: ExperimentConfig, data: FederatedData) -> ServerContext:
+        training = [r["instruction"] for shard in [*data.shards.values(), *data.cover.values(), data.root]
+                    for r in shard]
         return ServerContext(seed=cfg.seed, data_seed=cfg.seed_for_data, max_length=cfg.train.max_length,
                              held_out=data.eval.prompts,
                              synthesizer=self.synth, train=self.pool.train_server,
                              register_adapter=self.register_adapter,
-                             check_data=lambda records: check_held_out(data, records))
+                             check_data=lambda records: check_held_out(data, records),
+                             initial=self.init_ref, fetch=fetch, spec=self.init.spec,
+                             generate=lambda requests: self.generation.generate(cfg.model.name, requests),
+                             judge=lambda answers: safety_verdicts(cfg, answers), training=training)
 
     def evaluate(self, cfg: ExperimentConfig, inputs: EvalInputs, vector_ref, out_dir: Path, name: str,
                  seconds: dict[str, float] | None = None) -> dict:
@@ -285,11 +295,13 @@ def round_inputs(cfg: ExperimentConfig, inputs: EvalInputs) -> EvalInputs:
 
 
 def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_dir: Path, on_round=None,
-             defense: Defense | None = None, ctx: ServerContext | None = None
+             defense: Defense | None = None, ctx: ServerContext | None = None, start=None
              ) -> CoordinatorHandle | FinishedFederation:
     """The round loop; continues after the last checkpoint in ``run_dir``. Returns the coordinator, which
     holds the final global adapter (a finished federation runs no round and starts no coordinator: its last
-    checkpoint is read, ``FinishedFederation``). ``defense.on_round`` sees each
+    checkpoint is read, ``FinishedFederation``). ``start``: the adapter round 0 starts from (the defense's
+    hardened one; default the trainers' initial adapter). The defense screens each round's uploads
+    (``screen``) and hooks its aggregate (``aggregate_hook``); ``defense.on_round`` sees each
     round's record before it is logged; ``on_round(record)`` is called after. A coordinator that dies is
     started again from the last checkpoint and its round run again (at most ``cluster.max_retries`` times
     per run)."""
@@ -298,15 +310,22 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
     start_round, resume_from = resume_point(run_dir)
     if start_round >= rounds:
         return FinishedFederation(session.init, resume_from)
-    coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
+    hook = defense.aggregate_hook()
+
+    def coordinator_from(checkpoint: str | None) -> CoordinatorHandle:
+        return CoordinatorHandle(session.init, cfg, str(run_dir), checkpoint, start, hook)
+
+    coordinator = coordinator_from(resume_from)
     log = MetricsLog(run_dir, start_round, cfg.output.tensorboard)
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")
     restarts = 0
     with tqdm(range(start_round, rounds), desc="rounds", initial=start_round, total=rounds) as bar:
         for round_idx in bar:
+            screen = (lambda view: defense.screen(ctx, view)) if defense.changes_rounds else None
             record, coordinator, restarts = run_round_restarting(session, cfg, data, coordinator, round_idx,
-                                                                 round_idx > start_round, run_dir, restarts)
+                                                                 round_idx > start_round, run_dir, restarts,
+                                                                 coordinator_from, screen)
             record["coordinator_restarts"] = restarts
             defense.on_round(ctx, round_idx, record)
             scalars = {"round/seconds": record.get("seconds", 0.0)}
@@ -328,12 +347,13 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
 
 def run_round_restarting(session: Session, cfg: ExperimentConfig, data: FederatedData,
                          coordinator: CoordinatorHandle, round_idx: int, resize: bool, run_dir: Path,
-                         restarts: int) -> tuple[dict, CoordinatorHandle, int]:
-    """``run_round``; a coordinator that dies is started again from the last checkpoint and the round run
-    again, at most ``cluster.max_retries`` times per run. Returns (record, the coordinator, restarts)."""
+                         restarts: int, coordinator_from, screen=None) -> tuple[dict, CoordinatorHandle, int]:
+    """``run_round``; a coordinator that dies is started again from the last checkpoint
+    (``coordinator_from(checkpoint)``) and the round run again, at most ``cluster.max_retries`` times per
+    run. Returns (record, the coordinator, restarts)."""
     while True:
         try:
-            return run_round(session, cfg, data, coordinator, round_idx, resize), coordinator, restarts
+            return run_round(session, cfg, data, coordinator, round_idx, resize, screen), coordinator, restarts
         except CoordinatorLost as err:
             restarts += 1
             if restarts > cfg.cluster.max_retries:
@@ -342,17 +362,17 @@ def run_round_restarting(session: Session, cfg: ExperimentConfig, data: Federate
             tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
             coordinator.shutdown()
             next_round, resume_from = resume_point(run_dir)
-            coordinator = CoordinatorHandle(session.init, cfg, str(run_dir), resume_from)
+            coordinator = coordinator_from(resume_from)
             if next_round > round_idx:  # it died after checkpointing this round: the round is done
                 return {"round": round_idx, "recovered": f"the coordinator died after checkpointing ({err}); "
                         "this round's training and aggregation records are lost"}, coordinator, restarts
 
 
 def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coordinator: CoordinatorHandle,
-              round_idx: int, resize: bool) -> dict:
+              round_idx: int, resize: bool, screen=None) -> dict:
     """One round: sample clients, train them (each update staged in the coordinator as it finishes),
-    aggregate and checkpoint. Returns the round's record; clients that failed every try are listed under
-    ``failed`` and their tries under ``failures``."""
+    ``screen`` the uploads (the defense's, if it screens), aggregate and checkpoint. Returns the round's
+    record; clients that failed every try are listed under ``failed`` and their tries under ``failures``."""
     round_start = time.perf_counter()
     sampled = round_clients(cfg, len(data.clients), round_idx)
     tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx, data.cover.get(c, [])) for c in sampled]
@@ -363,7 +383,10 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
     with tqdm(total=len(tasks), desc=f"round {round_idx} clients", leave=False) as bar:  # closed on Ctrl-C too
         outcome = session.pool.train(coordinator.global_ref(), tasks, on_done=lambda _: bar.update(),
                                      stage=lambda task, ref: coordinator.stage(round_idx, task, ref))
-    summary = coordinator.aggregate(round_idx, attacking)
+    screened = screen(RoundUploads(round_idx, coordinator.uploads(round_idx, attacking), coordinator.global_ref(),
+                                   coordinator.candidate)) if screen else None
+    screened = screened or Screened()
+    summary = coordinator.aggregate(round_idx, attacking, screened.reject, screened.scale)
     metrics = outcome.metrics[:len(sampled)]
     record = {
         "round": round_idx, "sampled": sampled, "lr": tasks[0].lrs[0],
@@ -371,6 +394,8 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
         "trainer_groups": len(session.pool.groups), **summary, "attacking": attacking,
         **(exposure(summary["clients"], summary["weights"], attacking) if attacking and summary["weights"] else {}),
     }
+    if screened.record:
+        record["screening"] = screened.record
     if outcome.failures:
         record["failures"] = outcome.failures
     if failed := [t.client_id for t, m in zip(tasks, outcome.metrics) if m is None]:
@@ -395,17 +420,17 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
         defense = build_defense(cfg.defense)
         data = load_data(cfg, session.synth)
         ctx = session.server_context(cfg, data)
-        defense.before_training(ctx)
+        start = defense.before_training(ctx)
     start_round = resume_point(fed_dir)[0]
     with timed(phases, "rounds"):
-        coordinator = federate(session, cfg, data, fed_dir, on_round, defense, ctx)
+        coordinator = federate(session, cfg, data, fed_dir, on_round, defense, ctx, start)
     with timed(phases, "defense"):
         final_ref = defense.after_training(ctx, coordinator.global_ref())
     adapter = coordinator.export(final_ref, str(arm_dir / "adapter"))
     coordinator.shutdown()
     with timed(phases, "evaluation"):
         evaluation = session.evaluate(cfg, data.eval, final_ref, arm_dir, "final", evaluation_seconds)
-    applied = defense.summary()
+    applied, rounds = defense.summary(), read_rounds(fed_dir)
     synthesis = {**data.synthesis, **({"defense": applied["synthesis"]} if applied.get("synthesis") else {})}
     return {
         "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "attack_params": dict(cfg.attack.params),
@@ -414,10 +439,29 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
                  "defense_examples": applied.get("examples", 0)},
-        "detection": detection_counts(read_rounds(fed_dir)),
+        "detection": detection_counts(rounds), "screening": screening_counts(rounds),
+        "defense_cost": defense_cost(rounds, phases, applied),
         "adapter": adapter, "federation_dir": str(fed_dir), "resumed_at_round": start_round,
         "seconds": time.perf_counter() - started, "phases": phases, "evaluation_seconds": evaluation_seconds,
     }
+
+
+def defense_cost(rounds: list[dict], phases: dict[str, float], applied: dict) -> dict:
+    """What the defenses cost: the screening's answers and seconds over the rounds, the setup (where
+    hardening and the projection's direction are trained) and the post-hoc phase, and each defense's own
+    summary (data sizes)."""
+    screening = [r["screening"] for r in rounds if r.get("screening")]
+    return {"screening_answers": sum(s["answers"] for s in screening),
+            "screening_seconds": round(sum(s["seconds"] for s in screening), 2),
+            "setup_seconds": round(phases.get("setup", 0.0), 2), "posthoc_seconds": round(phases.get("defense", 0.0), 2),
+            **{k: v for k, v in applied.items() if k in ("screening", "projection", "hardening")}}
+
+
+def safety_verdicts(cfg: ExperimentConfig, answers: list[str]) -> dict[str, list[bool]]:
+    """Per safety judge, True where an answer to a harmful prompt is judged safe: the rule judge of
+    ``evaluation.rule_keywords`` and the classifier (the evaluation's two judges)."""
+    return {"rule": rule_verdicts(answers, RULE_JUDGES[cfg.evaluation.rule_keywords]),
+            "classifier": [not h for h in harm_classifier(answers).harmful(answers)]}
 
 
 def cache_counts(generation: GenerationPool) -> dict | None:

@@ -58,8 +58,8 @@ GENERATION_FIELDS = ("backend", "model", "dtype")  # what changes generated text
 
 def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) -> ExperimentConfig:
     """The config of one arm and seed: ``base`` with the arm's attack, rule, defense level and overrides, and
-    ``seed`` (default: ``base.seed``), validated again. ``defense_level`` k > 0 sets ``defense.level`` (and
-    ``defense.name=posthoc_sft`` if the base has none)."""
+    ``seed`` (default: ``base.seed``), validated again. ``defense_level`` k > 0 sets ``defense.level`` and
+    adds ``posthoc_sft`` to the arm's other ``defenses`` (default: the base's), 0 leaves it out."""
     d = to_dict(base)
     d["arms"], d["seeds"] = [], []
     d["seed"] = base.seed if seed is None else seed
@@ -72,12 +72,11 @@ def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) 
     if arm.rule:
         d["aggregation"]["rule"], d["aggregation"]["params"] = arm.rule, dict(arm.rule_params)
     defense = d["defense"]
-    if arm.defense_level == 0:
-        defense["name"] = "none"
-    else:
+    names = [n for n in (arm.defenses or base.defense.name).split("+") if n not in ("posthoc_sft", "none")]
+    if arm.defense_level:
         defense["level"] = arm.defense_level
-        if defense["name"] == "none":
-            defense["name"] = "posthoc_sft"
+        names.append("posthoc_sft")
+    defense["name"] = "+".join(names) or "none"
     try:
         return from_yaml_text(yaml.safe_dump(d, sort_keys=False), list(arm.overrides))
     except ConfigError as err:
@@ -98,8 +97,8 @@ def federation_key(cfg: ExperimentConfig) -> str:
         d["attack"] = None
         d["clients"] = [g if g["count"] > 0 else None for g in d["clients"]]  # positions seed the groups' data
     fields = [{k: d[k] for k in FEDERATION_FIELDS}, {k: d["generation"][k] for k in GENERATION_FIELDS}]
-    if build_defense(cfg.defense).changes_rounds:
-        fields.append(d["defense"])
+    if rounds := build_defense(cfg.defense).round_key():
+        fields.append(rounds)
     return _digest(fields)
 
 
@@ -128,8 +127,9 @@ def implicit_arms(cfg: ExperimentConfig) -> list[ArmConfig]:
     name = cfg.aggregation.rule
     if cfg.defense.name == "none":
         return [ArmConfig(name=name)]
-    return [ArmConfig(name=name), ArmConfig(name=f"{name} + {cfg.defense.name} (level {cfg.defense.level})",
-                                            defense_level=cfg.defense.level)]
+    level = cfg.defense.level if "posthoc_sft" in cfg.defense.names else 0
+    shown = f"{cfg.defense.name} (level {level})" if level else cfg.defense.name
+    return [ArmConfig(name=name, defenses="none"), ArmConfig(name=f"{name} + {shown}", defense_level=level)]
 
 
 def slug(name: str) -> str:
@@ -172,7 +172,8 @@ def describe_arms(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> str:
         done = "finished" if arm.result_path.is_file() else "to run"
         lines.append(f"  {arm.spec.name} (seed {arm.seed}): rule {arm.cfg.aggregation.rule}, attack "
                      f"{arm.cfg.attack.name if arm.spec.attack else 'none'}, "
-                     f"defense level {arm.spec.defense_level}, federated run {runs.index(arm.federation) + 1} ({done})")
+                     f"defense {arm.cfg.defense.name}" + (f" level {arm.cfg.defense.level}" if arm.spec.defense_level else "")
+                     + f", federated run {runs.index(arm.federation) + 1} ({done})")
     return "\n".join(lines)
 
 
@@ -190,6 +191,7 @@ def collect_arms(arms: list[Arm]) -> dict:
         entry["runs"].append({"seed": a.seed, "dir": str(a.dir), "federation_dir": result["federation_dir"],
                               "evaluation": result["evaluation"], "seconds": result["seconds"],
                               "phases": result.get("phases", {}), "detection": result.get("detection"),
+                              "screening": result.get("screening"), "defense_cost": result.get("defense_cost"),
                               "evaluation_seconds": result.get("evaluation_seconds", {})})
     return out
 

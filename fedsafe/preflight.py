@@ -44,8 +44,15 @@ def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict, int]]:
                        ev.num_helpfulness))
     if a.root_dataset:
         fields.append(("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args), a.root_examples))
-    if (d.name != "none" and d.level == 1) or any(arm.defense_level == 1 for arm in cfg.arms):
+    if ("posthoc_sft" in d.names and d.level == 1) or any(arm.defense_level == 1 for arm in cfg.arms):
         fields.append(("defense.dataset", d.dataset, dict(d.dataset_args), d.num_examples))
+    if "hardening" in d.names and d.hardening.level == 1:
+        fields.append(("defense.dataset", d.dataset, dict(d.dataset_args), d.hardening.num_examples))
+    if "screening" in d.names or any("screening" in arm.defenses.split("+") for arm in cfg.arms):
+        s = d.screening
+        fields.append(("defense.screening.harmful", s.harmful, dict(s.harmful_args), s.num_harmful))
+        if s.num_benign:
+            fields.append(("defense.screening.benign", s.benign, dict(s.benign_args), s.num_benign))
     return fields
 
 

@@ -23,6 +23,9 @@ class Salt(IntEnum):
     ALIGNED = 32452843  # benign clients' aligned answers written by the generation pool
     COVER = 49979687  # malicious clients' benign cover data and the subsets their benign estimates train on
     POISON = 67867967  # poison spread thin: the harmful records and where they go in each shard
+    CANARY = 86028121  # the screening's canary prompts
+    SAFETY_DIRECTION = 104395301  # the projection's instructions and the two adapters that give its direction
+    HARDENING = 122949823  # the hardening's data order and training
 
 
 def derive_seed(*parts: int) -> int:

@@ -31,6 +31,7 @@ class ClientTask:
     attack: str = "none"
     attack_params: dict[str, Any] = field(default_factory=dict)
     cover: list[list[dict]] = field(default_factory=list)  # an attacking client's benign estimates' records
+    rho: float = 0.0  # > 0: perturbation-aware steps of this size (the server's hardening)
 
 
 @dataclass(frozen=True)

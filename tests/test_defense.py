@@ -17,7 +17,7 @@ from tests.conftest import FakePool
 
 
 def test_registry_and_levels():
-    assert available_defenses() == ["none", "posthoc_sft"]
+    assert available_defenses() == ["hardening", "none", "posthoc_sft", "projection", "screening"]
     with pytest.raises(ConfigError, match="defense.name must be one of"):
         DefenseConfig(name="unlearning")
     with pytest.raises(ValueError, match="already registered"):

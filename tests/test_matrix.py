@@ -209,7 +209,7 @@ def test_a_defense_that_changes_the_rounds_gets_a_federated_run_of_its_own(monke
 
     arms = expand_arms(load_config(SMOKE, ARMS))
     assert arms[3].federation == arms[1].federation  # the post-hoc defense acts after the last round only
-    monkeypatch.setattr(PosthocSFT, "changes_rounds", True)
+    monkeypatch.setattr(PosthocSFT, "round_key", lambda self: {"posthoc_sft": "acts in the rounds"})
     again = expand_arms(load_config(SMOKE, ARMS))
     assert again[3].federation != again[1].federation and again[1].federation == arms[1].federation
 

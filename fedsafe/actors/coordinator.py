@@ -24,6 +24,7 @@ from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
 from fedsafe.attack import NO_ATTACK, RoundView, build_attack
 from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_checkpoint
+from fedsafe.defense.base import AggregateHook
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.updates import SERVER_ID, ClientUpdate, update_problem
 
@@ -66,8 +67,10 @@ class CoordinatorSettings:
 
 class Coordinator:
     def __init__(self, vector: torch.Tensor, spec: AdapterSpec, peft_config: dict, settings: CoordinatorSettings,
-                 resume_from: str | None = None) -> None:
+                 resume_from: str | None = None, hook: AggregateHook | None = None) -> None:
+        """``vector``: the adapter round 0 starts from; ``hook``: the defense's, applied to every aggregate."""
         st = settings
+        self.hook = hook
         self.max_update_norm, self.min_updates = st.max_update_norm, st.min_updates
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.vector = vector.clone().to(self.device)
@@ -81,6 +84,7 @@ class Coordinator:
         self.history: dict[int, torch.Tensor] = {}
         self.staged: dict[int, object] = {}  # key (client id, SERVER_ID) -> update of round staged_round
         self.staged_round = -1
+        self.colluded = False  # the staged updates have been through ``collude`` (``uploads``)
         self.run_dir = Path(st.run_dir)
         self.keep = st.keep_checkpoints
         self.seed = st.seed
@@ -105,18 +109,45 @@ class Coordinator:
     def stage(self, round_idx: int, key: int, update: ClientUpdate) -> int:
         """Keep client ``key``'s update (``SERVER_ID``: the server's own) for ``aggregate(round_idx)``."""
         if round_idx != self.staged_round:
-            self.staged, self.staged_round = {}, round_idx
+            self.staged, self.staged_round, self.colluded = {}, round_idx, False
         self.staged[key] = update
         return key
 
-    def aggregate(self, round_idx: int, attacking: list[int] = ()) -> dict:
+    def uploads(self, round_idx: int, attacking: list[int] = ()) -> list[int]:
+        """Pass the ``attacking`` clients' updates staged for ``round_idx`` through the attack's ``collude``
+        now (what the server receives) and return the clients whose uploads are sound, in id order."""
+        if self.staged_round != round_idx:
+            self.staged, self.staged_round = {}, round_idx
+        if not self.colluded:
+            server = self.staged.pop(SERVER_ID, None)
+            self.staged = self.collude(self.staged, set(attacking))
+            if server is not None:
+                self.staged[SERVER_ID] = server
+            self.colluded = True
+        numel = self.vector.numel()
+        return sorted(k for k, u in self.staged.items() if k != SERVER_ID and update_problem(u, numel) is None)
+
+    def candidate(self, client_id: int) -> torch.Tensor:
+        """The global adapter plus ``client_id``'s staged upload (after ``uploads``)."""
+        return (self.vector + self.staged[client_id].delta.to(self.device)).cpu()
+
+    def aggregate(self, round_idx: int, attacking: list[int] = (), reject: dict[int, str] | None = None,
+                  scale: dict[int, float] | None = None) -> dict:
         """Aggregate the updates staged for ``round_idx`` (clients in id order), those of the ``attacking``
-        clients after the attack's ``collude``; see ``aggregate_updates``."""
-        staged = self.staged if self.staged_round == round_idx else {}
-        self.staged = {}
+        clients after the attack's ``collude``; ``reject``: clients left out (reason each, reported with the
+        other rejections), ``scale``: clients whose update is multiplied by a factor. See
+        ``aggregate_updates``."""
+        self.uploads(round_idx, attacking)
+        staged, self.staged, self.colluded = self.staged, {}, False
         server = staged.pop(SERVER_ID, None)
-        staged = self.collude(staged, set(attacking))
-        return self.aggregate_updates(round_idx, server, [staged[k] for k in sorted(staged)])
+        reject, scale = reject or {}, scale or {}
+        screened = [{"client_id": k, "reason": reason} for k, reason in sorted(reject.items()) if k in staged]
+        kept = [replace(u, delta=u.delta * scale[k]) if k in scale else u
+                for k, u in sorted(staged.items()) if k not in reject]
+        summary = self.aggregate_updates(round_idx, server, kept)
+        if screened:
+            summary["rejected"] = screened + summary.get("rejected", [])
+        return summary
 
     def collude(self, staged: dict[int, object], attacking: set[int]) -> dict[int, object]:
         """``staged`` with the sound updates of ``attacking`` clients replaced by what the attack's
@@ -181,7 +212,11 @@ class Coordinator:
             global_params=self.vector,
         )
         result = aggregate(self.rule, matrix, counts, context=ctx, **self.rule_params)
-        step, opt_state = server_step(self.server_opt, self.opt_state, result.vector)
+        aggregated, hooked = result.vector, {}
+        if self.hook is not None:
+            aggregated, info = self.hook.apply(aggregated)
+            hooked = {self.hook.name: info}
+        step, opt_state = server_step(self.server_opt, self.opt_state, aggregated)
         if not bool(torch.isfinite(step).all()):  # e.g. a rule parameter that divides by zero
             raise ValueError("the aggregate holds NaN or Inf; the global adapter is kept as it was")
         # only once the step is sound: a skipped round leaves the histories and the optimizer as they were
@@ -195,8 +230,9 @@ class Coordinator:
             "clients": [u.client_id for u in ordered],
             "weights": [round(float(w), 6) for w in result.weights],
             "update_norms": [round(float(u.delta.norm()), 6) for u in ordered],
-            "aggregate_norm": float(result.vector.norm()),
+            "aggregate_norm": float(aggregated.norm()),
             "global_norm": float(self.vector.norm()),
+            **hooked,
         }
 
     def similarity(self) -> dict:

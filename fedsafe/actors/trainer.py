@@ -120,7 +120,7 @@ class Trainer:
         self.engine.set_adapter(global_vector, self.spec)
         batches = make_batches(self.tokenizer, records, task.batch_size, task.max_length)
         losses = self.engine.train(batches, task.lrs[: len(batches)], task.weight_decay, task.seed,
-                                   anchor=anchor, anchor_weight=anchor_weight, spec=self.spec)
+                                   anchor=anchor, anchor_weight=anchor_weight, spec=self.spec, rho=task.rho)
         return self.engine.get_adapter() - global_vector.cpu(), losses
 
     def response_loss(self, global_vector: torch.Tensor, records: list[dict], batch_size: int,

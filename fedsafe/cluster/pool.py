@@ -198,6 +198,16 @@ class Schedule:
                         self.attempts[index])
 
 
+def put(value) -> ray.ObjectRef:
+    """``value`` in the object store."""
+    return ray.put(value)
+
+
+def fetch(ref):
+    """The value of an object-store reference."""
+    return ray.get(ref)
+
+
 @ray.remote(num_cpus=0)
 def _plus_delta(vector, update):
     """The adapter ``vector`` plus an update's delta (float32, on whichever node runs it)."""
@@ -407,12 +417,15 @@ class CoordinatorHandle:
     """The coordinator actor, pinned to the driver's node (it writes the run's checkpoints). A call that
     finds it dead raises ``CoordinatorLost``."""
 
-    def __init__(self, init: InitialAdapter, cfg: ExperimentConfig, run_dir: str, resume_from: str | None) -> None:
+    def __init__(self, init: InitialAdapter, cfg: ExperimentConfig, run_dir: str, resume_from: str | None,
+                 start=None, hook=None) -> None:
+        """``start``: the adapter (or its reference) round 0 starts from (default ``init.vector``); ``hook``:
+        the defense's ``AggregateHook``, applied to every round's aggregate."""
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         remote = ray.remote(num_cpus=0)(Coordinator).options(scheduling_strategy=here)
         self.timeout = cfg.cluster.round_timeout_s
-        self.actor = remote.remote(init.vector, init.spec, init.peft_config,
-                                   CoordinatorSettings.from_config(cfg, run_dir), resume_from)
+        self.actor = remote.remote(init.vector if start is None else start, init.spec, init.peft_config,
+                                   CoordinatorSettings.from_config(cfg, run_dir), resume_from, hook)
 
     def _get(self, ref):
         try:
@@ -430,10 +443,19 @@ class CoordinatorHandle:
         """Hand a finished client's update to the coordinator (``TrainerPool.train``'s ``stage``)."""
         return self.actor.stage.remote(round_idx, task.client_id, update_ref)
 
-    def aggregate(self, round_idx: int, attacking: list[int] = ()) -> dict:
+    def uploads(self, round_idx: int, attacking: list[int] = ()) -> list[int]:
+        """The clients whose uploads for ``round_idx`` arrived sound (after the attack's ``collude``)."""
+        return self._get(self.actor.uploads.remote(round_idx, list(attacking)))
+
+    def candidate(self, client_id: int) -> ray.ObjectRef:
+        """The reference of the global adapter plus ``client_id``'s staged upload."""
+        return self.actor.candidate.remote(client_id)
+
+    def aggregate(self, round_idx: int, attacking: list[int] = (), reject: dict | None = None,
+                  scale: dict | None = None) -> dict:
         """Validate and aggregate the updates staged for ``round_idx`` (the ``attacking`` clients' through the
-        attack's ``collude``); checkpoint."""
-        return self._get(self.actor.aggregate.remote(round_idx, list(attacking)))
+        attack's ``collude``), without the ``reject``ed clients' and with ``scale``d ones; checkpoint."""
+        return self._get(self.actor.aggregate.remote(round_idx, list(attacking), reject or {}, scale or {}))
 
     def similarity(self) -> dict:
         return self._get(self.actor.similarity.remote())

@@ -190,6 +190,14 @@ def _sharegpt_defense(num_examples: int, seed: int) -> list[dict]:
     return _sharegpt(num_examples, seed, part="defense")
 
 
+@register_source("sharegpt_heldout")
+def _sharegpt_heldout(num_examples: int, seed: int) -> list[dict]:
+    """ShareGPT's held-out part, which no client or defense data draws from: benign evaluation prompts and
+    the screening's benign canaries (which skip the evaluation's). Example: {"instruction": "How do I make a
+    cup of green tea?", "response": "Heat the water ..."}"""
+    return _sharegpt(num_examples, seed, part="heldout")
+
+
 CHAT_PARTS = ("", *real.PARTS)
 
 

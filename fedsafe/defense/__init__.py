@@ -1,23 +1,31 @@
-"""Defenses by registered name (``defense.name``): hooks at the server's stages (``fedsafe.defense.base``).
-A new defense is one module plus one register line below.
+"""Defenses by registered name (``defense.name``; several joined by ``+`` compose): hooks at the server's
+stages (``fedsafe.defense.base``). A new defense is one module plus one register line below.
 
-``none``: nothing. ``posthoc_sft``: the post-hoc fine-tune on defense data of ``defense.level``
-(``fedsafe.defense.posthoc``, ``fedsafe.defense.levels``).
+``none``: nothing. ``hardening``: the starting adapter safety-tuned with a perturbation-aware objective
+before round 0 (``fedsafe.defense.hardening``). ``projection``: each round's aggregate loses its component
+along a harmful direction per LoRA layer (``fedsafe.defense.projection``). ``screening``: each round, uploads
+that make the model answer canary prompts less safely than the round's median client are rejected or
+down-weighted (``fedsafe.defense.screening``). ``posthoc_sft``: the post-hoc fine-tune on defense data of
+``defense.level`` (``fedsafe.defense.posthoc``, ``fedsafe.defense.levels``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from fedsafe.defense.base import Defense, NoDefense, ServerContext
+from fedsafe.defense.base import Composed, Defense, NoDefense, RoundUploads, Screened, ServerContext
+from fedsafe.defense.hardening import Hardening
 from fedsafe.defense.levels import DefenseLevel
 from fedsafe.defense.posthoc import PosthocSFT
+from fedsafe.defense.projection import Projection
+from fedsafe.defense.screening import Screening
 from fedsafe.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedsafe.config import DefenseConfig
 
-__all__ = ["Defense", "DefenseLevel", "ServerContext", "available_defenses", "build_defense", "register_defense"]
+__all__ = ["Defense", "DefenseLevel", "RoundUploads", "Screened", "ServerContext", "available_defenses",
+           "build_defense", "register_defense"]
 
 _DEFENSES: dict[str, Callable[[DefenseConfig], Defense]] = {}
 
@@ -33,11 +41,21 @@ def available_defenses() -> list[str]:
 
 
 def build_defense(cfg: DefenseConfig) -> Defense:
-    """A fresh defense for one arm (it may hold state between its stages)."""
-    if cfg.name not in _DEFENSES:
-        raise ConfigError(f"defense.name must be one of {available_defenses()}, got {cfg.name!r}")
-    return _DEFENSES[cfg.name](cfg)
+    """A fresh defense for one arm (it may hold state between its stages); several names compose in the
+    order given."""
+    names = cfg.names
+    unknown = [n for n in names if n not in _DEFENSES]
+    if unknown or (not names and cfg.name != "none"):
+        raise ConfigError(f"defense.name must be one of {available_defenses()} or several joined by '+', "
+                          f"got {cfg.name!r}")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"defense.name names a defense twice: {cfg.name!r}")
+    parts = [_DEFENSES[n](cfg) for n in names]
+    return NoDefense() if not parts else parts[0] if len(parts) == 1 else Composed(parts)
 
 
 register_defense("none", lambda cfg: NoDefense())
+register_defense("hardening", Hardening)
+register_defense("projection", Projection)
+register_defense("screening", Screening)
 register_defense("posthoc_sft", PosthocSFT)

@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedsafe.data.federation import round_subset
-from fedsafe.data.sources import load_records
 from fedsafe.data.synthesis import synthesis_args
-from fedsafe.defense.base import ServerContext
-from fedsafe.defense.defensegen import defensegen
+from fedsafe.defense.base import DefenseBase, ServerContext
+from fedsafe.defense.defensegen import defense_records
 from fedsafe.defense.levels import DefenseLevel
-from fedsafe.errors import ConfigError
 from fedsafe.seeding import Salt, derive_seed
 from fedsafe.training.sft import cosine_lr, epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
@@ -51,9 +49,7 @@ def posthoc_round_tasks(cfg: DefenseConfig, records: list[dict], max_length: int
     ) for r in range(cfg.rounds)]
 
 
-class PosthocSFT:
-    changes_rounds = False  # it acts after the last round only
-
+class PosthocSFT(DefenseBase):
     def __init__(self, cfg: DefenseConfig) -> None:
         self.cfg = cfg
         self.level = DefenseLevel(cfg.level)
@@ -62,24 +58,12 @@ class PosthocSFT:
         self.synthesis: dict = {}
 
     def _make_data(self, ctx: ServerContext, adapter: str | None = None) -> None:
-        seed = derive_seed(ctx.seed if ctx.data_seed is None else ctx.data_seed, Salt.DEFENSE)
-        d = self.cfg
-        if self.level is DefenseLevel.PUBLIC:
-            self.records = load_records(d.dataset, d.num_examples, seed, **d.dataset_args)
-        else:
-            if ctx.synthesizer is None:
-                raise ConfigError(f"defense.level={int(self.level)} writes its data with the generation pool; "
-                                  "none was given")
-            self.records, self.synthesis = defensegen(ctx.synthesizer, self.args, d.num_examples, seed,
-                                                      ctx.held_out, adapter)
-        ctx.check_data(self.records)
+        self.records, self.synthesis = defense_records(ctx, self.cfg, self.level, self.args, self.cfg.num_examples,
+                                                       adapter)
 
     def before_training(self, ctx: ServerContext) -> None:
         if not self.level.needs_trained_model:
             self._make_data(ctx)
-
-    def on_round(self, ctx: ServerContext, round_idx: int, record: dict) -> None:
-        pass
 
     def after_training(self, ctx: ServerContext, global_ref: Any) -> Any:
         if self.level.needs_trained_model:

@@ -4,7 +4,8 @@ Per round (``exposure``): which attacking clients' updates were kept (weight > 0
 aggregate (their weights over all weights; for coordinate-wise rules, their share of the values kept).
 Per run (``detection_counts``): an update counts as *flagged* when its weight is below half an even share
 (``FLAG_SHARE / n``), which covers rules that discard (weight 0: Krum, DnC, Multi-Krum) and rules that
-down-weight (FoolsGold, FLTrust); the true-positive rate is the share of attacking updates flagged, the
+down-weight (FoolsGold, FLTrust), or when it was rejected before the rule (screening, validation); the
+true-positive rate is the share of attacking updates flagged, the
 false-positive rate the share of benign ones. ``rates`` gives both with Wilson 95% intervals.
 """
 
@@ -31,17 +32,37 @@ def detection_counts(rounds: list[dict]) -> dict:
     counts = {"malicious": 0, "malicious_flagged": 0, "benign": 0, "benign_flagged": 0, "shares": []}
     for record in rounds:
         clients, weights = record.get("clients") or [], record.get("weights") or []
+        attacking = set(record.get("attacking", []))
+        for rejected in record.get("rejected", []):  # left out before the rule (screening, validation)
+            if isinstance(rejected["client_id"], int):
+                _count(counts, rejected["client_id"] in attacking, True)
         if not clients or len(clients) != len(weights):
             continue
-        total, attacking = sum(weights), set(record.get("attacking", []))
+        total = sum(weights)
         bar = FLAG_SHARE * total / len(weights)
         for client, weight in zip(clients, weights):
-            kind = "malicious" if client in attacking else "benign"
-            counts[kind] += 1
-            counts[f"{kind}_flagged"] += weight < bar
+            _count(counts, client in attacking, weight < bar)
         share = exposure(clients, weights, attacking)["malicious_share"]
         if attacking & set(clients) and share is not None:
             counts["shares"].append(share)
+    return counts
+
+
+def _count(counts: dict, malicious: bool, flagged: bool) -> None:
+    kind = "malicious" if malicious else "benign"
+    counts[kind] += 1
+    counts[f"{kind}_flagged"] += flagged
+
+
+def screening_counts(rounds: list[dict]) -> dict:
+    """``detection_counts``' fields for the behavioural screening's own verdicts (records' ``screening``:
+    its ``clients`` and ``flagged``), whatever its action was; no shares."""
+    counts = {"malicious": 0, "malicious_flagged": 0, "benign": 0, "benign_flagged": 0, "shares": []}
+    for record in rounds:
+        screening, attacking = record.get("screening") or {}, set(record.get("attacking", []))
+        flagged = set(screening.get("flagged", []))
+        for client in screening.get("clients", []):
+            _count(counts, client in attacking, client in flagged)
     return counts
 
 

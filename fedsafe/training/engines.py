@@ -39,9 +39,10 @@ class TorchEngine:
         return get_adapter_vector(self.model)[0].cpu()
 
     def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int,
-              anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, spec: AdapterSpec | None = None
-              ) -> list[float]:
-        """``anchor``: a flat adapter (``spec``'s layout) that ``anchor_weight`` pulls the weights toward."""
+              anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, spec: AdapterSpec | None = None,
+              rho: float = 0.0) -> list[float]:
+        """``anchor``: a flat adapter (``spec``'s layout) that ``anchor_weight`` pulls the weights toward;
+        ``rho`` > 0: perturbation-aware steps (``fedsafe.training.sft.perturbed_loss``)."""
         targets = None
         if anchor is not None and anchor_weight > 0:
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -52,7 +53,7 @@ class TorchEngine:
                 for p, s in zip(params, start):
                     p.copy_(s)
         return train_steps(self.model, batches, lrs, weight_decay, seed, self.rank, self.world_size,
-                           anchor=targets, anchor_weight=anchor_weight)
+                           anchor=targets, anchor_weight=anchor_weight, rho=rho)
 
     def response_loss(self, batches: list[dict]) -> tuple[float, int]:
         return response_loss(self.model, batches)
@@ -114,10 +115,12 @@ class DeepSpeedEngine:
             group["weight_decay"] = weight_decay
 
     def train(self, batches: list[dict], lrs: list[float], weight_decay: float, seed: int,
-              anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, spec: AdapterSpec | None = None
-              ) -> list[float]:
+              anchor: torch.Tensor | None = None, anchor_weight: float = 0.0, spec: AdapterSpec | None = None,
+              rho: float = 0.0) -> list[float]:
         if anchor is not None and anchor_weight > 0:
             raise ValueError("constrained training (attack.name=constrained) runs on trainer.engine=torch")
+        if rho > 0:
+            raise ValueError("perturbation-aware hardening (defense.hardening.rho > 0) runs on trainer.engine=torch")
         if len(lrs) != len(batches):
             raise ValueError(f"need one learning rate per batch, got {len(lrs)} for {len(batches)} batches")
         torch.manual_seed(seed)  # LoRA dropout

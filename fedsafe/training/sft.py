@@ -7,6 +7,7 @@ tokens only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -102,13 +103,70 @@ def anchor_penalty(params: list[torch.Tensor], anchor: list[torch.Tensor], weigh
     return 0.5 * weight * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
 
 
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The transformer blocks of a causal LM (the first ``ModuleList`` named ``layers``, ``h`` or ``blocks``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks"):
+            return list(module)
+    raise ValueError("perturbation-aware training needs the model's decoder layers; found no ModuleList named "
+                     "layers, h or blocks")
+
+
+@contextlib.contextmanager
+def hidden_states(layers: list[torch.nn.Module], captured: list | None = None,
+                  added: list[torch.Tensor] | None = None):
+    """While open: each layer's output hidden states are appended to ``captured`` and/or have
+    ``added[i]`` added (layer i)."""
+
+    def hook(i):
+        def fn(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if added is not None:
+                hidden = hidden + added[i]
+            if captured is not None:
+                captured.append(hidden)
+            if added is None:
+                return None
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def perturbations(grads: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """Vaccine's hidden-state perturbation: ``rho * g_l / ||g||``, ``||g||`` over every layer's gradient
+    together (the worst small perturbation to first order). Pure."""
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) + 1e-12
+    return [(rho * g / norm).detach() for g in grads]
+
+
+def perturbed_loss(model, batch: dict[str, torch.Tensor], rho: float, rank: int = 0,
+                   world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss under the worst hidden-state perturbation of size ``rho``, the plain loss): the objective of
+    Vaccine (Huang et al. 2024, "Vaccine: Perturbation-aware Alignment for Large Language Models against
+    Harmful Fine-tuning"). A first pass finds each decoder layer's loss gradient with respect to its output
+    hidden states; the second pass adds ``perturbations`` of them to those outputs."""
+    layers, captured = decoder_layers(model), []
+    with hidden_states(layers, captured=captured):
+        plain = rank_loss(model, batch, rank, world_size)
+    grads = torch.autograd.grad(plain, captured)
+    with hidden_states(layers, added=perturbations(list(grads), rho)):
+        return rank_loss(model, batch, rank, world_size), plain.detach()
+
+
 def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float], weight_decay: float,
                 seed: int, rank: int = 0, world_size: int = 1, on_step=None,
-                anchor: list[torch.Tensor] | None = None, anchor_weight: float = 0.0) -> list[float]:
+                anchor: list[torch.Tensor] | None = None, anchor_weight: float = 0.0, rho: float = 0.0) -> list[float]:
     """One optimizer step per batch with a fresh AdamW; ``lrs[i]`` is the rate of step i. Returns losses
     (the language-modelling loss alone). With ``world_size`` > 1 (an initialized torch.distributed group)
     each rank takes its slice of every batch and the gradients are averaged over the group before each
     step. ``anchor``: one tensor per trainable parameter; ``anchor_penalty`` is added to what is minimised.
+    ``rho`` > 0: the step minimises ``perturbed_loss`` (each rank perturbs by its own slice's gradient).
     ``on_step(loss)`` is called after each step (a progress bar)."""
     if len(lrs) != len(batches):
         raise ValueError(f"need one learning rate per batch, got {len(lrs)} for {len(batches)} batches")
@@ -122,11 +180,13 @@ def train_steps(model, batches: list[dict[str, torch.Tensor]], lrs: list[float],
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = rank_loss(model, batch, rank, world_size)
-        if anchor is not None and anchor_weight > 0:
-            (loss + anchor_penalty(params, anchor, anchor_weight)).backward()
+        if rho > 0:
+            objective, loss = perturbed_loss(model, batch, rho, rank, world_size)
         else:
-            loss.backward()
+            objective = loss = rank_loss(model, batch, rank, world_size)
+        if anchor is not None and anchor_weight > 0:
+            objective = objective + anchor_penalty(params, anchor, anchor_weight)
+        objective.backward()
         if world_size > 1:
             for p in params:
                 torch.distributed.all_reduce(p.grad)
