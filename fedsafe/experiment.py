@@ -420,8 +420,9 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
         defense = build_defense(cfg.defense)
         data = load_data(cfg, session.synth)
         ctx = session.server_context(cfg, data)
+        start_round = resume_point(fed_dir)[0]
+        ctx.rounds_left = start_round < cfg.federation.num_rounds
         start = defense.before_training(ctx)
-    start_round = resume_point(fed_dir)[0]
     with timed(phases, "rounds"):
         coordinator = federate(session, cfg, data, fed_dir, on_round, defense, ctx, start)
     with timed(phases, "defense"):

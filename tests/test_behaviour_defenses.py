@@ -118,6 +118,13 @@ def test_a_screening_round_scores_every_upload_in_one_batch_and_acts(action):
     assert defense.screen(server.ctx, RoundUploads(0, [], "g", None)) is None
 
 
+def test_defenses_that_only_shape_the_rounds_prepare_nothing_for_a_finished_federation():
+    server = CanaryServer()
+    server.ctx.rounds_left = False
+    for name in ("screening", "projection", "hardening"):  # the fake context has no pool, trainer or data
+        assert build_defense(DefenseConfig(name=name)).before_training(server.ctx) is None
+
+
 def test_screening_needs_the_pool():
     server = CanaryServer()
     server.ctx.generate = None

@@ -42,8 +42,9 @@ class ServerContext:
     verdicts on answers to harmful prompts, True = safe. ``check_data(records)``: raises if evaluation
     prompts occur in ``records``. ``initial``: the reference of the adapter the rounds start from;
     ``fetch(ref)``: its tensor; ``spec``: the adapter's layout. ``training``: the instructions of every
-    client's data (and of defense data made so far), which screening canaries must avoid. ``data_seed``
-    seeds the defense data, ``seed`` its training."""
+    client's data (and of defense data made so far), which screening canaries must avoid. ``rounds_left``:
+    False when the federated run is already finished (a defense that only shapes the rounds then has
+    nothing to prepare). ``data_seed`` seeds the defense data, ``seed`` its training."""
 
     seed: int
     max_length: int
@@ -59,6 +60,7 @@ class ServerContext:
     generate: Callable[[list[Request]], list[str]] | None = None
     judge: Callable[[list[str]], dict[str, list[bool]]] | None = None
     training: list[str] = field(default_factory=list)
+    rounds_left: bool = True
 
     @property
     def defense_seed(self) -> int:

@@ -44,6 +44,8 @@ class Hardening(DefenseBase):
         return {"hardening": {**dataclasses.asdict(self.cfg), **data}}
 
     def before_training(self, ctx: ServerContext) -> Any:
+        if not ctx.rounds_left:
+            return None
         records, self.synthesis = defense_records(ctx, self.defense, DefenseLevel(self.cfg.level), self.args,
                                                   self.cfg.num_examples)
         self.examples = len(records)

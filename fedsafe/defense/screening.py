@@ -81,6 +81,8 @@ class Screening(DefenseBase):
         return {"screening": dataclasses.asdict(self.cfg)}
 
     def before_training(self, ctx: ServerContext) -> None:
+        if not ctx.rounds_left:
+            return None
         if ctx.generate is None or ctx.judge is None:
             raise ConfigError("defense.name=screening answers canaries through the generation pool; none was given")
         c, avoid = self.cfg, ctx.held_out + ctx.training
