@@ -124,7 +124,7 @@ class Projection(DefenseBase):
 
     def before_training(self, ctx: ServerContext) -> None:
         if not ctx.rounds_left:
-            return None
+            return
         if ctx.synthesizer is None or ctx.fetch is None or ctx.spec is None:
             raise ConfigError("defense.name=projection writes its data with the generation pool; none was given")
         seed = derive_seed(ctx.defense_seed, Salt.SAFETY_DIRECTION)

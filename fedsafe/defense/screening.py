@@ -82,7 +82,7 @@ class Screening(DefenseBase):
 
     def before_training(self, ctx: ServerContext) -> None:
         if not ctx.rounds_left:
-            return None
+            return
         if ctx.generate is None or ctx.judge is None:
             raise ConfigError("defense.name=screening answers canaries through the generation pool; none was given")
         c, avoid = self.cfg, ctx.held_out + ctx.training
