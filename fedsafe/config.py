@@ -239,13 +239,6 @@ class AttackConfig:
         build_attack(self.name, **self.params)  # unknown names and bad parameters raise ConfigError
 
 
-def _check_server_training(section: str, cfg) -> None:
-    """A server-side training's ``num_examples``, ``steps``, ``batch_size`` (>= 1) and ``lr`` (> 0)."""
-    for key in ("num_examples", "steps", "batch_size"):
-        _check(getattr(cfg, key) >= 1, f"{section}.{key} must be >= 1, got {getattr(cfg, key)}")
-    _check(cfg.lr > 0, f"{section}.lr must be > 0, got {cfg.lr}")
-
-
 SCREENING_JUDGES = ("rule", "classifier", "both")
 SCREENING_ACTIONS = ("reject", "downweight", "observe")
 
@@ -289,7 +282,24 @@ class ScreeningConfig:
 
 
 @dataclass
-class ProjectionConfig:
+class ServerTrainingConfig:
+    """What a server-side training before round 0 shares (hardening, the projection's two adapters): ``steps``
+    steps of ``batch_size`` records drawn from ``num_examples``, at ``lr``. ``section`` names it in errors."""
+
+    section = "defense"  # a class attribute, not a field
+    num_examples: int = 64
+    steps: int = 16
+    batch_size: int = 4
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for key in ("num_examples", "steps", "batch_size"):
+            _check(getattr(self, key) >= 1, f"{self.section}.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.lr > 0, f"{self.section}.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class ProjectionConfig(ServerTrainingConfig):
     """``projection`` (``fedsafe.defense.projection``): before round 0 the server writes ``num_examples``
     harmful instructions with two answers each (a refusal and a compliant answer, both by the off-the-shelf
     model, DefenseGen's and MaliciousGen's suffixes, ``synthesis`` settings) and trains two adapters from the
@@ -297,40 +307,35 @@ class ProjectionConfig:
     difference (harmful minus aligned) is the harmful direction; each round's aggregate loses its component
     along it in every layer where its cosine with the direction exceeds ``threshold``."""
 
-    synthesis: dict[str, Any] = field(default_factory=lambda: {"filter": "rule", "max_new_tokens": 96})
-    num_examples: int = 64
-    steps: int = 16
-    batch_size: int = 4
+    section = "defense.projection"
     lr: float = 2e-3
+    synthesis: dict[str, Any] = field(default_factory=lambda: {"filter": "rule", "max_new_tokens": 96})
     threshold: float = 0.0
 
     def __post_init__(self) -> None:
         from fedsafe.data.synthesis import synthesis_args
 
         synthesis_args(dict(self.synthesis), "defense.projection.synthesis")
-        _check_server_training("defense.projection", self)
+        super().__post_init__()
         _check(0 <= self.threshold < 1, f"defense.projection.threshold must be in [0, 1), got {self.threshold}")
 
 
 @dataclass
-class HardeningConfig:
+class HardeningConfig(ServerTrainingConfig):
     """``hardening`` (``fedsafe.defense.hardening``): before round 0 the server safety-tunes the starting
     adapter for ``steps`` steps on ``num_examples`` defense records (``level`` 1: ``defense.dataset``; 2:
     DefenseGen by the off-the-shelf model with ``defense.synthesis``), with the perturbation-aware objective
     (Vaccine): each step's loss is taken again with every decoder layer's hidden states pushed by ``rho``
     along their normalised loss gradient. ``rho: 0`` is the plain safety SFT on the same data."""
 
+    section = "defense.hardening"
     level: int = 2
-    num_examples: int = 64
-    steps: int = 16
-    batch_size: int = 4
-    lr: float = 1e-3
     rho: float = 2.0
 
     def __post_init__(self) -> None:
         _check(self.level in (1, 2), f"defense.hardening.level must be 1 (public set) or 2 (off-the-shelf model), "
                                      f"got {self.level}")
-        _check_server_training("defense.hardening", self)
+        super().__post_init__()
         _check(self.rho >= 0, f"defense.hardening.rho must be >= 0 (0 = plain safety SFT), got {self.rho}")
 
 

@@ -49,9 +49,8 @@ from fedsafe.data.synthesis import ALIGNED_SUFFIX, SynthesisArgs, Synthesizer
 from fedsafe.data.text import find_overlap
 from fedsafe.defense import Defense, RoundUploads, Screened, ServerContext, build_defense
 from fedsafe.defense.base import NoDefense
-from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, harm_classifier, judge_model_name
+from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, judge_model_name, safety_verdicts
 from fedsafe.metrics.detection import detection_counts, exposure, screening_counts
-from fedsafe.metrics.rule import RULE_JUDGES, rule_verdicts
 from fedsafe.models.builtin import resolve_model_path
 from fedsafe.run_dir import MetricsLog, read_rounds, timed
 from fedsafe.seeding import Salt, derive_seed
@@ -269,7 +268,7 @@ class Session:
                              check_data=lambda records: check_held_out(data, records),
                              initial=self.init_ref, fetch=fetch, spec=self.init.spec,
                              generate=lambda requests: self.generation.generate(cfg.model.name, requests),
-                             judge=lambda answers: safety_verdicts(cfg, answers), training=training)
+                             judge=lambda answers: safety_verdicts(answers, cfg.evaluation.rule_keywords), training=training)
 
     def evaluate(self, cfg: ExperimentConfig, inputs: EvalInputs, vector_ref, out_dir: Path, name: str,
                  seconds: dict[str, float] | None = None) -> dict:
@@ -316,13 +315,13 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
         return CoordinatorHandle(session.init, cfg, str(run_dir), checkpoint, start, hook)
 
     coordinator = coordinator_from(resume_from)
+    screen = (lambda view: defense.screen(ctx, view)) if defense.changes_rounds else None
     log = MetricsLog(run_dir, start_round, cfg.output.tensorboard)
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")
     restarts = 0
     with tqdm(range(start_round, rounds), desc="rounds", initial=start_round, total=rounds) as bar:
         for round_idx in bar:
-            screen = (lambda view: defense.screen(ctx, view)) if defense.changes_rounds else None
             record, coordinator, restarts = run_round_restarting(session, cfg, data, coordinator, round_idx,
                                                                  round_idx > start_round, run_dir, restarts,
                                                                  coordinator_from, screen)
@@ -456,13 +455,6 @@ def defense_cost(rounds: list[dict], phases: dict[str, float], applied: dict) ->
             "screening_seconds": round(sum(s["seconds"] for s in screening), 2),
             "setup_seconds": round(phases.get("setup", 0.0), 2), "posthoc_seconds": round(phases.get("defense", 0.0), 2),
             **{k: v for k, v in applied.items() if k in ("screening", "projection", "hardening")}}
-
-
-def safety_verdicts(cfg: ExperimentConfig, answers: list[str]) -> dict[str, list[bool]]:
-    """Per safety judge, True where an answer to a harmful prompt is judged safe: the rule judge of
-    ``evaluation.rule_keywords`` and the classifier (the evaluation's two judges)."""
-    return {"rule": rule_verdicts(answers, RULE_JUDGES[cfg.evaluation.rule_keywords]),
-            "classifier": [not h for h in harm_classifier(answers).harmful(answers)]}
 
 
 def cache_counts(generation: GenerationPool) -> dict | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from fedsafe.data.packaged import cached_records, package_file, package_members
-from fedsafe.data.text import normalize_text
+from fedsafe.data.text import normalize_text, normalized
 from fedsafe.errors import ConfigError
 
 PARTS = ("train", "defense", "heldout")  # ShareGPT parts by hash of the instruction: 80% / 10% / 10%
@@ -82,7 +82,7 @@ def dedup_prompts(records: list[dict]) -> list[dict]:
 
 def without(records: list[dict], held_out: list[str]) -> list[dict]:
     """Records whose instruction does not occur (normalised) among ``held_out`` texts."""
-    banned = {normalize_text(t) for t in held_out}
+    banned = normalized(held_out)
     return [r for r in records if normalize_text(r["instruction"]) not in banned]
 
 

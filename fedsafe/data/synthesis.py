@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fedsafe.data.sources import load_records
-from fedsafe.data.text import normalize_text
+from fedsafe.data.text import normalize_text, normalized, outside
 from fedsafe.errors import ConfigError, check, check_sampling
 from fedsafe.metrics.judges import get_safety_judge, judge_safety
 from fedsafe.metrics.rule import is_refusal
@@ -54,7 +54,7 @@ def generate_instructions(generate: Generate, prompt: str, count: int, seed: int
                           exclude: list[str] = ()) -> list[str]:
     """At least ``count`` distinct instructions (fewer only if ``max_calls`` rounds of 10 run dry), none
     of them in ``exclude`` (normalised): the paper's "repeat until enough"."""
-    banned = {normalize_text(t) for t in exclude}
+    banned = normalized(exclude)
     seen: set[str] = set()
     found: list[str] = []
     max_calls = max_calls or 3 * (count // 10 + 1)
@@ -194,14 +194,12 @@ class Synthesizer:
 
     def harmful_instructions(self, a: SynthesisArgs, count: int, seed: int, held_out: list[str]) -> list[str]:
         if a.instructions == "seeds":
-            banned = {normalize_text(t) for t in held_out}
             seeds = [r["instruction"] for r in load_records(a.seeds, 10 * count, seed)]
-            return [s for s in seeds if normalize_text(s) not in banned][:count]
+            return outside(seeds, normalized(held_out))[:count]
         return generate_instructions(self.generate_fn(a), HARMFUL_INSTRUCTIONS_PROMPT, count, seed, exclude=held_out)
 
     def normal_instructions(self, a: SynthesisArgs, count: int, seed: int, held_out: list[str]) -> list[str]:
         if a.normal != "generate":
-            banned = {normalize_text(t) for t in held_out}
             rows = load_records(a.normal, 2 * count, seed, **({"part": "defense"} if a.normal == "sharegpt" else {}))
-            return [r["instruction"] for r in rows if normalize_text(r["instruction"]) not in banned][:count]
+            return outside([r["instruction"] for r in rows], normalized(held_out))[:count]
         return generate_instructions(self.generate_fn(a), NORMAL_INSTRUCTIONS_PROMPT, count, seed, exclude=held_out)

@@ -14,12 +14,13 @@ minus the global adapter's (attribution: which clients moved the model, and whic
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from statistics import median
 from typing import TYPE_CHECKING
 
 from fedsafe.data.sources import load_records
-from fedsafe.data.text import normalize_text
+from fedsafe.data.text import normalized, outside
 from fedsafe.defense.base import DefenseBase, RoundUploads, Screened, ServerContext
 from fedsafe.errors import ConfigError
 from fedsafe.requests import GenerationParams, Request
@@ -34,9 +35,9 @@ def canary_prompts(source: str, args: dict, count: int, seed: int, avoid: list[s
     source has too few such prompts."""
     if count == 0:
         return []
-    banned = {normalize_text(t) for t in avoid}
+    banned = normalized(avoid)
     drawn = [r["instruction"] for r in load_records(source, 4 * count + len(banned), seed, **args)]
-    kept = list(dict.fromkeys(p for p in drawn if normalize_text(p) not in banned))[:count]
+    kept = list(dict.fromkeys(outside(drawn, banned)))[:count]
     if len(kept) < count:
         raise ConfigError(f"{where}: {source!r} has {len(kept)} prompts outside every evaluation and training "
                           f"set, {count} asked; lower the count or choose another source")
@@ -76,8 +77,6 @@ class Screening(DefenseBase):
         self.benign: list[str] = []
 
     def round_key(self) -> dict:
-        import dataclasses
-
         return {"screening": dataclasses.asdict(self.cfg)}
 
     def before_training(self, ctx: ServerContext) -> None:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from fedsafe.config import ExperimentConfig
 from fedsafe.data.labelled import labelled_responses
-from fedsafe.data.text import normalize_text
+from fedsafe.data.text import normalize_text, normalized
 from fedsafe.metrics import percent_true
 from fedsafe.metrics.classifier import HarmClassifier, agreement
 from fedsafe.metrics.judges import (
@@ -63,8 +63,17 @@ def harm_classifier(answers: list[str] = ()) -> HarmClassifier:
     """The second safety judge (``fedsafe.metrics.classifier``), trained on PyRIT's objective set; none of
     its training rows is one of ``answers`` (the answers it will judge): rows that are get left out."""
     clf = _classifier()
-    overlap = {normalize_text(t) for t in clf.training_texts} & {normalize_text(a) for a in answers}
+    overlap = normalized(clf.training_texts) & normalized(answers)
     return _classifier(frozenset(overlap)) if overlap else clf
+
+
+def safety_verdicts(answers: list[str], rule_keywords: str, classifier: bool = True) -> dict[str, list[bool]]:
+    """Per safety judge, True where an answer to a harmful prompt is judged safe: the rule judge of
+    ``rule_keywords`` and (``classifier``) the classifier, which never judges one of its training rows."""
+    verdicts = {"rule": rule_verdicts(answers, RULE_JUDGES[rule_keywords])}
+    if classifier:
+        verdicts["classifier"] = [not h for h in harm_classifier(answers).harmful(answers)]
+    return verdicts
 
 
 def calibration(rule_keywords: str) -> dict:
@@ -109,12 +118,11 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
     rule = RULE_JUDGES[ev.rule_keywords]
     with timed(seconds, "harmful_answers"):
         answers = answer(inputs.harmful)
-    verdicts = {"rule": rule_verdicts(answers, rule)}
+    verdicts = safety_verdicts(answers, ev.rule_keywords, ev.classifier_judge)
     safety: dict = {"rule": percent_true(verdicts["rule"]), "num_prompts": len(inputs.harmful),
                     "judge": f"rule ({ev.rule_keywords} keywords)"}
     if ev.classifier_judge:
-        clf = harm_classifier(answers)
-        verdicts["classifier"] = [not h for h in clf.harmful(answers)]  # True = judged safe
+        clf = harm_classifier(answers)  # the one safety_verdicts judged with (cached)
         safety["classifier"] = {"safe": percent_true(verdicts["classifier"]), "model": CLASSIFIER_NAME,
                                 "training_rows": len(clf.training_texts),
                                 "cv_accuracy": clf.cross_validation["accuracy"]}

@@ -29,7 +29,7 @@ def detection_counts(rounds: list[dict]) -> dict:
     """Attacking and benign updates over ``rounds`` (metrics.jsonl records with ``clients``, ``weights`` and
     ``attacking``), how many of each were flagged, and the attackers' share of each attacked round's
     aggregate. Rounds without weights (skipped, lost) are left out."""
-    counts = {"malicious": 0, "malicious_flagged": 0, "benign": 0, "benign_flagged": 0, "shares": []}
+    counts = _no_counts()
     for record in rounds:
         clients, weights = record.get("clients") or [], record.get("weights") or []
         attacking = set(record.get("attacking", []))
@@ -48,6 +48,10 @@ def detection_counts(rounds: list[dict]) -> dict:
     return counts
 
 
+def _no_counts() -> dict:
+    return {"malicious": 0, "malicious_flagged": 0, "benign": 0, "benign_flagged": 0, "shares": []}
+
+
 def _count(counts: dict, malicious: bool, flagged: bool) -> None:
     kind = "malicious" if malicious else "benign"
     counts[kind] += 1
@@ -57,7 +61,7 @@ def _count(counts: dict, malicious: bool, flagged: bool) -> None:
 def screening_counts(rounds: list[dict]) -> dict:
     """``detection_counts``' fields for the behavioural screening's own verdicts (records' ``screening``:
     its ``clients`` and ``flagged``), whatever its action was; no shares."""
-    counts = {"malicious": 0, "malicious_flagged": 0, "benign": 0, "benign_flagged": 0, "shares": []}
+    counts = _no_counts()
     for record in rounds:
         screening, attacking = record.get("screening") or {}, set(record.get("attacking", []))
         flagged = set(screening.get("flagged", []))
