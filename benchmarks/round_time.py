@@ -30,7 +30,7 @@ from fedsafe.run_dir import create_run_dir  # noqa: E402
 def main(overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(ROOT / "configs" / "smoke.yaml",
-                          ["federation.num_rounds=8", "evaluation.num_prompts=16", "output.tensorboard=false",
+                          ["federation.num_rounds=8", "evaluation.num_prompts=16", "output.trackers=[]",
                            f"output.root={tmp}", *overrides])
         started = time.perf_counter()
         resources = runtime.connect(cfg.cluster, generation_reserve(cfg)[0])

@@ -41,7 +41,7 @@ train: {lr: 2.0e-3, min_lr: 2.0e-4, local_steps: 8, batch_size: 4, max_length: 1
 evaluation: {prompts: advbench, num_prompts: 8}
 generation: {backend: hf}
 cluster: {num_cpus: 2, num_trainers: 2}
-output: {name: bench, tensorboard: false}
+output: {name: bench, trackers: []}
 """
 
 
@@ -135,7 +135,7 @@ def clients_cfg(num_clients: int, overrides: list[str]):
         (ROOT / "configs" / "smoke.yaml").read_text(),
         [f"clients.0.count={benign}", f"clients.1.count={num_clients - benign}", "federation.num_rounds=12",
          "federation.examples_per_client=16", "train.local_steps=2", "evaluation.num_prompts=8",
-         "output.tensorboard=false", *overrides])
+         "output.trackers=[]", *overrides])
 
 
 def clients_only(args) -> None:

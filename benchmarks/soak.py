@@ -76,7 +76,7 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="fedsafe-soak-"))
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [
-        f"federation.num_rounds={args.rounds}", "evaluation.every_n_rounds=0", "output.tensorboard=false",
+        f"federation.num_rounds={args.rounds}", "evaluation.every_n_rounds=0", "output.trackers=[]",
         f"output.root={out}", "output.keep_checkpoints=2", "cluster.num_cpus=2", *args.overrides])
     samples: list[dict] = []
     started = time.perf_counter()

@@ -283,3 +283,55 @@ def analyse(arms: dict) -> dict:
     paired_tests(arms)
     judged = [m for m in SAFETY if all(m in a["summary"] for a in arms.values())]
     return {"claims": {m: claims(arms, m) for m in judged}, "power": power_note(arms), "alpha": ALPHA}
+
+
+def results_frame(results: dict):
+    """The result table as a pandas DataFrame, one row per arm (the index): its aggregation rule, attack and
+    defense, its seeds, each measured metric's mean over seeds with its 95% interval (``<metric>``,
+    ``<metric>_low``, ``<metric>_high``; metrics as in ``METRICS``: ``rule`` is the Rule judge's safety) and
+    prompts per seed, and the paired test against its reference arm (``reference``, ``<metric>_effect`` in
+    points, ``<metric>_p``, ``<metric>_p_holm``)."""
+    import pandas as pd
+
+    rows = []
+    for name, arm in results["arms"].items():
+        attacked = arm.get("attacked", arm["num_malicious"])
+        row = {"arm": name, "aggregation": arm["rule"], "attack": arm.get("attack") if attacked else "none",
+               "malicious": arm["num_malicious"], "defense": arm.get("defense", "none"),
+               "defense_level": arm["defense_level"], "seeds": len(arm.get("runs", [arm]))}
+        for metric, s in arm.get("summary", {}).items():
+            low, high = s["ci95"] or (None, None)
+            row.update({metric: s["mean"], f"{metric}_low": low, f"{metric}_high": high,
+                        f"{metric}_n_prompts": s.get("n_prompts")})
+        for metric, t in arm.get("paired", {}).items():
+            row.update({"reference": t["reference"], f"{metric}_effect": t["effect"], f"{metric}_p": t["p"],
+                        f"{metric}_p_holm": t["p_holm"]})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def compare_runs(runs: dict[str, dict]) -> list[dict]:
+    """Finished runs side by side (``runs``: each run's results by label, the first the baseline): one row per
+    arm of every run, with its seeds and summaries; an arm of a later run against the first run's arm of the
+    same name, per metric with per-prompt verdicts, by a paired test over the seeds both ran on the prompts
+    both answered (``paired``: metric -> the test with ``p_holm``, Holm-corrected per metric across the
+    comparisons), or ``note`` where they share no seed and prompt."""
+    (base_label, base), *_ = runs.items()
+    rows = []
+    for label, results in runs.items():
+        for name, arm in results["arms"].items():
+            row = {"run": label, "arm": name, "seeds": len(arm.get("runs", [arm])),
+                   "summary": arm.get("summary", {}), "paired": {}, "note": ""}
+            ref = base["arms"].get(name) if label != base_label else None
+            if ref is not None:
+                for metric_name, metric in METRICS.items():
+                    pairs = _paired_arrays(ref.get("runs", []), arm.get("runs", []), metric) if metric.file else None
+                    if pairs:
+                        row["paired"][metric_name] = dataclasses.asdict(paired_test(*pairs))
+                row["note"] = "" if row["paired"] else f"no seed and prompts in common with {base_label}"
+            rows.append(row)
+    for metric_name in METRICS:
+        tested = [r["paired"][metric_name] for r in rows if metric_name in r["paired"]]
+        for test, p_holm in zip(tested, holm([t["p"] for t in tested])):
+            test["p_holm"] = p_holm
+    return rows

@@ -579,13 +579,50 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases (``output.trackers`` has ``wandb``). ``mode``: ``online``, ``offline`` (files under the
+    run folder's ``wandb/``, uploaded later with ``wandb sync``) or ``null`` (W&B's own default, which
+    ``WANDB_MODE`` sets)."""
+
+    project: str = "fedsafe"
+    entity: str | None = None
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.mode in (None, "online", "offline", "disabled"),
+               f"output.wandb.mode must be online, offline, disabled or null (W&B's default), got {self.mode!r}")
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow (``output.trackers`` has ``mlflow``). ``tracking_uri``: a tracking server or store (``null``: a
+    local store in the run folder, ``mlflow.db`` with artifacts in ``mlruns/``; ``mlflow ui
+    --backend-store-uri sqlite:///<run>/mlflow.db`` shows it)."""
+
+    tracking_uri: str | None = None
+    experiment: str = "fedsafe"
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+@dataclass
 class OutputConfig:
+    """Where a run writes. ``trackers``: experiment trackers that get every round's scalars and, at the
+    end, the result table and the report's plots (``fedsafe.tracking``): any of tensorboard, wandb, mlflow."""
+
     root: str = "runs"
     name: str = "experiment"
     keep_checkpoints: int = 2
-    tensorboard: bool = True
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def __post_init__(self) -> None:
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        _check(not unknown, f"output.trackers: {unknown[0] if unknown else ''!r} is not a tracker; "
+                            f"pick from {', '.join(TRACKERS)} (e.g. output.trackers=[tensorboard,wandb])")
+        _check(len(set(self.trackers)) == len(self.trackers), f"output.trackers names one twice: {self.trackers}")
         _check(self.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         _check(RUN_NAME.fullmatch(self.name) is not None,
                f"output.name must be one folder name (letters, digits, '.', '_', '-', starting with a letter or "
@@ -849,12 +886,23 @@ def clear_stale_params(merged, layer: dict) -> None:
             merged[section][params_key] = {}
 
 
+def upgraded(layer: dict) -> dict:
+    """A config mapping written before ``output.trackers`` (a run folder's config.yaml): its
+    ``output.tensorboard`` flag becomes the tracker list."""
+    output = layer.get("output")
+    if isinstance(output, dict) and isinstance(output.get("tensorboard"), bool) and "trackers" not in output:
+        output = {k: v for k, v in output.items() if k != "tensorboard"}
+        output["trackers"] = ["tensorboard"] if layer["output"]["tensorboard"] else []
+        return {**layer, "output": output}
+    return layer
+
+
 def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[dict] = ()) -> ExperimentConfig:
     """The defaults merged with ``layers`` (YAML mappings, in order), YAML ``text`` and dotted overrides;
     inverse of ``to_yaml``."""
     try:
         merged = OmegaConf.structured(ExperimentConfig)
-        for layer in [*layers, parse_yaml(text, "config")]:
+        for layer in map(upgraded, [*layers, parse_yaml(text, "config")]):
             clear_stale_params(merged, layer)
             merged = OmegaConf.merge(merged, OmegaConf.create(layer))
         for item in overrides or []:

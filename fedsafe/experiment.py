@@ -316,7 +316,7 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
 
     coordinator = coordinator_from(resume_from)
     screen = (lambda view: defense.screen(ctx, view)) if defense.changes_rounds else None
-    log = MetricsLog(run_dir, start_round, cfg.output.tensorboard)
+    log = MetricsLog(run_dir, start_round)
     if start_round:
         tqdm.write(f"resuming {run_dir} at round {start_round} of {rounds}")
     restarts = 0
@@ -327,17 +327,12 @@ def federate(session: Session, cfg: ExperimentConfig, data: FederatedData, run_d
                                                                  coordinator_from, screen)
             record["coordinator_restarts"] = restarts
             defense.on_round(ctx, round_idx, record)
-            scalars = {"round/seconds": record.get("seconds", 0.0)}
-            if record.get("client_metrics"):
-                scalars["train/loss"] = sum(m["loss"] for m in record["client_metrics"]) / len(record["client_metrics"])
             if cfg.evaluation.every_n_rounds and (round_idx + 1) % cfg.evaluation.every_n_rounds == 0:
                 record["evaluation"] = session.evaluate(cfg, round_inputs(cfg, data.eval), coordinator.global_ref(),
                                                         run_dir, f"round_{round_idx:04d}")
-                scalars["safety/rule"] = record["evaluation"]["safety"]["rule"]
-            log.log(record, scalars)
+            log.log(record)
             if on_round is not None:
                 on_round(record)
-    log.close()
     if cfg.evaluation.client_similarity:
         roles = [c.role for c in data.clients]
         (Path(run_dir) / "clients.json").write_text(json.dumps({"roles": roles, **coordinator.similarity()}))
@@ -357,7 +352,7 @@ def run_round_restarting(session: Session, cfg: ExperimentConfig, data: Federate
             restarts += 1
             if restarts > cfg.cluster.max_retries:
                 raise RuntimeError(f"the coordinator died {restarts} times ({err}); the run stops here. "
-                                   f"Continue it with: python launch.py --resume {run_dir}") from None
+                                   f"Continue it with: fedsafe run --resume {run_dir}") from None
             tqdm.write(f"round {round_idx}: the coordinator died ({err}); restarting it from the last checkpoint")
             coordinator.shutdown()
             next_round, resume_from = resume_point(run_dir)

@@ -43,13 +43,13 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from fedsafe.analysis import analyse
+from fedsafe.analysis import analyse, results_frame
 from fedsafe.cluster.plan import Plan
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
 from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
-from fedsafe.run_dir import single_writer
+from fedsafe.run_dir import read_rounds, single_writer
 
 FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack",
                      "evaluation")
@@ -212,15 +212,104 @@ def planned_federations(cfg: ExperimentConfig, arms: list[Arm] | None = None) ->
     return max(1, min(cfg.cluster.concurrent_federations or count, count))
 
 
-def finish_arm(session: Session, arm: Arm, on_round, in_cache: bool) -> None:
+class Progress:
+    """What a run shows while it goes: the trackers (``output.trackers``) get every round's scalars, and
+    ``report.html`` is rewritten after every round and every finished arm (``fedsafe.report.write_live_report``).
+    Called from the federations' threads; a failure to show progress is reported once and never stops the run."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, arms: list[Arm], track: bool = True) -> None:
+        from fedsafe.tracking import Trackers, series_name
+
+        self.cfg, self.run_dir, self.arms = cfg, Path(run_dir), arms
+        # each federated run is named after the first arm that uses it
+        self.series = {fed_dir: series_name(group[0].spec.name, group[0].seed)
+                       for fed_dir, group in group_by_federation(arms).items()}
+        self.trackers = Trackers(cfg.output.trackers if track else [], self.run_dir, self.run_dir.name, to_dict(cfg),
+                                 cfg.output)
+        self.lock = threading.Lock()
+        self.finished: dict = {"name": cfg.output.name, "rounds": cfg.federation.num_rounds, "arms": {}}
+        self.failed = False
+        self._show(self._collect)
+
+    def _show(self, what, *args) -> None:
+        try:
+            what(*args)
+        except Exception as err:  # noqa: BLE001 - progress is a view; the run's files are what count
+            if not self.failed:
+                tqdm.write(f"progress display failed ({type(err).__name__}: {err}); the run goes on without it")
+            self.failed = True
+
+    def round_done(self, arm: Arm, record: dict) -> None:
+        self._show(self.trackers.log_round, self.series[arm.fed_dir], record)
+        self.show("running")
+
+    def _collect(self) -> None:
+        """The finished arms (those a cache already holds too): their rounds reach the trackers (those of a
+        federated run trained elsewhere too), their rows the report."""
+        done = [a for a in self.arms if a.result_path.is_file()]
+        for fed_dir in dict.fromkeys(a.fed_dir for a in done):
+            for record in read_rounds(fed_dir):
+                self.trackers.log_round(self.series[fed_dir], record)
+        arms = collect_arms(done)
+        if arms:
+            analyse(arms)
+        with self.lock:
+            self.finished = {**self.finished, "arms": arms}
+
+    def arm_finished(self) -> None:
+        self._show(self._collect)
+        self.show("running")
+
+    def show(self, state: str) -> None:
+        self._show(self.write, state)
+
+    def write(self, state: str) -> None:
+        from fedsafe.report import write_live_report
+
+        with self.lock:
+            rounds = {self.series[fed_dir]: read_rounds(fed_dir) for fed_dir in self.series}
+            done = sum(a.result_path.is_file() for a in self.arms)
+            write_live_report(self.run_dir, self.finished, rounds, done, len(self.arms), state)
+
+    def close(self, results: dict | None = None) -> None:
+        """The end of the run: the trackers get the result table and the report's plots (``results``), or
+        the live report says the run stopped (none)."""
+        try:
+            if results is None:
+                self.show("stopped")
+            elif self.trackers.trackers:
+                plots = {p.stem: p for p in sorted((self.run_dir / "plots").glob("*.png")) if p.stem != "progress"}
+                self.trackers.log_results(results_frame(results), results["table"], plots)
+        finally:
+            self.trackers.close()
+
+
+def write_stopped_report(cfg: ExperimentConfig, run_dir: Path) -> Path:
+    """``report.html`` of a run folder without ``results.json`` (a run that stopped): its federated runs'
+    rounds so far and the arms it finished; the trackers are left alone."""
+    progress = Progress(cfg, run_dir, expand_arms(cfg, run_dir), track=False)
+    progress.write("stopped")
+    return Path(run_dir) / "report.html"
+
+
+def finish_arm(session: Session, arm: Arm, on_round, in_cache: bool, progress: Progress | None = None) -> None:
     """Run one arm (``run_arm``) and write its result beside it (``in_cache``: and its config beside its
-    federated run)."""
+    federated run); ``progress`` sees each round (before ``on_round``) and the finished arm."""
     if in_cache:
         (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
     tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in {arm.fed_dir}")
-    result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, on_round)
+
+    def round_done(record: dict) -> None:
+        if progress is not None:
+            progress.round_done(arm, record)
+        if on_round is not None:
+            on_round(record)
+
+    result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, round_done)
     result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation, **result}
     arm.result_path.write_text(json.dumps(result, indent=2))
+    if progress is not None:
+        progress.arm_finished()
 
 
 class Stopped(Exception):
@@ -277,40 +366,51 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
     todo = [a for a in arms if not a.result_path.is_file()]
     if cfg.arms:
         tqdm.write(f"{len(arms)} arms, {len(arms) - len(todo)} already finished (cache: {cache_root(cfg)})")
-    cache = None
-    if todo:
-        with ExitStack() as held:  # every folder this run writes has one writer: taken before Ray starts
-            for folder in dict.fromkeys(d for a in todo for d in (a.fed_dir, a.dir)):
-                held.enter_context(single_writer(folder))
-            todo = [a for a in todo if not a.result_path.is_file()]  # finished meanwhile by another run
-            by_federation = list(group_by_federation(todo).values())
-            session = Session(cfg, plan, federations=planned_federations(cfg, todo))
-            try:
-                side_by_side = session.side_by_side(len(by_federation))
-                if side_by_side > 1:
-                    tqdm.write(f"{len(by_federation)} federated runs, {side_by_side} side by side on "
-                               f"{len(session.pool.groups)} trainer groups")
-                    run_side_by_side(by_federation, side_by_side,
-                                     lambda arm, after_round: finish_arm(session, arm, after_round, bool(cfg.arms)),
-                                     on_round, on_stop=session.close)
-                else:
-                    for arm in todo:
-                        finish_arm(session, arm, on_round, bool(cfg.arms))
-            finally:
-                session.close()
-        cache = cache_counts(session.generation)
-    results = {
-        "name": cfg.output.name, "model": cfg.model.name, "rounds": cfg.federation.num_rounds,
-        "num_clients": cfg.num_clients, "num_malicious": cfg.num_malicious,
-        "clients_per_round": cfg.federation.clients_per_round, "generation_backend": cfg.generation.backend,
-        "judge_model": judge_model_name(cfg), "generation_cache": cache, "seeds": cfg.run_seeds,
-        "sampling": cfg.federation.sampling, "arms": collect_arms(arms),
-        "decoding": {"temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p,
-                     "max_new_tokens": cfg.evaluation.max_new_tokens, "samples_per_prompt": 1},
-        "computed": [f"{a.spec.name} (seed {a.seed})" for a in todo], "wall_s": time.perf_counter() - started,
-        "calibration": calibration(cfg.evaluation.rule_keywords),
-    }
-    results["analysis"] = analyse(results["arms"])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    results["table"] = write_report(run_dir, results)
+    progress = Progress(cfg, run_dir, arms)
+    progress.show("running")
+    try:
+        cache = run_arms(cfg, todo, plan, on_round, progress) if todo else None
+        results = {
+            "name": cfg.output.name, "model": cfg.model.name, "rounds": cfg.federation.num_rounds,
+            "num_clients": cfg.num_clients, "num_malicious": cfg.num_malicious,
+            "clients_per_round": cfg.federation.clients_per_round, "generation_backend": cfg.generation.backend,
+            "judge_model": judge_model_name(cfg), "generation_cache": cache, "seeds": cfg.run_seeds,
+            "sampling": cfg.federation.sampling, "arms": collect_arms(arms),
+            "decoding": {"temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p,
+                         "max_new_tokens": cfg.evaluation.max_new_tokens, "samples_per_prompt": 1},
+            "computed": [f"{a.spec.name} (seed {a.seed})" for a in todo], "wall_s": time.perf_counter() - started,
+            "calibration": calibration(cfg.evaluation.rule_keywords),
+        }
+        results["analysis"] = analyse(results["arms"])
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        results["table"] = write_report(run_dir, results)
+    except BaseException:
+        progress.close()
+        raise
+    progress.close(results)
     return results
+
+
+def run_arms(cfg: ExperimentConfig, todo: list[Arm], plan: Plan | None, on_round, progress: Progress) -> dict | None:
+    """Run the arms of ``todo`` on one session (side by side where the plan has room); returns the generation
+    cache's counts."""
+    with ExitStack() as held:  # every folder this run writes has one writer: taken before Ray starts
+        for folder in dict.fromkeys(d for a in todo for d in (a.fed_dir, a.dir)):
+            held.enter_context(single_writer(folder))
+        todo = [a for a in todo if not a.result_path.is_file()]  # finished meanwhile by another run
+        by_federation = list(group_by_federation(todo).values())
+        session = Session(cfg, plan, federations=planned_federations(cfg, todo))
+        try:
+            side_by_side = session.side_by_side(len(by_federation))
+            if side_by_side > 1:
+                tqdm.write(f"{len(by_federation)} federated runs, {side_by_side} side by side on "
+                           f"{len(session.pool.groups)} trainer groups")
+                run_side_by_side(by_federation, side_by_side,
+                                 lambda arm, after_round: finish_arm(session, arm, after_round, bool(cfg.arms), progress),
+                                 on_round, on_stop=session.close)
+            else:
+                for arm in todo:
+                    finish_arm(session, arm, on_round, bool(cfg.arms), progress)
+        finally:
+            session.close()
+    return cache_counts(session.generation)

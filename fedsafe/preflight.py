@@ -301,6 +301,20 @@ def check_plan(cfg: ExperimentConfig, nodes: list[dict[str, float]] | None = Non
     make_plan(cfg, runtime.local_resources(cfg.cluster, gen_cpus))
 
 
+def check_trackers(cfg: ExperimentConfig, notes: list[str] | None) -> None:
+    """Every tracker of ``output.trackers`` must have its package installed (``notes``: listed there instead,
+    for --dry-run)."""
+    from fedsafe.tracking import missing_packages
+
+    missing = missing_packages(cfg.output.trackers)
+    if missing:
+        message = (f"output.trackers needs {', '.join(missing)}, which is not installed: pip install "
+                   f"{' '.join(missing)} (or pip install -e '.[trackers]'), or leave it out of output.trackers")
+        if notes is None:
+            raise ConfigError(message)
+        notes.append(message)
+
+
 def check_address(cfg: ExperimentConfig) -> None:
     """A cluster address (host:port, ray://host:port or http://host:port) must answer within
     ``ADDRESS_TIMEOUT_S``; ``auto`` and ``local`` are Ray's to resolve."""
@@ -359,5 +373,6 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
     base_config = check_models(cfg, notes)
     records = check_data(cfg)
     check_max_length(cfg, base_config, records)
+    check_trackers(cfg, notes)
     check_address(cfg)
     return notes or []

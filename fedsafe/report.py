@@ -2,7 +2,8 @@
 the paired tests, the paper's four claims with verdicts, the judges' calibration, plots; Markdown + HTML.
 
     report.md     the tables, the claims, the judges, the plots (PNG files beside it)
-    report.html   the same content in one self-contained page (plots inlined)
+    report.html   the same content in one self-contained page (plots inlined); while a run goes, a live page
+                  rewritten after every round and every finished arm (``write_live_report``)
     plots/safety_by_arm.png        each safety judge per arm, mean with 95% interval error bars
     plots/safety_per_round.png     Rule safety per round per federated run (+ each defense after the rounds)
     plots/client_similarity.png    cosine similarity of the clients' summed updates, malicious marked (Fig. 3a)
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import markdown
@@ -22,9 +25,11 @@ import matplotlib
 from fedsafe.analysis import METRICS, analyse, posthoc_only
 from fedsafe.metrics.detection import pooled, rates
 from fedsafe.run_dir import read_rounds
+from fedsafe.tracking import round_scalars
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -528,15 +533,91 @@ def write_report(run_dir: Path, results: dict) -> str:
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )
     (run_dir / "report.md").write_text(body)
+    write_html(run_dir, f"fedsafe {results['name']}", body)
+    return table
+
+
+def write_html(run_dir: Path, title: str, body: str, refresh_s: int | None = None) -> Path:
+    """``report.html``: the Markdown ``body`` as one self-contained page (its plots inlined), written whole
+    (a reader never sees half a page); ``refresh_s``: the page reloads itself that often (a live report)."""
     html = markdown.markdown(body, extensions=["tables"])
     html = re.sub(r'src="(plots/[^"]+\.png)"', lambda m: 'src="data:image/png;base64,'
                   + base64.b64encode((run_dir / m.group(1)).read_bytes()).decode() + '"', html)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #999;padding:3px 8px;text-align:right}td:first-child{text-align:left}")
-    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
-                                         f"fedsafe {results['name']}</title><style>{style}</style></head>"
-                                         f"<body>{html}</body></html>")
-    return table
+    reload = f"<meta http-equiv='refresh' content='{refresh_s}'>" if refresh_s else ""
+    path = run_dir / "report.html"
+    partial = path.with_name(".report.html.partial")
+    partial.write_text(f"<!doctype html><html><head><meta charset='utf-8'>{reload}<title>{title}</title>"
+                       f"<style>{style}</style></head><body>{html}</body></html>")
+    os.replace(partial, path)
+    return path
+
+
+# --- the live report ----------------------------------------------------------------------------------------
+
+LIVE_REFRESH_S = 10
+
+
+def plot_progress(rounds: dict[str, list[dict]], out: Path) -> bool:
+    """Per federated run so far: the clients' mean training loss per round and, where a round was evaluated,
+    its Rule safety."""
+    points = {label: [(r["round"] + 1, round_scalars(r)) for r in records if "round" in r]
+              for label, records in rounds.items()}
+    if not any(points.values()):
+        return False
+    evaluated = any("safety/rule" in s for series in points.values() for _, s in series)
+    fig, axes = plt.subplots(1, 2 if evaluated else 1, figsize=(10 if evaluated else 6, 3.8), squeeze=False)
+    for label, series in points.items():
+        for ax, key in zip(axes[0], ("train/loss", "safety/rule")):
+            xy = [(x, s[key]) for x, s in series if key in s]
+            if xy:
+                ax.plot(*zip(*xy), marker="o", label=label)
+    axes[0][0].set(xlabel="round", ylabel="clients' mean training loss", title="Training loss so far")
+    if evaluated:
+        axes[0][1].set(xlabel="round", ylabel="Rule safety (%)", ylim=(-2, 102), title="Safety per round so far")
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def rounds_table(rounds: dict[str, list[dict]], total: int) -> str:
+    """One row per federated run: rounds done, and the last round's loss and safety."""
+    rows = ["| federated run | rounds done | last training loss | last Rule safety (%) |", "|---|---|---|---|"]
+    for label, records in rounds.items():
+        done = [r for r in records if "round" in r]
+        last = round_scalars(done[-1]) if done else {}
+        evaluated = [round_scalars(r)["safety/rule"] for r in done if "evaluation" in r]
+        rows.append(f"| {label} | {len(done)} of {total} | {_fmt(last.get('train/loss'), 3)} | "
+                    f"{_fmt(evaluated[-1] if evaluated else None)} |")
+    return "\n".join(rows)
+
+
+def write_live_report(run_dir: Path, results: dict, rounds: dict[str, list[dict]], runs_done: int, runs_total: int,
+                      state: str = "running") -> Path:
+    """``report.html`` while a run goes (``state`` "running": the page reloads every ``LIVE_REFRESH_S``
+    seconds) or after it stopped: every federated run's rounds so far (``rounds``: its records by label) and
+    the table of the arms finished so far (``results``: the run's results with those arms, analysed)."""
+    run_dir = Path(run_dir)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plotted = plot_progress(rounds, run_dir / "plots" / "progress.png")
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    status = (f"Running: {runs_done} of {runs_total} arm-seed runs finished (updated {when}; this page reloads "
+              f"every {LIVE_REFRESH_S} s until the run ends)." if state == "running" else
+              f"Stopped at {when} with {runs_done} of {runs_total} arm-seed runs finished; `fedsafe run --resume "
+              f"{run_dir}` continues it.")
+    finished = (f"{matrix_table(results)}\n\n## Paired tests so far\n\n{paired_table(results)}"
+                if results["arms"] else "None yet.")
+    body = (f"# fedsafe report: {results['name']} ({state})\n\n{status}\n\n"
+            f"## Federated runs so far\n\n{rounds_table(rounds, results['rounds'])}\n\n"
+            + ("![Progress](plots/progress.png)\n\n" if plotted else "")
+            + f"## Finished arms\n\n{finished}\n")
+    return write_html(run_dir, f"fedsafe {results['name']} ({state})", body,
+                      LIVE_REFRESH_S if state == "running" else None)
 
 
 def rebuild(run_dir: Path) -> str:
@@ -549,10 +630,21 @@ def rebuild(run_dir: Path) -> str:
     return write_report(run_dir, results)
 
 
-if __name__ == "__main__":  # python -m fedsafe.report RUN_DIR: rebuild the analysis and the report
-    import sys
 
-    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "results.json").is_file():
-        print("usage: python -m fedsafe.report RUN_DIR (a run folder with results.json)", file=sys.stderr)
-        sys.exit(2)
-    print(rebuild(Path(sys.argv[1])))
+def compare_table(rows: list[dict], base: str) -> str:
+    """``fedsafe.analysis.compare_runs``'s rows as Markdown: each arm's metrics (mean over seeds [95%
+    interval]) and, per safety judge, its difference from the same arm in ``base`` (paired test)."""
+    shown = [k for k in METRICS if any(k in r["summary"] for r in rows)]
+    tested = [k for k in METRICS if any(k in r["paired"] for r in rows)]
+    header = (["run", "arm", "seeds"] + [METRICS[k].label for k in shown]
+              + [f"{METRICS[k].label} vs {base}: effect [95% CI], p (Holm), pairs" for k in tested])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for r in rows:
+        cells = [r["run"], r["arm"], str(r["seeds"])]
+        cells += [summary_cell(r["summary"].get(k), DIGITS.get(k, 2)) for k in shown]
+        for k in tested:
+            t = r["paired"].get(k)
+            cells.append(f"{t['effect']:+.2f} [{t['effect_ci95'][0]:+.2f}, {t['effect_ci95'][1]:+.2f}], "
+                         f"p {t['p']:.3g} ({t['p_holm']:.3g}), {t['n_pairs']}" if t else (r["note"] or "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

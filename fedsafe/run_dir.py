@@ -1,7 +1,8 @@
-"""A run's folder: resolved config, per-round metrics (JSON lines and TensorBoard), results and report.
+"""A run's folder: resolved config, per-round metrics (JSON lines), results and report.
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
-        config.yaml  config.sha256  metrics.jsonl  results.json  report.md  tensorboard/  checkpoints/  evaluation/
+        config.yaml  config.sha256  metrics.jsonl  results.json  report.md  report.html  checkpoints/  evaluation/
+        tensorboard/  wandb/  mlflow.db  mlruns/  trackers.json   # the trackers of output.trackers
         README.md    # says that generated text here is research material that stays out of commits
 """
 
@@ -25,7 +26,8 @@ RUN_README = """# fedsafe run folder
 Written by fedsafe. What it holds:
 - `config.yaml` (the resolved config; API keys are never in it, only the names of their environment
   variables) and `config.sha256` (its digest, which `--resume` checks; `config_changes.jsonl` records what a
-  resume changed), `metrics.jsonl` (one record per round), `results.json`, `report.md`, `tensorboard/`;
+  resume changed), `metrics.jsonl` (one record per round), `results.json`, `report.md` and `report.html`
+  (rewritten after every round while the run goes), the trackers' files (`tensorboard/`, `wandb/`, `mlflow.db`);
 - `checkpoints/` and adapter folders: safetensors + JSON (load with peft.PeftModel.from_pretrained);
 - `evaluation/`: model answers to harmful prompts, and generated attack and defense data may sit beside it
   (and in `<output.root>/cache/`).
@@ -39,8 +41,8 @@ CONFIG_FILE, DIGEST_FILE, CHANGES_FILE = "config.yaml", "config.sha256", "config
 WRITER_LOCK, WRITER_FILE = ".writer.lock", ".writer.json"
 # what a resume may change: where and how it runs, how many checkpoints it keeps, and more rounds; anything
 # else would make the folder's rounds disagree with its config
-RESUME_SAFE = ("cluster.", "output.keep_checkpoints", "output.tensorboard", "generation.replicas",
-               "generation.cpus_per_replica", "federation.num_rounds")
+RESUME_SAFE = ("cluster.", "output.keep_checkpoints", "output.trackers", "output.wandb", "output.mlflow",
+               "generation.replicas", "generation.cpus_per_replica", "federation.num_rounds")
 
 
 @contextmanager
@@ -90,7 +92,7 @@ def resume_config(run_dir: Path, overrides: list[str] = ()) -> ExperimentConfig:
     run_dir = Path(run_dir)
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():
-        raise ConfigError(f"{saved} does not exist; --resume needs a run folder made by launch.py")
+        raise ConfigError(f"{saved} does not exist; --resume needs a run folder made by fedsafe run")
     text = saved.read_text()
     digest = run_dir / DIGEST_FILE
     if not text.strip():
@@ -189,7 +191,7 @@ class MetricsLog:
     not complete, and a round that was checkpointed but never logged (the driver died in between) gets a
     line saying so (``recovered``), so the log has one line per round."""
 
-    def __init__(self, run_dir: Path, start_round: int, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path, start_round: int) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         kept = {record.get("round", -1): line for line, record in parsed_lines(self.path, lines)}
@@ -198,23 +200,10 @@ class MetricsLog:
             kept.setdefault(r, json.dumps({"round": r, "recovered": LOST_RECORD}))
         if lines or kept:
             self.path.write_text("".join(kept[r] + "\n" for r in sorted(kept)))
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-
-    def log(self, record: dict, scalars: dict[str, float] | None = None) -> None:
+    def log(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None and scalars:
-            for key, value in scalars.items():
-                self.tb.add_scalar(key, value, record.get("round", 0))
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def read_rounds(run_dir: Path) -> list[dict]:

@@ -36,7 +36,7 @@ def elastic(out: Path, model_cache: str) -> dict:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     ray.init(address=cluster.address, runtime_env={"env_vars": WORKER_ENV}, logging_level="ERROR")
-    cfg = load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={out}", "output.tensorboard=false",
+    cfg = load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={out}", "output.trackers=[]",
                               "federation.num_rounds=5", "evaluation.num_prompts=8", "evaluation.num_benign=8",
                               "cluster.round_timeout_s=300"])
     events: list[str] = []
@@ -84,7 +84,7 @@ def lost_update(out: Path, model_cache: str) -> dict:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     ray.init(address=cluster.address, runtime_env={"env_vars": WORKER_ENV}, logging_level="ERROR")
-    cfg = load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={out}", "output.tensorboard=false",
+    cfg = load_config(SMOKE, [f"model.cache_dir={model_cache}", f"output.root={out}", "output.trackers=[]",
                               "lora.r=16", "lora.alpha=32", "cluster.round_timeout_s=300"])
     session = Session(cfg)
     worker = cluster.add_node(num_cpus=2)

@@ -15,7 +15,7 @@ import torch
 
 import launch
 from fedsafe.config import ConfigError
-from tests.conftest import ROOT, SMOKE
+from tests.conftest import HOLD, ROOT, SMOKE
 
 SECRET = "sk-live-0123456789abcdef"
 
@@ -295,18 +295,9 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_message(tmp_path, capsys):
 
     lines = [json.dumps({"round": 0, "seconds": 1.0}), json.dumps({"round": 1, "seconds": 2.0}), '{"round": 2, "sec']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
-    MetricsLog(tmp_path, 2, tensorboard=False).close()  # resume at round 2: rounds 0 and 1 are done
+    MetricsLog(tmp_path, 2)  # resume at round 2: rounds 0 and 1 are done
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines[:2]
     assert "line 3 is not a whole JSON record" in capsys.readouterr().out
-
-
-HOLD = """
-import sys
-from fedsafe.run_dir import single_writer
-with single_writer(sys.argv[1]):
-    print("holding", flush=True)
-    sys.stdin.read()
-"""
 
 
 def test_a_second_writer_of_a_run_folder_is_refused_and_the_lock_dies_with_its_holder(tmp_path, capsys):

@@ -30,13 +30,12 @@ def test_metrics_log_on_resume_drops_unfinished_rounds_and_marks_a_checkpointed_
 
     from fedsafe.run_dir import MetricsLog
 
-    log = MetricsLog(tmp_path, 0, tensorboard=False)
+    log = MetricsLog(tmp_path, 0)
     for r in (0, 2, 3):  # round 1 was checkpointed, then the driver died before logging it; 3 is unfinished
         log.log({"round": r, "seconds": float(r)})
-    log.close()
-    MetricsLog(tmp_path, 3, tensorboard=False).close()  # resume at round 3
+    MetricsLog(tmp_path, 3)  # resume at round 3
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["seconds"] == 0.0 and rows[2]["seconds"] == 2.0 and "before its record" in rows[1]["recovered"]
-    MetricsLog(tmp_path / "fresh", 0, tensorboard=False).close()
+    MetricsLog(tmp_path / "fresh", 0)
     assert not (tmp_path / "fresh" / "metrics.jsonl").exists()

@@ -208,7 +208,7 @@ def test_ray_job_submit_on_loopback_with_a_token(tmp_path, model_cache):
         submit = [ray_cli, "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
                   sys.executable, "launch.py", "--config", "configs/smoke.yaml", "federation.num_rounds=2",
                   "evaluation.num_prompts=8", "evaluation.num_benign=8", f"output.root={runs}",
-                  f"model.cache_dir={model_cache}", "output.tensorboard=false"]
+                  f"model.cache_dir={model_cache}", "output.trackers=[]"]
         for _ in range(20):  # the job agent may register a little after the dashboard answers
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
             out = job.stdout + job.stderr

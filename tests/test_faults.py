@@ -24,7 +24,7 @@ from tests.conftest import PROMPTS, ROOT, SMOKE, arm, read_metrics, trained_adap
 pytestmark = pytest.mark.integration
 
 FAULT_RUN = ["federation.num_rounds=3", "evaluation.num_prompts=8", "evaluation.num_benign=8",
-             "output.keep_checkpoints=10", "output.tensorboard=false"]
+             "output.keep_checkpoints=10", "output.trackers=[]"]
 
 
 def ray_processes(title: str) -> list[psutil.Process]:
