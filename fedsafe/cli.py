@@ -317,19 +317,19 @@ def compare_command(run_dirs: tuple[str, ...], out: str | None) -> None:
         Path(out).write_text(text)
 
 
-@cli.command("calibrate", context_settings=CONTEXT, short_help="The safety judges against human labels.", epilog="""\b
+@cli.command("calibrate", context_settings=CONTEXT, short_help="The safety judges against human labels.",
+             epilog="""\b
 Examples:
-  fedsafe calibrate                          # the Rule judge as fixed by the authors, and the classifier
-  fedsafe calibrate --rule-keywords paper    # the Rule judge with the paper's missing comma""")
-@click.option("--rule-keywords", type=click.Choice(["fixed", "paper", "cased"]), default="fixed", show_default=True,
-              help="the Rule judge's keyword list (evaluation.rule_keywords)")
-def calibrate_command(rule_keywords: str) -> None:
-    """The safety judges against human labels: accuracy, Cohen's kappa and confusion of the Rule judge and the
-    classifier (5-fold cross-validated) on the labelled refusal and objective sets (offline, seconds)."""
+  fedsafe calibrate                          # print the table
+  fedsafe calibrate > calibration.md         # keep it beside a paper draft""")
+def calibrate_command() -> None:
+    """The safety judges against human labels: accuracy, Cohen's kappa and confusion of the Rule judge (each
+    keyword list of evaluation.rule_keywords: fixed, paper, cased) and the classifier (5-fold cross-validated)
+    on the labelled refusal and objective sets; offline, seconds. Every run's report has the same table."""
     from fedsafe.evaluation.evaluate import calibration
     from fedsafe.report import calibration_table
 
-    click.echo(calibration_table({"calibration": calibration(rule_keywords)}))
+    click.echo(calibration_table({"calibration": calibration("fixed")}))
 
 
 # --- entry points --------------------------------------------------------------------------------------------
