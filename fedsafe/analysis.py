@@ -84,15 +84,17 @@ def defended(arm: dict) -> bool:
     return bool(arm["defense_level"]) or arm.get("defense", "none") != "none"
 
 
+def attacked(arm: dict) -> bool:
+    """Whether the arm has malicious clients or an attack that poisons benign ones (``attacked``)."""
+    return bool(arm.get("attacked", arm["num_malicious"]))
+
+
 def reference_of(name: str, arms: dict) -> str | None:
     """The arm ``name`` is compared with (module docstring), if the matrix has it."""
     arm = arms[name]
 
     def find(pred) -> str | None:
         return next((n for n, a in arms.items() if n != name and pred(a)), None)
-
-    def attacked(a: dict) -> bool:
-        return bool(a.get("attacked", a["num_malicious"]))
 
     def same_attack(a: dict) -> bool:
         return attacked(a) == attacked(arm) and a.get("attack") == arm.get("attack") \
@@ -295,8 +297,7 @@ def results_frame(results: dict):
 
     rows = []
     for name, arm in results["arms"].items():
-        attacked = arm.get("attacked", arm["num_malicious"])
-        row = {"arm": name, "aggregation": arm["rule"], "attack": arm.get("attack") if attacked else "none",
+        row = {"arm": name, "aggregation": arm["rule"], "attack": arm.get("attack") if attacked(arm) else "none",
                "malicious": arm["num_malicious"], "defense": arm.get("defense", "none"),
                "defense_level": arm["defense_level"], "seeds": len(arm.get("runs", [arm]))}
         for metric, s in arm.get("summary", {}).items():
