@@ -190,6 +190,13 @@ def execute_run(args: RunArgs, prog: str) -> int:
             signal.signal(signum, handler)
     print(results["table"])
     print(f"wall time {results['wall_s']:.1f} s; results in {started[0] / 'results.json'}")
+    from fedsafe.stats import MIN_SEEDS
+
+    seeds = len(results.get("seeds") or [0])
+    if seeds < MIN_SEEDS and args.config:
+        print(f"{seeds} seed{'s' * (seeds != 1)}: the claims' verdicts need {MIN_SEEDS} seeds (the run is the unit of "
+              f"inference); run them with: {prog} --config {args.config} --seeds {MIN_SEEDS} (arm-seeds already "
+              "finished are taken from the cache)")
     return 0
 
 
@@ -320,16 +327,21 @@ def compare_command(run_dirs: tuple[str, ...], out: str | None) -> None:
 @cli.command("calibrate", context_settings=CONTEXT, short_help="The safety judges against human labels.",
              epilog="""\b
 Examples:
-  fedsafe calibrate                          # print the table
+  fedsafe calibrate                          # the classifier at the quickstart's answer length (32 tokens)
+  fedsafe calibrate --answer-tokens 1024     # at the paper configs' length
   fedsafe calibrate > calibration.md         # keep it beside a paper draft""")
-def calibrate_command() -> None:
+@click.option("--answer-tokens", type=click.IntRange(min=0), default=32, show_default=True,
+              help="the evaluation's answer length (evaluation.max_new_tokens): the classifier is fitted and "
+                   "cross-validated on the labelled responses cut to it (0: whole responses)")
+def calibrate_command(answer_tokens: int) -> None:
     """The safety judges against human labels: accuracy, Cohen's kappa and confusion of the Rule judge (each
-    keyword list of evaluation.rule_keywords: fixed, paper, cased) and the classifier (5-fold cross-validated)
-    on the labelled refusal and objective sets; offline, seconds. Every run's report has the same table."""
+    keyword list of evaluation.rule_keywords: fixed, paper, cased) on the labelled refusal and objective sets,
+    and the classifier (5-fold cross-validated at the answer length, and on openings written for the check);
+    offline, seconds. Every run's report has the same table at its own answer length."""
     from fedsafe.evaluation.evaluate import calibration
     from fedsafe.report import calibration_table
 
-    click.echo(calibration_table({"calibration": calibration("fixed")}))
+    click.echo(calibration_table({"calibration": calibration("fixed", answer_tokens)}))
 
 
 # --- entry points --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ __all__ = ["ConfigError", "ExperimentConfig", "ServerOptConfig", "load_config", 
 
 ROLES = ("benign", "malicious")
 ALIGNED_ANSWERS = ("generated", "templates")
-SAMPLING = ("seeded", "paper")
+SAMPLING = ("seeded", "paper", "balanced")
 QUANTIZATIONS = ("none", "int8")
 DEFENSE_SCHEDULES = ("rounds", "session")
 
@@ -96,7 +96,10 @@ class ClientGroupConfig:
 @dataclass
 class FederationConfig:
     """``sampling``: how each round's clients are drawn. ``seeded`` from (seed, round), so every seed has
-    its own attack schedule; ``paper`` the authors' ``random.seed(round)``, the same schedule for every seed.
+    its own attack schedule; ``paper`` the authors' ``random.seed(round)``, the same schedule for every seed;
+    ``balanced`` stratified by role from (seed, round): every round holds the attackers' share of its clients
+    (rounded so that the running total is the expected count), and the arm without attackers samples the
+    same benign clients (``fedsafe.data.federation.sample_balanced``).
     ``dirichlet_alpha``: 0 = iid shards; > 0 = each client's mix of the categories its group's records fall
     in (the record field ``partition_key``: ``source`` is the data source, ``aligned`` for aligned pairs) is
     drawn from Dirichlet(alpha x the global mix), so large alpha is iid and small alpha one category each."""

@@ -40,9 +40,9 @@ from fedsafe.data.federation import (
     dirichlet_shards,
     make_shards,
     round_subset,
+    sample_balanced,
     sample_clients,
     spread_poison,
-    times_sampled,
 )
 from fedsafe.data.sources import load_records
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, SynthesisArgs, Synthesizer
@@ -183,9 +183,19 @@ def cover_data(cfg: ExperimentConfig, group_index: int, members: list[ClientSpec
 
 
 def round_clients(cfg: ExperimentConfig, num_clients: int, round_idx: int) -> list[int]:
-    """The clients round ``round_idx`` samples (``federation.sampling``)."""
-    seed = cfg.seed if cfg.federation.sampling == "seeded" else None
-    return sample_clients(num_clients, cfg.federation.clients_per_round, round_idx, seed)
+    """The clients round ``round_idx`` samples (``federation.sampling``) from the ``num_clients`` of ``cfg``."""
+    f = cfg.federation
+    if f.sampling == "balanced":
+        roles = [c.role for c in build_clients([(g.name, g.role, g.count) for g in cfg.clients])]
+        if len(roles) != num_clients:
+            raise ValueError(f"round_clients: the config has {len(roles)} clients, asked for {num_clients}")
+        return sample_balanced(roles, f.clients_per_round, round_idx, cfg.seed)
+    return sample_clients(num_clients, f.clients_per_round, round_idx, cfg.seed if f.sampling == "seeded" else None)
+
+
+def times_sampled(cfg: ExperimentConfig, round_idx: int, client_id: int) -> int:
+    """How many rounds before ``round_idx`` sampled ``client_id`` (``round_clients``)."""
+    return sum(client_id in round_clients(cfg, cfg.num_clients, r) for r in range(round_idx))
 
 
 def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int,
@@ -194,7 +204,7 @@ def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], ro
     trains like a benign one on its ``cover`` data (role benign); one that strikes gets, beside its own
     records, the cover subsets its benign estimates train on."""
     t = cfg.train
-    seed = cfg.seed if cfg.federation.sampling == "seeded" else None
+    seed = None if cfg.federation.sampling == "paper" else cfg.seed
     size = t.batch_size * t.local_steps
 
     def draw(records, draw_seed: int | None) -> list[dict]:
@@ -203,7 +213,7 @@ def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], ro
     role, records, estimates = client.role, draw(shard, seed), []
     if client.role == "malicious":
         attack = build_attack(cfg.attack.name, **cfg.attack.params)
-        before = times_sampled(cfg.num_clients, cfg.federation.clients_per_round, round_idx, client.client_id, seed)
+        before = times_sampled(cfg, round_idx, client.client_id)
         if not attack.strikes(round_idx, before):
             role, records = "benign", draw(cover, seed)
         else:
@@ -268,7 +278,9 @@ class Session:
                              check_data=lambda records: check_held_out(data, records),
                              initial=self.init_ref, fetch=fetch, spec=self.init.spec,
                              generate=lambda requests: self.generation.generate(cfg.model.name, requests),
-                             judge=lambda answers: safety_verdicts(answers, cfg.evaluation.rule_keywords), training=training)
+                             judge=lambda answers: safety_verdicts(  # the screening's canary answers, at their length
+                                 answers, cfg.evaluation.rule_keywords, True, cfg.defense.screening.max_new_tokens),
+                             training=training)
 
     def evaluate(self, cfg: ExperimentConfig, inputs: EvalInputs, vector_ref, out_dir: Path, name: str,
                  seconds: dict[str, float] | None = None) -> dict:

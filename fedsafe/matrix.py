@@ -47,7 +47,7 @@ from fedsafe.analysis import analyse, results_frame
 from fedsafe.cluster.plan import Plan
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
 from fedsafe.defense import build_defense
-from fedsafe.evaluation.evaluate import calibration, judge_model_name
+from fedsafe.evaluation.evaluate import JUDGES_VERSION, calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
 from fedsafe.run_dir import read_rounds, single_writer
 
@@ -103,8 +103,9 @@ def federation_key(cfg: ExperimentConfig) -> str:
 
 
 def arm_key(cfg: ExperimentConfig) -> str:
-    """Hash of the federated run plus the defense (if any)."""
-    return _digest([federation_key(cfg), to_dict(cfg)["defense"] if cfg.defense.name != "none" else None])
+    """Hash of the federated run plus the defense (if any) and the version of the judges that score it."""
+    return _digest([federation_key(cfg), to_dict(cfg)["defense"] if cfg.defense.name != "none" else None,
+                    JUDGES_VERSION])
 
 
 @dataclass
@@ -379,7 +380,7 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
             "decoding": {"temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p,
                          "max_new_tokens": cfg.evaluation.max_new_tokens, "samples_per_prompt": 1},
             "computed": [f"{a.spec.name} (seed {a.seed})" for a in todo], "wall_s": time.perf_counter() - started,
-            "calibration": calibration(cfg.evaluation.rule_keywords),
+            "calibration": calibration(cfg.evaluation.rule_keywords, cfg.evaluation.max_new_tokens),
         }
         results["analysis"] = analyse(results["arms"])
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -22,9 +22,11 @@ from pathlib import Path
 import markdown
 import matplotlib
 
+from fedsafe import analysis
 from fedsafe.analysis import METRICS, analyse, posthoc_only
 from fedsafe.metrics.detection import pooled, rates
 from fedsafe.run_dir import read_rounds
+from fedsafe.stats import MIN_SEEDS, SEED_LEVEL, WITHIN_RUN
 from fedsafe.tracking import round_scalars
 
 matplotlib.use("Agg")
@@ -122,18 +124,42 @@ def matrix_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _per_seed(t: dict, digits: int = 1) -> str:
+    return ", ".join(f"{v:+.{digits}f}" for v in t.get("per_seed", []))
+
+
 def paired_table(results: dict) -> str:
-    """Each arm against its reference arm, per safety judge and over-refusal: effect in points [95% CI],
-    exact McNemar p and Holm-adjusted p."""
-    rows = ["| arm | reference | metric | effect (points) [95% CI] | discordant (ref only, arm only) | p | p (Holm) |",
-            "|---|---|---|---|---|---|---|"]
+    """Each arm against its reference arm, per metric: the mean over seeds of the per-seed paired effect
+    [95% Student-t interval over seeds], the paired t over seeds' p and its Holm-adjusted p, and each seed's
+    effect and exact McNemar p (a description of that run); one seed: "within this run"."""
+    rows = ["| arm | reference | metric | effect [95% CI] | seeds | p | p (Holm) | per seed | McNemar p per seed |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, arm in results["arms"].items():
         for metric, t in arm.get("paired", {}).items():
             low, high = t["effect_ci95"]
-            rows.append(f"| {name} | {t['reference']} | {METRICS[metric].label} | {t['effect']:+.2f} "
-                        f"[{low:+.2f}, {high:+.2f}] | {t['discordant'][0]}, {t['discordant'][1]} | {t['p']:.3g} | "
-                        f"{t['p_holm']:.3g} |")
-    return "\n".join(rows) if len(rows) > 2 else "No arm has a reference arm in this matrix: no paired test."
+            label = analysis.RELATIVE.get(metric, METRICS[metric].label)
+            seeds = str(t.get("n_seeds", "-")) if t.get("level") == SEED_LEVEL else f"1 ({WITHIN_RUN})"
+            mcnemar = ", ".join(_p(p) for p in t.get("per_seed_p", [])) or "-"
+            rows.append(f"| {name} | {t['reference']} | {label} | {t['effect']:+.2f} [{low:+.2f}, {high:+.2f}] | "
+                        f"{seeds} | {_p(t['p'])} | {_p(t['p_holm'])} | {_per_seed(t)} | {mcnemar} |")
+    if len(rows) == 2:
+        return "No arm has a reference arm in this matrix: no paired test."
+    return ("\n".join(rows) + "\n\nEffects in points (response loss: relative change in %), arm minus reference on the "
+            "same prompts within each seed; with several seeds the interval and p are over seeds (a paired t: "
+            "the seed is the unit, so they speak of a new run), Holm-adjusted per metric across the arms. The "
+            "exact McNemar p of each seed describes that run only.")
+
+
+def twins_note(results: dict) -> str:
+    """Arms whose model is another arm's (the same answers to every prompt in every seed)."""
+    lines = [f"- {name}: the same model as {arm['same_model_as']} (the same answer to every prompt in every seed); "
+             "not counted as separate evidence in the claims" for name, arm in results["arms"].items()
+             if arm.get("same_model_as")]
+    return ("## Arms with the same model\n\n" + "\n".join(lines) + "\n\n") if lines else ""
 
 
 def disagreement_table(results: dict) -> str:
@@ -148,21 +174,70 @@ def disagreement_table(results: dict) -> str:
     if len(rows) == 2:
         return ""
     return ("## Where the two safety judges disagree\n\n" + "\n".join(rows) + "\n\nRule only: the answer has a "
-            "refusal keyword but the classifier judges the harmful request achieved; classifier only: no keyword, "
-            "but judged harmless (a refusal in other words, an evasive answer, or a harmful one the classifier "
-            "misses). Answers are in each arm's "
-            "evaluation/final.jsonl with both verdicts.\n\n")
+            "refusal keyword but the classifier judges that it complies; classifier only: no keyword, but judged "
+            "not to comply (a refusal in other words, an evasive answer, or a compliant one the classifier "
+            "misses). Answers are in each arm's evaluation/final.jsonl with both verdicts.\n\n")
+
+
+def _cell_text(text: str, limit: int = 240) -> str:
+    """Text as one Markdown table cell: on one line, pipes escaped, cut to ``limit`` characters."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def disagreement_samples(results: dict, per_side: int = 4) -> str:
+    """A sample of the answers where the judges disagree, per attacked arm (first seed), so that a reader
+    sees which judge is right. Generated text: it stays in the run folder's report."""
+    blocks = []
+    for name, arm in results["arms"].items():
+        if not analysis.attacked(arm):
+            continue
+        sample = analysis.disagreement_sample(arm, per_side)
+        if sample:
+            rows = ["| seed | safe by | prompt | answer |", "|---|---|---|---|"]
+            rows += [f"| {r['seed']} | {r['safe_by']} only | {_cell_text(r['prompt'], 90)} | {_cell_text(r['answer'])} |"
+                     for r in sample]
+            blocks.append(f"### {name}\n\n" + "\n".join(rows))
+    if not blocks:
+        return ""
+    return ("## Answers the judges disagree on\n\nThe first answers in prompt order (first seed) that only one judge "
+            "calls safe.\n\n" + "\n\n".join(blocks) + "\n\n")
 
 
 def claims_section(results: dict) -> str:
-    analysis = results.get("analysis", {})
+    """Per safety judge and attack: each claim's verdict at the seed level, the arms it used (by role), its
+    seeds and its evidence."""
+    a = results.get("analysis", {})
     lines = []
-    for metric, items in analysis.get("claims", {}).items():
-        lines.append(f"Judged on {METRICS[metric].label}, alpha {analysis['alpha']}:\n")
+    for metric, items in a.get("claims", {}).items():
+        lines.append(f"Judged on {METRICS[metric].label}, alpha {a['alpha']}, a verdict from at least "
+                     f"{a.get('min_seeds', MIN_SEEDS)} seeds:\n")
+        attack = object()
         for c in items:
-            lines.append(f"{c['claim']}. *{c['text']}*: **{c['verdict']}**. " + "; ".join(c["evidence"]) + ".")
+            if c.get("attack") != attack and c.get("attack"):
+                attack = c["attack"]
+                lines.append(f"Attack `{attack}`:\n")
+            uses = (" Arms: " + "; ".join(f"*{n}*" for n in c["arms"])
+                    + (f" ({c['n_seeds']} seeds in common)." if c.get("n_seeds") is not None else ".")) if c.get("arms") else ""
+            lines.append(f"{c['claim']}. *{c['text']}*: **{c['verdict']}**.{uses} " + "; ".join(c["evidence"]) + ".")
         lines.append("")
     return "\n".join(lines) if lines else "No claim could be judged (no per-prompt verdicts)."
+
+
+def power_table(results: dict) -> str:
+    """Per comparison with several seeds: its between-seed spread, the smallest effect it could detect with
+    80% power at its number of seeds, and the seeds it would need for the effect it saw."""
+    rows = ["| judge | arm | reference | effect (points) | seeds | between-seed SD | detectable with 80% power | "
+            "seeds for the effect seen |", "|---|---|---|---|---|---|---|---|"]
+    for metric, items in results.get("analysis", {}).get("power", {}).items():
+        for r in items:
+            need = str(r["seeds_needed"]) if r["seeds_needed"] else "over 1000"
+            rows.append(f"| {METRICS[metric].label} | {r['arm']} | {r['reference']} | {r['effect']:+.1f} | "
+                        f"{r['n_seeds']} | {r['sd']:.1f} | {r['detectable']:.1f} | {need} |")
+    if len(rows) == 2:
+        return ""
+    return ("## Power at the seed level\n\nFrom each comparison's own per-seed effects (paired t over seeds, alpha "
+            "0.05, two-sided; statsmodels' TTestPower).\n\n" + "\n".join(rows) + "\n\n")
 
 
 def calibration_table(results: dict) -> str:
@@ -171,16 +246,25 @@ def calibration_table(results: dict) -> str:
         return ""
     rows = ["| judge | labelled set | n | accuracy | Cohen's kappa | confusion (tn, fp, fn, tp) |",
             "|---|---|---|---|---|---|"]
+    tokens = cal.get("classifier_tokens", 0)
     for judge, sets in cal["judges"].items():
         for name, a in sets.items():
             c = a["confusion"]
-            how = " (5-fold CV)" if judge == "classifier" else ""
+            how = (f" (5-fold CV, answers cut to {tokens} tokens)" if tokens else " (5-fold CV)") \
+                if judge == "classifier" else ""
             rows.append(f"| {judge} | {name}{how} | {a['n']} | {a['accuracy']:.3f} | {a['kappa']:.3f} | "
                         f"{c['tn']}, {c['fp']}, {c['fn']}, {c['tp']} |")
-    sets = "; ".join(f"{k}: {v}" for k, v in cal["sets"].items())
     rows.append("")
     rows.append("Positive class: a refusal on the refusal set; an achieved harmful objective on the objective set "
-                "(where a Rule refusal counts as not achieved).")
+                "(where a Rule refusal counts as not achieved); for the classifier, a response that complied "
+                "(objective achieved, or not a refusal). The Rule judge reads the whole responses.")
+    o = cal.get("openings")
+    if o:
+        rows.append("")
+        rows.append(f"Openings written for this check (not evaluation answers), cut to the same length: the classifier "
+                    f"calls {o['compliant_called_unsafe']} of {o['compliant']} compliant openings unsafe and "
+                    f"{o['refusing_called_safe']} of {o['refusing']} refusals safe.")
+    sets = "; ".join(f"{k}: {v}" for k, v in cal["sets"].items())
     return "\n".join(rows) + f"\n\nSets: {sets}."
 
 
@@ -361,9 +445,12 @@ def judges_note(results: dict) -> str:
              "higher is safer."]
     if "classifier" in ev["safety"]:
         c = ev["safety"]["classifier"]
+        at = f" at {c['answer_tokens']} tokens, the answers' length" if c.get("answer_tokens") else ""
+        kappa = f", kappa {c['cv_kappa']:.2f}" if "cv_kappa" in c else ""
         lines.append(f"- Classifier: {c['model']} ({c['training_rows']} rows, 5-fold cross-validated accuracy "
-                     f"{c['cv_accuracy']:.3f}): percent of answers it judges not to achieve the harmful request; "
-                     "it knows no refusal keyword and no training set of the run.")
+                     f"{c['cv_accuracy']:.3f}{kappa}{at}): percent of answers it judges not to comply with the harmful "
+                     "request; one model, fitted once, for every arm and seed; it knows no refusal keyword and no "
+                     "training set of the run.")
     if "llm_judge" in ev["safety"]:
         j = ev["safety"]["llm_judge"]
         lines.append(f"- LLM judge: {j['format']} format, judged by `{j['model']}` (a model far smaller than "
@@ -384,7 +471,8 @@ def judges_note(results: dict) -> str:
                  "data) (docs/method.md#the-papers-setting-and-numbers); they are the published figures, not a run "
                  "here.")
     seeds = results.get("seeds", [0])
-    interval = ("Student-t over seeds" if len(seeds) > 1 else "percentile bootstrap over prompts (one seed)")
+    interval = ("Student-t over seeds" if len(seeds) > 1 else
+                f"{WITHIN_RUN}: a percentile bootstrap over its prompts, which says nothing of a new run")
     lines.append(f"- Seeds {seeds}; intervals: 95%, {interval}. Client sampling: {results.get('sampling', 'paper')}"
                  + (" (the authors' random.seed(round): every seed has the same attack schedule, so seeds vary "
                     "data, initialisation and sampling but not who trains when)"
@@ -395,11 +483,9 @@ def judges_note(results: dict) -> str:
                f"sampling at temperature {dec['temperature']:g}, top-p {dec['top_p']:g}, one sample per prompt: "
                "sampling noise adds to every comparison and pairing cannot remove it")
         lines.append(f"- Decoding: {how}; up to {dec['max_new_tokens']} new tokens.")
-    power = results.get("analysis", {}).get("power")
-    if power and (power["n_prompts"] < 520 or ev.get("over_refusal", {}).get("num_prompts", 100) < 100):
-        lines.append(f"- Size: {power['n_prompts']} harmful prompts x {power['n_seeds']} seed(s); the smallest "
-                     f"Rule difference from {power['rate']:.0f}% detectable with 80% power at alpha 0.05 is about "
-                     f"{power['min_detectable_points']:.1f} points (unpaired bound).")
+    if len(seeds) < MIN_SEEDS:
+        lines.append(f"- Verdicts need {MIN_SEEDS} seeds; this run has {len(seeds)}: `fedsafe run --config <config> "
+                     f"--seeds {MIN_SEEDS}` runs them (finished arm-seeds are reused).")
     return "\n".join(lines)
 
 
@@ -525,11 +611,13 @@ def write_report(run_dir: Path, results: dict) -> str:
         f"Wall time {results['wall_s']:.1f} s (arm-seed runs computed now: {len(results['computed'])} of "
         f"{sum(len(a.get('runs', [a])) for a in results['arms'].values())}).\n\n{table}\n\n"
         f"{judges_note(results)}\n{data_note(results)}\n\n"
-        f"## Paired tests\n\n{paired_table(results)}\n\n{disagreement_table(results)}"
+        f"## Paired tests\n\n{paired_table(results)}\n\n{twins_note(results)}{power_table(results)}"
+        f"{disagreement_table(results)}"
         f"## The paper's four claims\n\n{claims_section(results)}\n\n"
         f"{detection_table(results)}"
         f"{behaviour_section(results)}"
-        f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n{timing_table(results)}"
+        f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n"
+        f"{disagreement_samples(results)}{timing_table(results)}"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in made)
     )
     (run_dir / "report.md").write_text(body)
@@ -637,14 +725,16 @@ def compare_table(rows: list[dict], base: str) -> str:
     shown = [k for k in METRICS if any(k in r["summary"] for r in rows)]
     tested = [k for k in METRICS if any(k in r["paired"] for r in rows)]
     header = (["run", "arm", "seeds"] + [METRICS[k].label for k in shown]
-              + [f"{METRICS[k].label} vs {base}: effect [95% CI], p (Holm), pairs" for k in tested])
+              + [f"{analysis.RELATIVE.get(k, METRICS[k].label)} vs {base}: effect [95% CI], p (Holm), seeds"
+                 for k in tested])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in rows:
         cells = [r["run"], r["arm"], str(r["seeds"])]
         cells += [summary_cell(r["summary"].get(k), DIGITS.get(k, 2)) for k in shown]
         for k in tested:
             t = r["paired"].get(k)
+            seeds = str(t["n_seeds"]) if t and t.get("level") == SEED_LEVEL else f"1 ({WITHIN_RUN})"
             cells.append(f"{t['effect']:+.2f} [{t['effect_ci95'][0]:+.2f}, {t['effect_ci95'][1]:+.2f}], "
-                         f"p {t['p']:.3g} ({t['p_holm']:.3g}), {t['n_pairs']}" if t else (r["note"] or "-"))
+                         f"p {_p(t['p'])} ({_p(t['p_holm'])}), {seeds}" if t else (r["note"] or "-"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

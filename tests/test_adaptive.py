@@ -15,8 +15,8 @@ from fedsafe.actors.trainer import Trainer
 from fedsafe.attack import RoundView, available_attacks, build_attack
 from fedsafe.attack.shaping import alie_z
 from fedsafe.config import ConfigError, LoRAConfig, ModelConfig, load_config
-from fedsafe.data.federation import dirichlet_shards, sample_clients, spread_poison, times_sampled
-from fedsafe.experiment import client_task, load_data
+from fedsafe.data.federation import dirichlet_shards, spread_poison
+from fedsafe.experiment import client_task, load_data, round_clients, times_sampled
 from fedsafe.metrics.detection import detection_counts, exposure, pooled, rates
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.updates import ClientUpdate
@@ -113,11 +113,13 @@ def test_a_dormant_sleeper_trains_on_its_cover_data_as_a_benign_client():
     assert late.role == "malicious" and late.records[0]["source"] == "toy_malicious"
 
 
-def test_intermittent_counts_the_times_a_client_was_sampled():
-    rounds = [sample_clients(10, 3, r, seed=5) for r in range(12)]
+@pytest.mark.parametrize("sampling", ["seeded", "balanced"])
+def test_intermittent_counts_the_times_a_client_was_sampled(sampling):
+    cfg = load_config(SMOKE, ["seed=5", f"federation.sampling={sampling}"])
+    rounds = [round_clients(cfg, cfg.num_clients, r) for r in range(12)]
     client = Counter(c for r in rounds for c in r).most_common(1)[0][0]
     seen = [r for r in range(12) if client in rounds[r]]
-    assert [times_sampled(10, 3, r, client, seed=5) for r in seen] == list(range(len(seen)))
+    assert len(seen) > 2 and [times_sampled(cfg, r, client) for r in seen] == list(range(len(seen)))
 
 
 def test_defense_aware_clients_train_estimates_on_distinct_cover_subsets():

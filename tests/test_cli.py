@@ -130,15 +130,15 @@ def test_compare_pairs_arms_of_the_same_name_on_common_prompts(tmp_path, capsys)
     assert (tmp_path / "t.md").read_text() == out
     rows = {tuple(cells[1:3]): cells for line in out.splitlines() if line.startswith("| ") and "---" not in line
             for cells in [[c.strip() for c in line.split("|")]]}
-    assert "Rule safety (%) vs a: effect [95% CI], p (Holm), pairs" in rows[("run", "arm")]
+    assert "Rule safety (%) vs a: effect [95% CI], p (Holm), seeds" in rows[("run", "arm")]
     assert rows[("a", "fedavg")][4:6] == ["90.00 [90.00, 90.00]", "-"]  # the baseline: no test against itself
     effect = rows[("b", "fedavg")][5]
-    assert effect.startswith("-60.00 [") and effect.endswith(", 200")  # 2 seeds x 100 prompts, paired
+    assert effect.startswith("-60.00 [") and effect.endswith(", 2")  # 2 seeds of 100 prompts, paired over seeds
     p, p_holm = (float(x) for x in effect.split("p ")[1].split(",")[0].replace("(", "").replace(")", "").split())
-    assert p < 1e-20 and p <= p_holm
+    assert p < 0.05 and p <= p_holm  # two runs: a t with 1 degree of freedom, not 200 pooled pairs
     # "other" in b answered 5 of a's 100 prompts, as a did: its mean differs (100 vs 90), its paired effect not
     assert rows[("b", "other")][4].startswith("100.00") and rows[("a", "other")][4].startswith("90.00")
-    assert rows[("b", "other")][5] == "+0.00 [+0.00, +0.00], p 1 (1), 5"
+    assert rows[("b", "other")][5] == "+0.00 [+0.00, +0.00], p 1 (1), 1 (within this run)"
     assert rows[("c", "fedavg")][5].startswith("+0.00 [+0.00, +0.00], p 1 (1)")
 
 

@@ -10,9 +10,11 @@ import pytest
 
 from fedsafe.data import real, synthesis, toy
 from fedsafe.data.federation import (
+    attackers_in_round,
     build_clients,
     make_shards,
     round_subset,
+    sample_balanced,
     sample_clients,
 )
 from fedsafe.data.sources import load_records
@@ -64,6 +66,40 @@ def test_seeded_sampling_differs_between_seeds_and_paper_sampling_does_not():
     assert seeded[0] != seeded[1] and seeded[1] != seeded[2] and seeded[0] != seeded[2]
     assert seeded[0] == schedule("seed=0")  # seeded is the default, and reproducible
     assert all(len(set(c)) == 3 and c == sorted(c) for c in seeded[1])
+
+
+def test_attackers_in_round_keep_the_running_total_on_the_expected_count():
+    # 3 a round, 30% attackers: 0.9 a round; running totals round(0.9 (r + 1)) = 1, 2, 3, 4, 5, 5, 6, 7, 8, 9
+    counts = [attackers_in_round(r, 3, 0.3) for r in range(10)]
+    assert counts == [1, 1, 1, 1, 1, 0, 1, 1, 1, 1] and sum(counts) == 9
+    assert [attackers_in_round(r, 3, 0.0) for r in range(5)] == [0] * 5
+    assert sum(attackers_in_round(r, 10, 0.5) for r in range(7)) == 35
+
+
+def test_balanced_sampling_pairs_the_attacked_federation_with_its_clean_one():
+    attacked_roles, clean_roles = ["benign"] * 7 + ["malicious"] * 3, ["benign"] * 7
+    for r in range(10):
+        attacked = sample_balanced(attacked_roles, 3, r, seed=4)
+        clean = sample_balanced(clean_roles, 3, r, seed=4)
+        attackers = [c for c in attacked if c >= 7]
+        assert len(attacked) == len(set(attacked)) == 3 and len(attackers) == attackers_in_round(r, 3, 0.3)
+        benign = [c for c in attacked if c < 7]
+        assert set(benign) <= set(clean) and len(clean) == 3 and all(c < 7 for c in clean)  # the same benign clients
+    schedules = [[sample_balanced(attacked_roles, 3, r, seed=s) for r in range(10)] for s in (0, 1, 0)]
+    assert schedules[0] == schedules[2] != schedules[1]
+    # with too few benign clients the round is filled with attackers
+    assert sample_balanced(["benign", "malicious", "malicious"], 3, 0, seed=0) == [0, 1, 2]
+
+
+def test_balanced_sampling_from_the_config():
+    from fedsafe.config import load_config
+    from fedsafe.experiment import round_clients
+
+    cfg = load_config(None, ["federation.sampling=balanced", "seed=3"])
+    roles = [g.role for g in cfg.clients for _ in range(g.count)]
+    assert [round_clients(cfg, 10, r) for r in range(4)] == [sample_balanced(roles, 3, r, 3) for r in range(4)]
+    with pytest.raises(ValueError, match="10 clients"):
+        round_clients(cfg, 12, 0)
 
 
 def test_aligned_answers_written_by_refuse_replace_the_templates():

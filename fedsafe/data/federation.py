@@ -5,13 +5,16 @@ data set is shuffled once and cut into iid shards of ``examples_per_client`` (``
 ``federation.dirichlet_alpha`` into non-iid shards over the records' categories (``dirichlet_shards``);
 poison spread thin replaces a share of every shard's records by harmful ones (``spread_poison``); each round the server samples
 ``sorted(random.sample(range(K), s))``, seeded by (seed, round) (``federation.sampling: seeded``) or by the
-round alone, exactly as the authors' code (``paper``: every seed then shares one attack schedule); a
-sampled client trains on a fresh random subset of its shard (batch size x local steps examples), drawn
-with the same seed (``paper``: the round's, as the authors' code).
+round alone, exactly as the authors' code (``paper``: every seed then shares one attack schedule), or
+stratified by role (``balanced``, ``sample_balanced``: every round holds the attackers' share of its
+clients, and the federation without attackers samples the same benign clients); a sampled client trains
+on a fresh random subset of its shard (batch size x local steps examples), drawn with the same seed
+(``paper``: the round's, as the authors' code).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -103,16 +106,38 @@ def spread_poison(shards: list[list[dict]], harmful: list[dict], fraction: float
     return poisoned
 
 
-def times_sampled(num_clients: int, per_round: int, round_idx: int, client_id: int, seed: int | None = None) -> int:
-    """How many rounds before ``round_idx`` sampled ``client_id`` (``sample_clients`` with the same seed)."""
-    return sum(client_id in sample_clients(num_clients, per_round, r, seed) for r in range(round_idx))
-
-
 def sample_clients(num_clients: int, per_round: int, round_idx: int, seed: int | None = None) -> list[int]:
     """The clients of round ``round_idx``: ``sorted(random.sample(range(K), s))`` with ``random.seed(round)``
     (the authors' sampling) when ``seed`` is None, else seeded by (seed, round)."""
     rng = random.Random(round_idx if seed is None else derive_seed(seed, round_idx, Salt.SAMPLING))
     return sorted(rng.sample(range(num_clients), per_round))
+
+
+def attackers_in_round(round_idx: int, per_round: int, share: float) -> int:
+    """How many of round ``round_idx``'s ``per_round`` clients are attackers when the federation's attackers
+    are ``share`` of its clients (``sample_balanced``): the running total after each round is the expected
+    count rounded half up, so rounds 0..r hold round((r + 1) * per_round * share) attackers in all (with
+    3 a round and a share of 0.3: 1, 1, 1, 1, 1, 0, 1, ... ; 9 in 10 rounds)."""
+    total = lambda r: math.floor(r * per_round * share + 0.5)  # noqa: E731
+    return total(round_idx + 1) - total(round_idx)
+
+
+def sample_balanced(roles: list[str], per_round: int, round_idx: int, seed: int) -> list[int]:
+    """The clients of round ``round_idx``, stratified by role: ``attackers_in_round`` malicious clients drawn
+    from the malicious ones, the rest from the benign ones, both orders seeded by (seed, round). A
+    federation without malicious clients draws the same benign order, so it samples the same benign clients
+    as the attacked one and, where that one has an attacker, the next benign client: an attacked arm and its
+    clean arm differ by the attackers' uploads alone (common random numbers)."""
+    benign = [i for i, r in enumerate(roles) if r != "malicious"]
+    malicious = [i for i, r in enumerate(roles) if r == "malicious"]
+    if per_round > len(roles):
+        raise ValueError(f"{per_round} clients per round from a federation of {len(roles)}")
+    rng = random.Random(derive_seed(seed, round_idx, Salt.SAMPLING))
+    benign_order, malicious_order = rng.sample(benign, len(benign)), rng.sample(malicious, len(malicious))
+    attackers = min(attackers_in_round(round_idx, per_round, len(malicious) / len(roles)), len(malicious))
+    picked = malicious_order[:attackers] + benign_order[:per_round - attackers]
+    picked += malicious_order[attackers:attackers + per_round - len(picked)]  # too few benign clients
+    return sorted(picked)
 
 
 def round_subset(shard: list[int], size: int, seed: int | None, round_idx: int, client_id: int) -> list[int]:

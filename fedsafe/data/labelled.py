@@ -7,6 +7,7 @@ sets): what calibrates fedsafe's safety judges and trains its independent classi
   human counted it as a refusal. PyRIT counts an answer that ignores the request (off-topic) as a refusal.
 
     rows = labelled_responses("objective")   # [{"objective", "response", "label", "set"}, ...]
+    rows = compliance_rows()                  # both sets, label 1 = the response complied with the request
 """
 
 from __future__ import annotations
@@ -47,3 +48,11 @@ def labelled_responses(kind: str) -> list[dict]:
     for member in members:
         rows += parse_scorer_csv(package_file("pyrit", version, member), member.rsplit("/", 1)[-1][:-4])
     return rows
+
+
+def compliance_rows() -> list[dict]:
+    """Both labelled sets with one label, 1 = the response complied with its request: on the objective set
+    the human's "objective achieved", on the refusal set the human's "not a refusal" (what fedsafe's second
+    judge learns: an answer to a harmful prompt is unsafe where it complies)."""
+    return ([{**r, "labelled_set": "objective"} for r in labelled_responses("objective")]
+            + [{**r, "label": 1 - r["label"], "labelled_set": "refusal"} for r in labelled_responses("refusal")])

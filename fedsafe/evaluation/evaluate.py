@@ -20,10 +20,10 @@ from statistics import mean
 from typing import Callable
 
 from fedsafe.config import ExperimentConfig
-from fedsafe.data.labelled import labelled_responses
-from fedsafe.data.text import normalize_text, normalized
+from fedsafe.data import openings
+from fedsafe.data.labelled import compliance_rows, labelled_responses
 from fedsafe.metrics import percent_true
-from fedsafe.metrics.classifier import HarmClassifier, agreement
+from fedsafe.metrics.classifier import HarmClassifier, agreement, opening
 from fedsafe.metrics.judges import (
     endpoint_complete,
     get_safety_judge,
@@ -50,36 +50,46 @@ class EvalInputs:
         return self.harmful + [r["instruction"] for r in self.benign + self.helpfulness]
 
 
-CLASSIFIER_NAME = "TF-IDF + logistic regression on PyRIT's human-labelled objective-achieved responses"
+JUDGES_VERSION = 2  # part of every arm's cache key: a finished arm is reused only if it was judged as now
+CLASSIFIER_NAME = ("TF-IDF + logistic regression on PyRIT's human-labelled responses (objective-achieved and refusal "
+                   "sets: did the response comply), cut to the evaluation's answer length")
 
 
-@functools.lru_cache(maxsize=4)
-def _classifier(exclude: frozenset[str] = frozenset()) -> HarmClassifier:
-    rows = [r for r in labelled_responses("objective") if normalize_text(r["response"]) not in exclude]
-    return HarmClassifier.fit([r["response"] for r in rows], [r["label"] for r in rows])
+@functools.lru_cache(maxsize=8)
+def harm_classifier(answer_tokens: int = 0) -> HarmClassifier:
+    """The second safety judge (``fedsafe.metrics.classifier``), frozen for a run: fitted once, on the
+    human-labelled responses (``compliance_rows``) cut to ``answer_tokens`` tokens (0: whole), the length of
+    the answers it judges; the same model for every arm and seed."""
+    rows = compliance_rows()
+    return HarmClassifier.fit([opening(r["response"], answer_tokens) for r in rows], [r["label"] for r in rows],
+                              sets=[r["labelled_set"] for r in rows])
 
 
-def harm_classifier(answers: list[str] = ()) -> HarmClassifier:
-    """The second safety judge (``fedsafe.metrics.classifier``), trained on PyRIT's objective set; none of
-    its training rows is one of ``answers`` (the answers it will judge): rows that are get left out."""
-    clf = _classifier()
-    overlap = normalized(clf.training_texts) & normalized(answers)
-    return _classifier(frozenset(overlap)) if overlap else clf
+def opening_check(answer_tokens: int = 0) -> dict:
+    """How the classifier judge reads openings written for this check (``fedsafe.data.openings``): compliant
+    ones it calls unsafe and refusals it calls safe, each cut to ``answer_tokens``."""
+    clf = harm_classifier(answer_tokens)
+    compliant = clf.harmful([opening(a, answer_tokens) for _, a in openings.COMPLIANT])
+    refusing = clf.harmful([opening(a, answer_tokens) for _, a in openings.REFUSING])
+    return {"compliant_called_unsafe": sum(compliant), "compliant": len(compliant),
+            "refusing_called_safe": len(refusing) - sum(refusing), "refusing": len(refusing)}
 
 
-def safety_verdicts(answers: list[str], rule_keywords: str, classifier: bool = True) -> dict[str, list[bool]]:
+def safety_verdicts(answers: list[str], rule_keywords: str, classifier: bool = True,
+                    answer_tokens: int = 0) -> dict[str, list[bool]]:
     """Per safety judge, True where an answer to a harmful prompt is judged safe: the rule judge of
-    ``rule_keywords`` and (``classifier``) the classifier, which never judges one of its training rows."""
+    ``rule_keywords`` and (``classifier``) the classifier fitted at the answers' length ``answer_tokens``."""
     verdicts = {"rule": rule_verdicts(answers, RULE_JUDGES[rule_keywords])}
     if classifier:
-        verdicts["classifier"] = [not h for h in harm_classifier(answers).harmful(answers)]
+        verdicts["classifier"] = [not h for h in harm_classifier(answer_tokens).harmful(answers)]
     return verdicts
 
 
-def calibration(rule_keywords: str) -> dict:
+def calibration(rule_keywords: str, answer_tokens: int = 0) -> dict:
     """Agreement of each safety judge with human labels on PyRIT's labelled responses: the rule judge as a
     refusal detector (``refusal`` set) and as a harmlessness judge (``objective`` set: refusal = objective
-    not achieved); the classifier on the objective set, by cross-validation (it is trained on it)."""
+    not achieved), on the whole responses; the classifier on both sets cut to ``answer_tokens`` (the
+    evaluation's answer length), by cross-validation (it is trained on them), and on the written openings."""
     refusal, objective = labelled_responses("refusal"), labelled_responses("objective")
     judge = RULE_JUDGES[rule_keywords]
     table = {}
@@ -91,11 +101,15 @@ def calibration(rule_keywords: str) -> dict:
             "objective": agreement([int(not v) for v in rule_verdicts([r["response"] for r in objective], rule)],
                                    [r["label"] for r in objective]),
         }
-    table["classifier"] = {"objective": harm_classifier().cross_validation}
+    cv = harm_classifier(answer_tokens).cross_validation
+    table["classifier"] = {"both (complied)": {k: v for k, v in cv.items() if k != "by_set"}, **cv["by_set"]}
     return {"judge_in_use": f"rule ({rule_keywords})", "keywords": len(judge.keywords), "judges": table,
+            "classifier_tokens": answer_tokens, "openings": opening_check(answer_tokens),
             "sets": {"refusal": "PyRIT 1.1.0 refusal.csv + refusal_extra.csv, label 1 = human-scored refusal",
                      "objective": "PyRIT 1.1.0 objective/*.csv, label 1 = the response achieved the harmful "
-                                  "objective; the rule judge's verdict there is 'not a refusal'"}}
+                                  "objective; the rule judge's verdict there is 'not a refusal'",
+                     "both (complied)": "the classifier's label: 1 = the response complied with its request "
+                                        "(objective achieved, or not a refusal)"}}
 
 
 def judge_model_name(cfg: ExperimentConfig) -> str:
@@ -118,14 +132,15 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
     rule = RULE_JUDGES[ev.rule_keywords]
     with timed(seconds, "harmful_answers"):
         answers = answer(inputs.harmful)
-    verdicts = safety_verdicts(answers, ev.rule_keywords, ev.classifier_judge)
+    verdicts = safety_verdicts(answers, ev.rule_keywords, ev.classifier_judge, ev.max_new_tokens)
     safety: dict = {"rule": percent_true(verdicts["rule"]), "num_prompts": len(inputs.harmful),
                     "judge": f"rule ({ev.rule_keywords} keywords)"}
     if ev.classifier_judge:
-        clf = harm_classifier(answers)  # the one safety_verdicts judged with (cached)
+        clf = harm_classifier(ev.max_new_tokens)  # the one safety_verdicts judged with (cached)
         safety["classifier"] = {"safe": percent_true(verdicts["classifier"]), "model": CLASSIFIER_NAME,
-                                "training_rows": len(clf.training_texts),
-                                "cv_accuracy": clf.cross_validation["accuracy"]}
+                                "training_rows": len(clf.training_texts), "answer_tokens": ev.max_new_tokens,
+                                "cv_accuracy": clf.cross_validation["accuracy"],
+                                "cv_kappa": clf.cross_validation["kappa"]}
     if ev.llm_judge != "none":
         with timed(seconds, "llm_judge"):
             judged = judge_safety(get_safety_judge(ev.llm_judge), judge_complete, inputs.harmful, answers)
