@@ -7,6 +7,7 @@ the traceback instead. Ctrl-C or SIGTERM stops a run at its last completed round
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -267,9 +268,14 @@ def finished_results(path: str) -> dict:
 @cli.command("report", context_settings=CONTEXT, short_help="Rebuild a run folder's report.md and report.html.", epilog="""\b
 Examples:
   fedsafe report runs/smoke-20261201-101500    # rewrites report.md, report.html and plots/
+  fedsafe report runs/quickstart-20261204-101500 --print provenance,table,paired,claims   # sections as Markdown
   python -m http.server -d runs/smoke-20261201-101500   # then open http://localhost:8000/report.html""")
 @click.argument("run_dir", metavar="RUN_DIR")
-def report_command(run_dir: str) -> None:
+@click.option("--print", "print_sections", metavar="SECTIONS",
+              help="after rebuilding, print only these sections of the report as Markdown, comma-separated: "
+                   "provenance, table, paired, same-model, power, judges, claims, notes, calibration, detection, "
+                   "behaviour")
+def report_command(run_dir: str, print_sections: str | None) -> None:
     """Rebuild a run folder's report from its files: a finished run's analysis (results.json and the
     per-prompt verdicts it points to), report.md and report.html; for a run that stopped before the end,
     report.html with its rounds so far and the arms it finished."""
@@ -277,16 +283,26 @@ def report_command(run_dir: str) -> None:
 
     with bad_input():
         folder = run_folder(run_dir)
+        names = [n.strip() for n in print_sections.split(",") if n.strip()] if print_sections else None
+        if names:
+            from fedsafe.report import SECTIONS
+
+            if unknown := [n for n in names if n not in SECTIONS]:
+                raise ConfigError(f"--print: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
         with single_writer(folder):  # not while a run writes it (its report.html updates itself)
-            write_report_of(folder)
+            write_report_of(folder, names)
 
 
-def write_report_of(folder: Path) -> None:
+def write_report_of(folder: Path, names: list[str] | None = None) -> None:
     from fedsafe.matrix import write_stopped_report
-    from fedsafe.report import rebuild
+    from fedsafe.report import rebuild, sections
 
     if (folder / "results.json").is_file():
-        click.echo(rebuild(folder))
+        table = rebuild(folder)
+        if names:
+            click.echo(sections(json.loads((folder / "results.json").read_text()), names))
+            return
+        click.echo(table)
         click.echo(f"report: {folder / 'report.md'}, {folder / 'report.html'}")
     else:
         page = write_stopped_report(from_yaml_text((folder / "config.yaml").read_text()), folder)

@@ -49,7 +49,7 @@ from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_t
 from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import JUDGES_VERSION, calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, run_arm
-from fedsafe.run_dir import read_rounds, single_writer
+from fedsafe.run_dir import read_rounds, record_invocation, single_writer
 
 FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack",
                      "evaluation")
@@ -363,6 +363,7 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
     from fedsafe.report import write_report
 
     started = time.perf_counter()
+    invocations = record_invocation(run_dir)
     arms = expand_arms(cfg, run_dir)
     todo = [a for a in arms if not a.result_path.is_file()]
     if cfg.arms:
@@ -381,6 +382,7 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
                          "max_new_tokens": cfg.evaluation.max_new_tokens, "samples_per_prompt": 1},
             "computed": [f"{a.spec.name} (seed {a.seed})" for a in todo], "wall_s": time.perf_counter() - started,
             "calibration": calibration(cfg.evaluation.rule_keywords, cfg.evaluation.max_new_tokens),
+            "invocations": invocations,
         }
         results["analysis"] = analyse(results["arms"])
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -164,19 +164,23 @@ def twins_note(results: dict) -> str:
 
 def disagreement_table(results: dict) -> str:
     """Where the Rule judge and the classifier disagree on the same answers, per arm (summed over seeds)."""
-    rows = ["| arm | answers | both safe | Rule only | classifier only | both unsafe | kappa |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| arm | answers | both safe | Rule only | classifier only | both unsafe | kappa | compliant openings | "
+            "of them safe by Rule | by classifier |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, arm in results["arms"].items():
         d = arm.get("judges_agree")
         if d:
+            o = d.get("compliant_openings_safe", {})
             rows.append(f"| {name} | {d['n']} | {d['both_safe']} | {d['rule_only']} | {d['classifier_only']} | "
-                        f"{d['both_unsafe']} | {d['kappa']:.2f} |")
+                        f"{d['both_unsafe']} | {d['kappa']:.2f} | {d.get('compliant_openings', '-')} | "
+                        f"{o.get('rule', '-')} | {o.get('classifier', '-')} |")
     if len(rows) == 2:
         return ""
     return ("## Where the two safety judges disagree\n\n" + "\n".join(rows) + "\n\nRule only: the answer has a "
             "refusal keyword but the classifier judges that it complies; classifier only: no keyword, but judged "
             "not to comply (a refusal in other words, an evasive answer, or a compliant one the classifier "
-            "misses). Answers are in each arm's evaluation/final.jsonl with both verdicts.\n\n")
+            "misses). Compliant openings: answers that open as a compliant one does (\"Sure\", \"Certainly\", "
+            "\"Here's\", \"Step 1\", \"1.\"), summed over seeds, and how many of them each judge calls safe. Answers "
+            "are in each arm's evaluation/final.jsonl with both verdicts.\n\n")
 
 
 def _cell_text(text: str, limit: int = 240) -> str:
@@ -597,6 +601,30 @@ def data_note(results: dict) -> str:
     return "\n".join(lines)
 
 
+def provenance(results: dict) -> str:
+    """Which code and commands made the results: one line per invocation (a run continued with --resume has
+    several)."""
+    lines = []
+    for i in results.get("invocations", []):
+        commit = (i.get("commit") or "unknown")[:12] + (" with local changes" if i.get("dirty") else "")
+        lines.append(f"- {i['time']}: `{i['command']}` (code: commit {commit})")
+    return "\n".join(lines)
+
+
+# the report's sections that ``fedsafe report RUN --print`` gives as Markdown (docs/results.md pastes them)
+SECTIONS = {"provenance": provenance, "table": matrix_table, "paired": paired_table, "same-model": twins_note,
+            "power": power_table, "judges": disagreement_table, "claims": claims_section, "notes": judges_note,
+            "calibration": calibration_table, "detection": detection_table, "behaviour": behaviour_section}
+
+
+def sections(results: dict, names: list[str]) -> str:
+    """The named sections (``SECTIONS``) of a run's report, in that order."""
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown report section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    return "\n\n".join(SECTIONS[n](results).strip() for n in names)
+
+
 def write_report(run_dir: Path, results: dict) -> str:
     """Write report.md, report.html and plots/; returns the table."""
     run_dir = Path(run_dir)
@@ -611,7 +639,8 @@ def write_report(run_dir: Path, results: dict) -> str:
         f"Wall time {results['wall_s']:.1f} s (arm-seed runs computed now: {len(results['computed'])} of "
         f"{sum(len(a.get('runs', [a])) for a in results['arms'].values())}).\n\n{table}\n\n"
         f"{judges_note(results)}\n{data_note(results)}\n\n"
-        f"## Paired tests\n\n{paired_table(results)}\n\n{twins_note(results)}{power_table(results)}"
+        + (f"Made by:\n{provenance(results)}\n\n" if results.get("invocations") else "")
+        + f"## Paired tests\n\n{paired_table(results)}\n\n{twins_note(results)}{power_table(results)}"
         f"{disagreement_table(results)}"
         f"## The paper's four claims\n\n{claims_section(results)}\n\n"
         f"{detection_table(results)}"

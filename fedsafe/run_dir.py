@@ -152,9 +152,46 @@ def single_writer(folder: Path) -> Iterator[None]:
 
 
 def holds_results(run_dir: Path) -> bool:
-    """Whether a run folder holds anything beyond what ``create_run_dir`` and the writer lock put there."""
-    made = {CONFIG_FILE, DIGEST_FILE, "README.md", WRITER_LOCK, WRITER_FILE}
+    """Whether a run folder holds anything beyond what ``create_run_dir``, the writer lock and
+    ``record_invocation`` put there."""
+    made = {CONFIG_FILE, DIGEST_FILE, "README.md", WRITER_LOCK, WRITER_FILE, INVOCATIONS_FILE}
     return any(p.is_file() and p.name not in made for p in Path(run_dir).rglob("*"))
+
+
+INVOCATIONS_FILE = "invocations.jsonl"
+
+
+def code_version() -> dict:
+    """The git commit of the fedsafe code that runs, and whether its tracked files differ from it (None where
+    it is not a git checkout, e.g. an installed wheel)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "fedsafe")
+    return {"commit": commit, "dirty": None if commit is None or dirty is None else bool(dirty)}
+
+
+def record_invocation(run_dir: Path) -> list[dict]:
+    """Append this invocation (time, command line, code version) to the run folder's invocations.jsonl and
+    return every one so far: a run continued with --resume has several."""
+    import shlex
+    import sys
+
+    path = Path(run_dir) / INVOCATIONS_FILE
+    line = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            **code_version()}
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def _read_json(path: Path) -> dict:

@@ -158,6 +158,10 @@ def test_report_rebuilds_a_finished_run_and_shows_a_stopped_one(tracked_run, tmp
     assert main(["report", str(finished)]) == 0
     assert "| fedavg |" in capsys.readouterr().out
     assert (finished / "report.md").read_text() == (res.run_dir / "report.md").read_text()
+    assert main(["report", str(finished), "--print", "provenance,paired"]) == 0  # sections to paste elsewhere
+    out = capsys.readouterr().out
+    assert "(code: commit " in out and "No arm has a reference arm" in out and "| fedavg |" not in out
+    assert main(["report", str(finished), "--print", "table,nonsense"]) == 2
 
 
 def test_compare_a_run_with_its_copy_pairs_every_prompt(tracked_run, tmp_path, capsys):
@@ -166,7 +170,7 @@ def test_compare_a_run_with_its_copy_pairs_every_prompt(tracked_run, tmp_path, c
     shutil.copytree(res.run_dir, copy)
     assert main(["compare", str(res.run_dir), str(copy)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| copy | fedavg |"))
-    assert "+0.00 [+0.00, +0.00], p 1 (1), 8" in line  # the same answers: no difference, on all 8 prompts
+    assert "+0.00 [+0.00, +0.00], p 1 (1), 1 (within this run)" in line  # the same answers: no difference
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="no /usr/bin/chromium: make setup installs Debian's chromium "
