@@ -46,6 +46,12 @@ class SleepTrainer:
     def __init__(self, *args) -> None:
         pass
 
+    def placement(self) -> dict:
+        return {"node": "127.0.0.1", "gpus": []}
+
+    def load(self, group_gpus=None) -> bool:
+        return True
+
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", 0
 

@@ -125,7 +125,9 @@ class FederationConfig:
 @dataclass
 class TrainConfig:
     """Local SFT of each sampled client (docs/method.md#federated-setup): fresh AdamW per round, lr cosine
-    over rounds."""
+    over rounds. ``gradient_checkpointing``: keep only each decoder layer's input for the backward pass and
+    recompute the rest (the authors' code trains so; a 16 x 512 batch of a 7B model needs tens of GiB of
+    activations without it)."""
 
     lr: float = 5e-5
     min_lr: float = 1e-6
@@ -134,6 +136,7 @@ class TrainConfig:
     max_length: int = 512
     weight_decay: float = 0.0
     threads_per_trainer: int = 1
+    gradient_checkpointing: bool = False  # recompute the decoder layers' activations in the backward pass
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")

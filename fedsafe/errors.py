@@ -1,4 +1,5 @@
-"""The one error type a user's input raises: a configuration value, data source or file is wrong.
+"""The error types a user's input raises: a configuration value, data source or file is wrong
+(``ConfigError``), or a worker's environment cannot run it (``WorkerSetupError``).
 
 It lives below every other module so that each layer can raise it; ``fedsafe.config`` re-exports it.
 """
@@ -6,6 +7,11 @@ It lives below every other module so that each layer can raise it; ``fedsafe.con
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key and the fix."""
+
+
+class WorkerSetupError(ConfigError):
+    """A worker (trainer or generation replica) could not load its model or a package: the message names the
+    node, what failed and the fix (the run stops with it instead of waiting for a start-up timeout)."""
 
 
 def check(ok: bool, message: str) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fedsafe.actors import placement
 from fedsafe.aggregation import AggregationContext, aggregate, get_rule
 from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
@@ -105,6 +106,10 @@ class Coordinator:
 
     def ready(self) -> bool:
         return True
+
+    def placement(self) -> dict:
+        """Where Ray put the coordinator (``fedsafe.actors.placement``) and the device its tensors are on."""
+        return {**placement(), "device": str(self.device)}
 
     def stage(self, round_idx: int, key: int, update: ClientUpdate) -> int:
         """Keep client ``key``'s update (``SERVER_ID``: the server's own) for ``aggregate(round_idx)``."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from fedsafe.actors import placement
 from fedsafe.actors.hf_generate import generate_batch, length_batches
 from fedsafe.config import GenerationConfig, ModelConfig
 from fedsafe.models.builtin import resolve_model_path
@@ -186,6 +187,9 @@ class Generator:
 
     def ready(self) -> str:
         return self.dtype
+
+    def placement(self) -> dict:
+        return placement()
 
     def add_adapter(self, vector: torch.Tensor, spec, peft_config: dict) -> str:
         """Register a LoRA adapter (flat vector + spec); returns its key. Idempotent."""

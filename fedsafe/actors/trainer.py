@@ -7,7 +7,7 @@ several CPU processes): ``start`` joins them into a torch.distributed group, eve
 calls, each trains on its slice of every batch, and rank 0's update is the client's.
 
     trainer = Trainer(ModelConfig(), LoRAConfig(r=8), seed=0, threads=1)
-    trainer.start()                                    # one process; a group: start(address, port) on each
+    trainer.start()                                    # one process; a group: load(gpus), start(address, port) on each
     update, metrics = trainer.train(trainer.initial_adapter().vector, task)
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsafe.actors import placement
 from fedsafe.attack import NO_ATTACK, build_attack
 from fedsafe.config import LoRAConfig, ModelConfig, TrainerConfig
 from fedsafe.models.loading import load_model_and_tokenizer
@@ -42,10 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_process_group(rank: int, world_size: int, address: str, port: int, engine: str) -> None:
+def init_process_group(rank: int, world_size: int, address: str, port: int, engine: str, local_rank: int = 0) -> None:
     """Join the client's torch.distributed group: NCCL on GPUs, gloo on CPUs (DeepSpeed's own init for
-    its engine). Ray shows each actor only its own GPUs, so the local device is always cuda:0."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0", MASTER_ADDR=address,
+    its engine). ``local_rank``: this rank's GPU among the group's (``Trainer.load``)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank), MASTER_ADDR=address,
                       MASTER_PORT=str(port))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if engine == "deepspeed":
@@ -58,22 +59,48 @@ def init_process_group(rank: int, world_size: int, address: str, port: int, engi
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, lora_cfg: LoRAConfig, seed: int, threads: int = 1,
-                 trainer_cfg: TrainerConfig | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 trainer_cfg: TrainerConfig | None = None, rank: int = 0, world_size: int = 1,
+                 gradient_checkpointing: bool = False, load: bool = True) -> None:
+        """``load=False`` leaves the model to ``load`` (the pool first learns which GPUs each rank of a group
+        has, so that every rank can see them all before CUDA starts)."""
         torch.set_num_threads(threads)
         self.cfg = trainer_cfg or TrainerConfig()
-        self.rank, self.world_size = rank, world_size
-        if self.cfg.engine == "deepspeed" and not torch.cuda.is_available():
+        self.rank, self.world_size, self.local_rank = rank, world_size, 0
+        self.model_cfg, self.lora_cfg, self.seed, self.checkpointing = model_cfg, lora_cfg, seed, gradient_checkpointing
+        self.engine = None
+        if load:
+            self.load()
+
+    def placement(self) -> dict:
+        """Where Ray put this actor (``fedsafe.actors.placement``) and its rank's GPU among its group's."""
+        return {**placement(), "local_rank": self.local_rank}
+
+    def see_group(self, group_gpus: list[str] | None) -> None:
+        """Let this rank see every GPU of its client's group (``group_gpus``, their IDs in rank order), so that
+        NCCL can take peer-to-peer paths between them, and use its own (``local_rank``). Before CUDA starts."""
+        if group_gpus:
+            own = placement()["gpus"]
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(group_gpus)
+            self.local_rank = group_gpus.index(own[0]) if own and own[0] in group_gpus else 0
+
+    def load(self, group_gpus: list[str] | None = None) -> bool:
+        """Load the base model and a fresh adapter on this actor's device, after ``see_group``."""
+        self.see_group(group_gpus)
+        cuda = torch.cuda.is_available()
+        if self.cfg.engine == "deepspeed" and not cuda:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
-        base, self.tokenizer = load_model_and_tokenizer(model_cfg)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = make_lora_model(base, lora_cfg, seed)
-        if model_cfg.quantization == "none":  # an 8-bit model is placed on its GPU as it loads
+        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)  # an 8-bit model loads onto the current device
+        base, self.tokenizer = load_model_and_tokenizer(self.model_cfg, self.checkpointing)
+        model = make_lora_model(base, self.lora_cfg, self.seed)
+        if self.model_cfg.quantization == "none":  # an 8-bit model is placed on its GPU as it loads
             model = model.to(self.device)
         model.eval()
         vector, self.spec = get_adapter_vector(model)
         self._initial = InitialAdapter(vector.cpu(), self.spec, peft_config_dict(model))
         self._model = model
-        self.engine = None
+        return True
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for its group: this node's IP and a free port."""
@@ -84,7 +111,8 @@ class Trainer:
     def start(self, address: str = "127.0.0.1", port: int = 0) -> bool:
         """Join the group (if any) and build the engine; every rank of a group at the same time."""
         if self.world_size > 1 or self.cfg.engine == "deepspeed":
-            init_process_group(self.rank, self.world_size, address, port or free_port(), self.cfg.engine)
+            init_process_group(self.rank, self.world_size, address, port or free_port(), self.cfg.engine,
+                               self.local_rank)
         self.engine = build_engine(self.cfg.engine, self._model, self.cfg, self.rank, self.world_size)
         return True
 

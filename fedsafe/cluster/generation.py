@@ -26,15 +26,16 @@ import threading
 from pathlib import Path
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm.auto import tqdm
 
 from fedsafe.actors.generator import Generator, adapter_key
 from fedsafe.cluster.plan import bundle, generation_models
-from fedsafe.cluster.runtime import first_line
+from fedsafe.cluster.runtime import actor_env, failed_node, first_line, setup_failure
 from fedsafe.config import ExperimentConfig
+from fedsafe.errors import WorkerSetupError
 from fedsafe.requests import Request
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,12 @@ class GenerationCache:
 
 
 class GenerationPool:
-    def __init__(self, cfg: ExperimentConfig, cache_dir: Path | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, cache_dir: Path | None = None, generator_cls: type = Generator) -> None:
+        """``generator_cls``: the replica actor class (a stand-in in tests of placement)."""
         self.cfg = cfg
         g = cfg.generation
-        self.remote = ray.remote(num_cpus=g.cpus_per_replica, num_gpus=g.gpus_per_replica)(Generator)
+        self.remote = ray.remote(num_cpus=g.cpus_per_replica, num_gpus=g.gpus_per_replica)(generator_cls)
+        self.env = actor_env(g.gpus_per_replica)  # a replica without a GPU sees none
         # the pool's resources are reserved up front (one bundle per replica of each model it may serve), so
         # trainers started later, elastic ones included, never take them
         models = generation_models(cfg)
@@ -146,8 +149,14 @@ class GenerationPool:
                                                                   self.cfg.seed, g.cpus_per_replica)
 
     def _start(self, actors: list, model: str) -> list:
-        """Wait for ``actors`` to load ``model``; the base model's replicas get every registered adapter."""
-        ray.get([a.ready.remote() for a in actors], timeout=self.timeout)
+        """Wait for ``actors`` to load ``model``; the base model's replicas get every registered adapter. A
+        replica that cannot load the model or a package stops the run with one line (``WorkerSetupError``)."""
+        try:
+            ray.get([a.ready.remote() for a in actors], timeout=self.timeout)
+        except (RayActorError, RayTaskError) as err:
+            node = failed_node(err)
+            where = f"a generation replica on {node}" if node else "a generation replica"
+            raise WorkerSetupError(setup_failure(err, where, model)) from None
         if model == self.base_model:
             ray.get([a.add_adapter.remote(*entry) for a in actors for entry in self.adapters.values()],
                     timeout=self.timeout)
@@ -167,8 +176,8 @@ class GenerationPool:
         """``remote`` scheduled into the bundle reserved for ``model``'s ``replica`` (models the plan does
         not know, e.g. in tests, are scheduled wherever Ray finds room)."""
         if model not in self.slots:
-            return remote
-        return remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            return remote.options(runtime_env=self.env)
+        return remote.options(runtime_env=self.env, scheduling_strategy=PlacementGroupSchedulingStrategy(
             self.pg, placement_group_bundle_index=self.slots[model][replica]))
 
     def register_adapter(self, vector_ref, spec, peft_config: dict) -> str:

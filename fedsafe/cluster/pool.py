@@ -33,8 +33,9 @@ from fedsafe.actors.coordinator import Coordinator, CoordinatorSettings
 from fedsafe.checkpoint import load_checkpoint, save_adapter
 from fedsafe.actors.trainer import InitialAdapter, Trainer
 from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
-from fedsafe.cluster.runtime import alive_nodes, first_line
+from fedsafe.cluster.runtime import actor_env, alive_nodes, first_line, setup_failure
 from fedsafe.config import ConfigError, ExperimentConfig
+from fedsafe.errors import WorkerSetupError
 from fedsafe.updates import ClientTask, TrainMetrics
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,30 @@ class TrainerGroup:
                                "cluster lacks the resources (raise cluster.round_timeout_s if it is scaling up)") from None
         remote = ray.remote(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0)(trainer_cls)
         self.actors = [
-            remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
-            .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size)
+            remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                           runtime_env=actor_env(spec.num_gpus))
+            .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size,
+                    cfg.train.gradient_checkpointing, False)
             for i in range(spec.group_size)
         ]
         self.timeout = timeout
-        self.address = self.actors[0].address.remote()  # answers once rank 0 has loaded the model
+        self.model = cfg.model.name
+        self.placements: list[dict] = []
+        self.loading: list = []
+        self.address = None
         if start:
             start_groups([self])
+
+    def begin_loading(self) -> None:
+        """Learn where each rank was placed, then load the model on every rank, each seeing the group's GPUs."""
+        self.placements = ray.get([a.placement.remote() for a in self.actors], timeout=self.timeout)
+        gpus = [g for p in self.placements for g in p["gpus"]]
+        self.loading = [a.load.remote(gpus or None) for a in self.actors]
+        self.address = self.actors[0].address.remote()  # answers once rank 0 has loaded the model
+
+    @property
+    def node(self) -> str:
+        return self.placements[0]["node"] if self.placements else "an unknown node"
 
     def call(self, method: str, *args, num_returns: int = 1):
         """Call ``method`` on every rank (a group's collectives need all); returns rank 0's ref(s)."""
@@ -100,15 +117,28 @@ class TrainerGroup:
 
 
 def start_groups(groups: list[TrainerGroup]) -> None:
-    """Join each group's ranks and build their engines; the groups' models load side by side. If one
-    fails (e.g. placed on a node that was leaving), all are freed and TimeoutError says why."""
+    """Load each group's model (side by side), join its ranks and build their engines. A rank that cannot
+    load the model or a package stops the run with ``WorkerSetupError`` (one line: the node, what failed,
+    the fix); if a group does not start in time (e.g. placed on a node that was leaving), all are freed and
+    TimeoutError says why."""
+    current = None
     try:
+        for group in groups:
+            current = group
+            group.begin_loading()
         started = []
         for group in groups:
+            current = group
+            ray.get(group.loading, timeout=group.timeout)
             address, port = ray.get(group.address, timeout=group.timeout)
             started.append([a.start.remote(address, port) for a in group.actors])
         for group, refs in zip(groups, started):
+            current = group
             ray.get(refs, timeout=group.timeout)
+    except RayTaskError as err:
+        for group in groups:
+            group.kill()
+        raise WorkerSetupError(setup_failure(err, f"a trainer on {current.node}", current.model)) from None
     except (RayActorError, GetTimeoutError) as err:
         for group in groups:
             group.kill()
@@ -422,7 +452,7 @@ class CoordinatorHandle:
         """``start``: the adapter (or its reference) round 0 starts from (default ``init.vector``); ``hook``:
         the defense's ``AggregateHook``, applied to every round's aggregate."""
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        remote = ray.remote(num_cpus=0)(Coordinator).options(scheduling_strategy=here)
+        remote = ray.remote(num_cpus=0)(Coordinator).options(scheduling_strategy=here, runtime_env=actor_env(0))
         self.timeout = cfg.cluster.round_timeout_s
         self.actor = remote.remote(init.vector if start is None else start, init.spec, init.peft_config,
                                    CoordinatorSettings.from_config(cfg, run_dir), resume_from, hook)

@@ -16,6 +16,86 @@ import threading
 from fedsafe.config import ClusterConfig
 
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+# what reaches every worker from the driver's environment when it is set there: the hub token of gated
+# models (Llama-2, Mistral) and where the hub cache lives. Passed in Ray's runtime environment only: never
+# printed, never written to a run folder.
+HUB_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT",
+           "TRANSFORMERS_OFFLINE", "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_ENABLE_HF_TRANSFER")
+
+
+def extensions_dir() -> str:
+    """Where DeepSpeed's JIT extension builds go on every node: the user's TORCH_EXTENSIONS_DIR, else a
+    folder of this run under the system temp folder, so that a build killed in an earlier run (whose lock
+    file makes every later build wait forever) never blocks this one."""
+    import tempfile
+    import time
+
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        tempfile.gettempdir(), "fedsafe-torch-extensions", f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+
+def worker_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables every worker gets: ``WORKER_ENV``, the hub settings of ``HUB_ENV`` that are
+    set in ``environ`` (default: this process's), and ``TORCH_EXTENSIONS_DIR``."""
+    environ = os.environ if environ is None else environ
+    return {**WORKER_ENV, **{k: environ[k] for k in HUB_ENV if environ.get(k)},
+            "TORCH_EXTENSIONS_DIR": EXTENSIONS_DIR}
+
+
+EXTENSIONS_DIR = extensions_dir()
+
+
+def actor_env(num_gpus: float) -> dict:
+    """An actor's runtime environment: an actor that asks for no GPU sees none (Ray 2.60 no longer empties
+    ``CUDA_VISIBLE_DEVICES`` for it, so it would open a CUDA context on a GPU another actor was given) and
+    keeps its tensors on the CPU; one with GPUs sees those Ray gave it."""
+    return {"env_vars": {**worker_env(), **({} if num_gpus else {"CUDA_VISIBLE_DEVICES": ""})}}
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Warning)\b")
+
+
+def cause_line(err: BaseException) -> str:
+    """The root cause of a Ray error in one line: the task's own exception (``cause``), or the last
+    ``SomeError: message`` line of the traceback an actor that died in its constructor carries."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return cause_line(cause)
+    lines = [x.strip() for x in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines() if x.strip()]
+    found = next((x for x in reversed(lines) if EXCEPTION_LINE.match(x)), None)
+    return found or (f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__)
+
+
+def failed_node(err: BaseException) -> str | None:
+    """The node a Ray error names (``ip=...``), if it names one."""
+    found = re.search(r"\bip=([0-9a-fA-F.:]+)", str(err))
+    return found.group(1) if found else None
+
+
+def setup_failure(err: BaseException, where: str, model: str) -> str:
+    """One line for a worker that could not start: ``where`` (e.g. "a trainer on 10.0.0.5"), what it could
+    not load, the cause and the fix."""
+    cause = cause_line(err)
+    text = cause.lower()
+    if "bitsandbytes" in text:
+        fix = ("install bitsandbytes on every GPU node: pip install 'bitsandbytes>=0.46.1' (the gpu extra brings it: "
+               "pip install -e '.[gpu]')")
+    elif "no module named" in text or "importerror" in text or "modulenotfounderror" in text:
+        fix = "install the missing package on every node (pip install -e '.[gpu]' on GPU nodes, '.[cpu]' on CPU ones)"
+    elif any(k in text for k in ("gated", "401", "403", "access to model", "authenticat", "unauthorized")):
+        fix = ("the model is gated: accept its licence on huggingface.co and set HF_TOKEN (or run `huggingface-cli "
+               "login`) where you start the run; fedsafe passes it to every worker")
+    elif any(k in text for k in ("not a valid model identifier", "repository not found", "404", "does not appear to have")):
+        fix = "check model.name: a hub id, or a local folder present on every node"
+    elif "out of memory" in text or "outofmemory" in text:
+        fix = ("the model does not fit this GPU: see the plan's memory estimates (fedsafe run --dry-run --nodes ...); "
+               "set train.gradient_checkpointing=true, lower train.batch_size or train.max_length, or use larger GPUs")
+    elif any(k in text for k in ("no cuda gpus", "nvidia driver", "driver version is insufficient", "cuda is not available")):
+        fix = ("torch on that node sees no GPU: its CUDA build needs a newer NVIDIA driver (CUDA 13 builds: R580 or "
+               "newer; nvidia-smi shows the driver) or an image built for the node's CUDA")
+    else:
+        fix = "the worker's log has the traceback (ray logs, or the Ray dashboard)"
+    return f"{where} could not load {model}: {cause}; {fix}"
 
 
 def local_resources(cfg: ClusterConfig, generation_cpus: float = 0.0) -> dict[str, float]:
@@ -38,7 +118,7 @@ def connect(cfg: ClusterConfig, generation_cpus: float = 0.0) -> list[dict[str, 
 
     if not ray.is_initialized():
         address = target_address(cfg)
-        common = dict(logging_level=logging.WARNING, runtime_env={"env_vars": WORKER_ENV})
+        common = dict(logging_level=logging.WARNING, runtime_env={"env_vars": worker_env()})
         on_sigterm = signal.getsignal(signal.SIGTERM)
         if address:
             ray.init(address=address, **common)

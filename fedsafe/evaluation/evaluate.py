@@ -50,7 +50,7 @@ class EvalInputs:
         return self.harmful + [r["instruction"] for r in self.benign + self.helpfulness]
 
 
-JUDGES_VERSION = 2  # part of every arm's cache key: a finished arm is reused only if it was judged as now
+JUDGES_VERSION = 3  # part of every arm's cache key: a finished arm is reused only if it was judged as now
 CLASSIFIER_NAME = ("TF-IDF + logistic regression on PyRIT's human-labelled responses (objective-achieved and refusal "
                    "sets: did the response comply), cut to the evaluation's answer length")
 

@@ -35,8 +35,14 @@ def opening(text: str, tokens: int) -> str:
     return text
 
 
+# words with their contractions ("can't", "I'd", "here's"): scikit-learn's default pattern splits "can't"
+# into "can" and a dropped "t", so that "I can't help" and "I can help" share every feature
+WORDS = r"(?u)\b\w[\w']*\b"
+
+
 def _pipeline() -> Pipeline:
-    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True),
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True,
+                                         token_pattern=WORDS),
                          LogisticRegression(C=1.0, max_iter=3000))
 
 

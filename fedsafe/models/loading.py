@@ -43,10 +43,15 @@ def check_int8_here() -> None:
         raise ConfigError(problem)
 
 
-def load_model_and_tokenizer(cfg: ModelConfig):
+CHECKPOINTING = {"use_reentrant": False}  # recomputation that needs no input with requires_grad (LoRA's)
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, gradient_checkpointing: bool = False):
     """(model, tokenizer) in ``cfg.dtype``, on CPU for the caller to move; with ``cfg.quantization`` int8 the
     base weights in 8 bits (bitsandbytes) already on this process's GPU, prepared for LoRA training as the
-    authors do (``prepare_model_for_kbit_training``)."""
+    authors do (``prepare_model_for_kbit_training``). ``gradient_checkpointing``: the decoder layers'
+    activations are recomputed in the backward pass instead of kept (``train.gradient_checkpointing``; the
+    authors' code trains so)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg)
@@ -54,6 +59,9 @@ def load_model_and_tokenizer(cfg: ModelConfig):
     if cfg.quantization == "none":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype],
                                                      trust_remote_code=cfg.trust_remote_code)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING)
+            model.config.use_cache = False
         return model, tokenizer
     check_int8_here()
     from peft import prepare_model_for_kbit_training
@@ -62,4 +70,8 @@ def load_model_and_tokenizer(cfg: ModelConfig):
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[cfg.dtype], quantization_config=BitsAndBytesConfig(load_in_8bit=True),
         device_map={"": torch.cuda.current_device()}, trust_remote_code=cfg.trust_remote_code)
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                            gradient_checkpointing_kwargs=CHECKPOINTING)
+    if gradient_checkpointing:
+        model.config.use_cache = False
+    return model, tokenizer
