@@ -8,6 +8,7 @@ the traceback instead. Ctrl-C or SIGTERM stops a run at its last completed round
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -52,15 +53,24 @@ class RunArgs:
 
 
 def parse_nodes(spec: str) -> list[dict[str, float]]:
-    """``"1x16:0,4x96:8"`` -> one node of 16 CPUs and four of 96 CPUs with 8 GPUs each."""
+    """``"1x16:0,4x96:8:80G"`` -> one node of 16 CPUs and four of 96 CPUs with 8 GPUs of 80 GiB each (the
+    GPU memory is optional; with it the plan checks its memory estimates)."""
     nodes = []
     for part in spec.split(","):
         count, _, sizes = part.strip().rpartition("x")
-        cpus, _, gpus = sizes.partition(":")
+        cpus, _, rest = sizes.partition(":")
+        gpus, _, mem = rest.partition(":")
         try:
-            nodes += [{"CPU": float(cpus), "GPU": float(gpus or 0)}] * int(count or 1)
+            node = {"CPU": float(cpus), "GPU": float(gpus or 0)}
+            if mem:
+                node["gpu_memory_gib"] = float(mem.upper().removesuffix("GIB").removesuffix("GB").removesuffix("G"))
+            values = [int(count or 1), *node.values()]
+            if not all(math.isfinite(v) and v >= 0 for v in values) or int(count or 1) < 1:
+                raise ValueError
+            nodes += [node] * int(count or 1)
         except ValueError:
-            raise ConfigError(f"--nodes {spec!r}: {part!r} is not COUNTxCPUS:GPUS (e.g. 4x96:8)") from None
+            raise ConfigError(f"--nodes {spec!r}: {part!r} is not COUNTxCPUS:GPUS[:GPU_MEMORY] (e.g. 4x96:8 or "
+                              "4x96:8:80G)") from None
     return nodes
 
 
@@ -132,15 +142,16 @@ def dry_run(cfg, nodes_spec: str | None) -> None:
     address = runtime.target_address(cfg.cluster)
     arms = planning_arms(cfg)
     federations = planned_federations(cfg, arms)
-    print(to_yaml(cfg))
-    if nodes:
-        print(f"plan for {nodes_spec}:\n" + make_plan(cfg, nodes, federations).describe())
+    if nodes:  # planned before anything is printed: a plan that does not fit is one line
+        plan = f"plan for {nodes_spec}:\n" + make_plan(cfg, nodes, federations, runtime.model_shapes(cfg)).describe()
     elif address:
-        print(f"plan: resources are read from the cluster at {address} when the run starts "
-              "(--nodes plans for a cluster you describe)")
+        plan = (f"plan: resources are read from the cluster at {address} when the run starts "
+                "(--nodes plans for a cluster you describe)")
     else:
         local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
-        print("plan (local Ray):\n" + make_plan(cfg, local, federations).describe())
+        plan = "plan (local Ray):\n" + make_plan(cfg, local, federations, runtime.model_shapes(cfg)).describe()
+    print(to_yaml(cfg))
+    print(plan)
     print(describe_arms(cfg, arms))
 
 
@@ -207,7 +218,7 @@ Examples:
   fedsafe run --config configs/smoke.yaml federation.num_rounds=5 aggregation.rule=median
   fedsafe run --config configs/smoke.yaml output.trackers=[tensorboard,wandb,mlflow] output.wandb.mode=offline
   fedsafe run --config configs/smoke.yaml --dry-run        # resolved config and plan, starts nothing
-  fedsafe run --config configs/paper_gpu.yaml --dry-run --nodes 4x96:8   # plan for 4 nodes of 96 CPUs, 8 GPUs
+  fedsafe run --config configs/paper_gpu.yaml --dry-run --nodes 4x96:8:80G   # 4 nodes of 96 CPUs, 8 GPUs of 80 GiB
   fedsafe run --config configs/paper_gpu.yaml --rehearse   # the whole GPU pipeline on this CPU, in minutes
   fedsafe run --resume runs/smoke-20261122-101500          # continue from the last complete round
   RAY_ADDRESS=auto fedsafe run --config ...                # join a running cluster (or cluster.address=auto)
@@ -216,7 +227,8 @@ While it runs, RUN_DIR/report.html shows the rounds so far and reloads itself.""
 @click.option("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last complete round")
 @click.option("--dry-run", is_flag=True, help="print the resolved config and plan, start nothing")
 @click.option("--nodes", metavar="SPEC", help="with --dry-run: plan for these nodes instead of this machine, "
-              "COUNTxCPUS:GPUS separated by commas, e.g. 1x16:0,4x96:8")
+              "COUNTxCPUS:GPUS[:GPU_MEMORY] separated by commas, e.g. 1x16:0,4x96:8:80G (with the GPUs' memory "
+              "the plan checks its memory estimates)")
 @click.option("--rehearse", is_flag=True, help="run the config's whole pipeline on this CPU in minutes: small "
               "models of the same families, local copies of hub data, a few rounds and prompts (prints every "
               "replacement)")

@@ -31,7 +31,7 @@ from fedsafe.attack import AttackContext, build_attack
 from fedsafe.checkpoint import latest_sound_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
-from fedsafe.cluster.plan import Plan, generation_reserve, make_plan
+from fedsafe.cluster.plan import Plan, generation_reserve
 from fedsafe.cluster.pool import CoordinatorHandle, CoordinatorLost, FinishedFederation, TrainerPool, fetch, put
 from fedsafe.config import ClientGroupConfig, ConfigError, ExperimentConfig
 from fedsafe.data.federation import (
@@ -252,7 +252,8 @@ class Session:
         them where the cluster has room)."""
         resolve_model_path(cfg.model)  # builds a builtin model once, here, before any actor loads it
         resources = runtime.connect(cfg.cluster, generation_reserve(cfg)[0])
-        self.plan = plan or make_plan(cfg, resources, federations)
+        self.plan = plan or runtime.plan_on_cluster(cfg, federations, runtime.model_shapes(cfg), resources,
+                                                    say=tqdm.write)
         self.generation = GenerationPool(cfg, cache_dir=Path(cfg.output.root) / "cache" / "generations")
         self.synth = Synthesizer(self.generation, judge_model_name(cfg))
         self.pool = TrainerPool(self.plan, cfg, federations)

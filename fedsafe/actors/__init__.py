@@ -6,9 +6,9 @@ import os
 
 
 def placement() -> dict:
-    """Where Ray put the calling actor: its node's IP, the IDs of the GPUs Ray gave it on that node, and what
-    ``CUDA_VISIBLE_DEVICES`` shows it (an actor without a GPU sees none: ``fedsafe.cluster.runtime.actor_env``)."""
+    """Where Ray put the calling actor: its node's IP and ID, the IDs of the GPUs Ray gave it on that node, and
+    what ``CUDA_VISIBLE_DEVICES`` shows it (an actor without a GPU sees none: ``fedsafe.cluster.runtime.actor_env``)."""
     import ray
 
-    return {"node": ray.util.get_node_ip_address(), "gpus": [str(i) for i in ray.get_gpu_ids()],
-            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {"node": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+            "gpus": [str(i) for i in ray.get_gpu_ids()], "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -54,6 +54,7 @@ KNOWN_SHAPES = {
     "mistralai/Mistral-7B-v0.1": ModelShape(7.24e9, 4096, 32, 14336, 32000, kv_hidden=1024),
     "mistralai/Mistral-7B-Instruct-v0.2": ModelShape(7.24e9, 4096, 32, 14336, 32000, kv_hidden=1024),
     "OpenSafetyLab/MD-Judge-v0.1": ModelShape(7.24e9, 4096, 32, 14336, 32000, kv_hidden=1024),
+    "OpenAssistant/reward-model-deberta-v3-large-v2": ModelShape(4.35e8, 1024, 24, 4096, 128100),
 }
 
 
@@ -134,3 +135,25 @@ def replica_gib(gpu_gib: float, utilization: float) -> float:
     """What one vLLM replica reserves on each of its GPUs: ``gpu_memory_utilization`` of the GPU's memory
     (whatever share of the GPU Ray gave it)."""
     return gpu_gib * utilization
+
+
+VLLM_WORKING_GIB = 1.5  # vLLM's own activations, CUDA graphs and sampler buffers beside weights and KV cache
+
+
+@dataclass(frozen=True)
+class ReplicaMemory:
+    weights: float
+    kv_cache: float  # one sequence of max_model_len tokens: the least vLLM needs to start
+    working: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.kv_cache + self.working
+
+
+def replica_memory(shape: ModelShape, *, max_model_len: int, tensor_parallel: int = 1) -> ReplicaMemory:
+    """What one vLLM replica needs per GPU at least (GiB): 16-bit weights and one full-length sequence's KV
+    cache, split over ``tensor_parallel`` GPUs, and its working memory."""
+    weights = shape.params * 2 / tensor_parallel
+    kv = 2 * shape.layers * shape.kv * max_model_len * 2 / tensor_parallel
+    return ReplicaMemory(weights / GIB, kv / GIB, VLLM_WORKING_GIB)

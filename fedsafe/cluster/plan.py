@@ -16,12 +16,17 @@ exactly these bundles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fedsafe.cluster import memory
 from fedsafe.config import ConfigError, ExperimentConfig
 
 Resources = dict[str, float]
 EPS = 1e-9
+
+
+class ResourceShortage(ConfigError):
+    """The cluster has too few CPUs or GPUs for the plan (a cluster that scales up may still get them)."""
 
 
 def bundle(cpus: float, gpus: float) -> Resources:
@@ -51,6 +56,17 @@ class NodePlan:
 
 
 @dataclass(frozen=True)
+class MemoryPlan:
+    """GPU memory estimates (GiB): per trainer process, per vLLM replica and model; None where the model's
+    shape is unknown or the actor runs on CPUs."""
+
+    trainer: memory.TrainerMemory | None = None
+    replicas: dict[str, memory.ReplicaMemory | None] = field(default_factory=dict)
+    utilization: float = 0.0  # vLLM's gpu_memory_utilization
+    what: str = ""  # the trainer's setting, in words
+
+
+@dataclass(frozen=True)
 class Plan:
     resources: Resources  # totals
     trainers: ActorPlan
@@ -59,6 +75,7 @@ class Plan:
     num_clients: int
     clients_per_round: int
     nodes: tuple[NodePlan, ...] = ()
+    memory: MemoryPlan = field(default_factory=MemoryPlan)
 
     def describe(self) -> str:
         t, g = self.trainers, self.generators
@@ -74,6 +91,7 @@ class Plan:
                      f"served by {t.count} trainer group(s)")
         if (side_by_side := t.count // self.clients_per_round) > 1:
             lines.append(f"  federated runs: up to {side_by_side} side by side (cluster.concurrent_federations)")
+        lines += describe_memory(self)
         return "\n".join(lines)
 
 
@@ -143,7 +161,7 @@ def _place_generators(cfg: ExperimentConfig, rooms: list[NodeRoom], count: int) 
                 break
         else:
             cpus, gpus = generation_reserve(cfg)
-            raise ConfigError(
+            raise ResourceShortage(
                 f"the generation pool needs {count} replica(s) ({len(generation_models(cfg))} model(s) x "
                 f"generation.replicas={g.replicas}) of {g.cpus_per_replica} CPU and {g.gpus_per_replica:g} GPU "
                 f"each on one node ({cpus:g} CPUs, {gpus:g} GPUs in all), more than the cluster has; lower "
@@ -151,10 +169,12 @@ def _place_generators(cfg: ExperimentConfig, rooms: list[NodeRoom], count: int) 
     return per_node
 
 
-def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources], federations: int = 1) -> Plan:
-    """``resources``: the cluster's totals as one node, or one entry per node. ``federations``: how many
+def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources], federations: int = 1,
+              shapes: dict[str, memory.ModelShape] | None = None) -> Plan:
+    """``resources``: the cluster's totals as one node, or one entry per node (``gpu_memory_gib``: each GPU's
+    memory, where known: the plan then checks its memory estimates against it). ``federations``: how many
     federations may train side by side (``cluster.concurrent_federations``): without ``num_trainers``, up
-    to ``clients_per_round`` groups each."""
+    to ``clients_per_round`` groups each. ``shapes``: model shapes read from their config files."""
     c, t, g = cfg.cluster, cfg.trainer, cfg.generation
     nodes = [dict(resources)] if isinstance(resources, dict) else [dict(n) for n in resources]
     rooms = [NodeRoom(n) for n in nodes]
@@ -175,22 +195,118 @@ def make_plan(cfg: ExperimentConfig, resources: Resources | list[Resources], fed
             groups_per_node[i] += 1
     count = sum(groups_per_node)
     if c.num_trainers and count < c.num_trainers:
-        raise ConfigError(f"cluster.num_trainers={c.num_trainers} group(s) of {size} x {cpus:g} CPU, {gpus:g} GPU "
+        raise ResourceShortage(f"cluster.num_trainers={c.num_trainers} group(s) of {size} x {cpus:g} CPU, {gpus:g} GPU "
                           f"do not fit: after the generation pool the cluster has room for {count}; lower "
                           "cluster.num_trainers or cluster.cpus_per_trainer, or add nodes")
     if count < 1:
         gen_cpus, gen_gpus = generation_reserve(cfg)
-        raise ConfigError(f"no trainer of {size} x {cpus:g} CPU, {gpus:g} GPU fits beside the generation pool "
+        raise ResourceShortage(f"no trainer of {size} x {cpus:g} CPU, {gpus:g} GPU fits beside the generation pool "
                           f"({gen_cpus:g} CPUs, {gen_gpus:g} GPUs: generation.replicas x cpus_per_replica x "
                           f"{len(generation_models(cfg))} model(s)); lower generation.replicas or "
                           "cluster.cpus_per_trainer, or add nodes")
-    return Plan(
+    plan = Plan(
         resources={k: sum(float(n.get(k, 0)) for n in nodes) for k in ("CPU", "GPU")},
         trainers=ActorPlan("trainer", count, cpus, gpus, size),
         coordinator=ActorPlan("coordinator", 1, 0.0, 0.0),
         generators=ActorPlan("generator", gen_count, float(g.cpus_per_replica), float(g.gpus_per_replica)),
         num_clients=cfg.num_clients,
         clients_per_round=cfg.federation.clients_per_round,
-        nodes=tuple(NodePlan({k: float(n.get(k, 0)) for k in ("CPU", "GPU")}, tg, gn)
-                    for n, tg, gn in zip(nodes, groups_per_node, gen_per_node)),
+        nodes=tuple(NodePlan({k: float(n.get(k, 0)) for k in ("CPU", "GPU", "gpu_memory_gib") if k in n or k != "gpu_memory_gib"},
+                             tg, gn) for n, tg, gn in zip(nodes, groups_per_node, gen_per_node)),
+        memory=estimate_memory(cfg, shapes),
     )
+    check_memory(cfg, plan)
+    return plan
+
+
+def gpu_gib(nodes: list[Resources]) -> float | None:
+    """The GPU memory of the cluster's GPUs (GiB) where the nodes say it (``--nodes 4x96:8:80G``): the
+    smallest, so that an actor fits wherever Ray puts it."""
+    known = [float(n["gpu_memory_gib"]) for n in nodes if n.get("GPU") and n.get("gpu_memory_gib")]
+    return min(known) if known else None
+
+
+def estimate_memory(cfg: ExperimentConfig, shapes: dict[str, memory.ModelShape] | None = None) -> MemoryPlan:
+    """The GPU memory estimates of ``cfg``'s actors (``fedsafe.cluster.memory``); ``shapes``: model shapes the
+    caller read from config files (else the known table)."""
+    shapes = shapes or {}
+    t, g = cfg.trainer, cfg.generation
+
+    def shape(name: str) -> memory.ModelShape | None:
+        return shapes.get(name) or memory.model_shape(name)
+
+    trainer = None
+    base = shape(cfg.model.name)
+    if t.gpus_per_client > 0 and base is not None:
+        trainer = memory.trainer_memory(
+            base, dtype=cfg.model.dtype, quantization=cfg.model.quantization, batch_size=cfg.train.batch_size,
+            max_length=cfg.train.max_length, lora_rank=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
+            checkpointing=cfg.train.gradient_checkpointing, processes=t.processes,
+            zero_stage=t.zero_stage if t.engine == "deepspeed" else 0)
+    replicas: dict[str, memory.ReplicaMemory | None] = {}
+    if g.gpus_per_replica > 0 and g.backend == "vllm":
+        tp = int(g.gpus_per_replica) if g.gpus_per_replica > 1 else 1
+        for name in generation_models(cfg):
+            s = shape(name)
+            replicas[name] = memory.replica_memory(s, max_model_len=g.max_model_len, tensor_parallel=tp) if s else None
+    what = (f"{'8-bit' if cfg.model.quantization == 'int8' else cfg.model.dtype} {cfg.model.name}, "
+            f"{cfg.train.batch_size} x {cfg.train.max_length} tokens, checkpointing "
+            f"{'on' if cfg.train.gradient_checkpointing else 'off'}")
+    return MemoryPlan(trainer, replicas, g.gpu_memory_utilization, what)
+
+
+def describe_memory(plan: Plan) -> list[str]:
+    m, lines = plan.memory, []
+    gib = gpu_gib([dict(n.resources) for n in plan.nodes])
+    if m.trainer is not None:
+        tm = m.trainer
+        lines.append(f"  GPU memory per trainer process (estimate, {m.what}): {tm.total:.1f} GiB = weights "
+                     f"{tm.weights:.1f} + LoRA with AdamW {tm.lora:.1f} + activations {tm.activations:.1f} + logits "
+                     f"{tm.logits:.1f} + CUDA {tm.context:.1f}"
+                     + (f"; {min(plan.trainers.num_gpus, 1.0) * gib:.0f} GiB of GPU per process: fits" if gib else ""))
+    for name, r in m.replicas.items():
+        if r is None:
+            lines.append(f"  GPU memory per vLLM replica of {name}: unknown shape, not estimated")
+            continue
+        reserved = f"{m.utilization:g} of each GPU" + (f" = {m.utilization * gib:.1f} GiB" if gib else "")
+        lines.append(f"  GPU memory per vLLM replica of {name}: reserves {reserved}; needs at least {r.total:.1f} GiB "
+                     f"(weights {r.weights:.1f} + one full-length sequence's KV cache "
+                     f"{r.kv_cache:.1f} + working {r.working:.1f})" + (": fits" if gib else ""))
+    return lines
+
+
+def check_memory(cfg: ExperimentConfig, plan: Plan) -> None:
+    """ConfigError (one line: the actor, the estimate, what to change) where an actor's estimate does not fit
+    the GPU memory the nodes say they have; nothing where they do not say."""
+    gib = gpu_gib([dict(n.resources) for n in plan.nodes])
+    if gib is None:
+        return
+    m, t, g = plan.memory, plan.trainers, cfg.generation
+    if m.trainer is not None and t.num_gpus > 0:
+        room = gib * min(t.num_gpus, 1.0)
+        if m.trainer.total > room:
+            raise ConfigError(
+                f"a trainer group ({t.group_size} process(es) x {t.num_gpus:g} GPU of {gib:g} GiB) needs about "
+                f"{m.trainer.total:.1f} GiB per process ({m.what}), {room:.1f} GiB are there: set "
+                "train.gradient_checkpointing=true, lower train.batch_size or train.max_length, give a client more "
+                "GPUs (trainer.gpus_per_client) or use GPUs with more memory")
+    if g.gpus_per_replica > 0 and g.backend == "vllm":  # (a fractional replica's share: GenerationConfig's check)
+        for name, r in m.replicas.items():
+            if r is not None and r.total > g.gpu_memory_utilization * gib:
+                raise ConfigError(
+                    f"a vLLM replica of {name} needs at least {r.total:.1f} GiB per GPU (16-bit weights {r.weights:.1f}, "
+                    f"KV cache of one {g.max_model_len}-token sequence {r.kv_cache:.1f}, working {r.working:.1f}); "
+                    f"generation.gpu_memory_utilization={g.gpu_memory_utilization:g} of a {gib:g} GiB GPU gives "
+                    f"{g.gpu_memory_utilization * gib:.1f}: raise it, lower generation.max_model_len, split the model "
+                    "over GPUs (generation.gpus_per_replica: 2 or more) or use GPUs with more memory")
+
+
+def wanted_bundles(cfg: ExperimentConfig, federations: int = 1) -> list[Resources]:
+    """Every bundle the plan would reserve on a cluster large enough: the generation pool's slots and, without
+    ``cluster.num_trainers``, ``clients_per_round`` trainer groups per federation (what an autoscaler is asked
+    for)."""
+    c, t, g = cfg.cluster, cfg.trainer, cfg.generation
+    slots = len(generation_models(cfg)) * g.replicas
+    groups = c.num_trainers or cfg.federation.clients_per_round * max(1, federations)
+    return ([bundle(g.cpus_per_replica, g.gpus_per_replica)] * slots
+            + [bundle(c.cpus_per_trainer, t.gpus_per_process)] * (groups * t.processes))

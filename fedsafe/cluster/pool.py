@@ -33,7 +33,7 @@ from fedsafe.actors.coordinator import Coordinator, CoordinatorSettings
 from fedsafe.checkpoint import load_checkpoint, save_adapter
 from fedsafe.actors.trainer import InitialAdapter, Trainer
 from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
-from fedsafe.cluster.runtime import actor_env, alive_nodes, first_line, setup_failure
+from fedsafe.cluster.runtime import EXTENSIONS_DIR, actor_env, alive_nodes, first_line, setup_failure
 from fedsafe.config import ConfigError, ExperimentConfig
 from fedsafe.errors import WorkerSetupError
 from fedsafe.updates import ClientTask, TrainMetrics
@@ -76,7 +76,7 @@ class TrainerGroup:
             for i in range(spec.group_size)
         ]
         self.timeout = timeout
-        self.model = cfg.model.name
+        self.model, self.engine = cfg.model.name, cfg.trainer.engine
         self.placements: list[dict] = []
         self.loading: list = []
         self.address = None
@@ -142,7 +142,11 @@ def start_groups(groups: list[TrainerGroup]) -> None:
     except (RayActorError, GetTimeoutError) as err:
         for group in groups:
             group.kill()
-        raise TimeoutError(f"a trainer group did not start: {first_line(err)}") from None
+        hint = ""
+        if current is not None and current.engine == "deepspeed":
+            hint = (f"; a DeepSpeed extension build may be waiting on a lock another build left in "
+                    f"{EXTENSIONS_DIR} on {current.node}: remove that folder")
+        raise TimeoutError(f"a trainer group did not start: {first_line(err)}{hint}") from None
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,12 @@ def setup_failure(err: BaseException, where: str, model: str) -> str:
     not load, the cause and the fix."""
     cause = cause_line(err)
     text = cause.lower()
-    if "bitsandbytes" in text:
+    if any(k in text for k in ("this machine has none", "no cuda gpus", "nvidia driver", "driver version is insufficient",
+                               "cuda is not available")):
+        fix = ("torch on that node sees no GPU: give the trainers GPUs (trainer.gpus_per_client) on nodes whose NVIDIA "
+               "driver runs torch's CUDA build (CUDA 13 builds: R580 or newer; nvidia-smi shows the driver), or use an "
+               "image built for the node's CUDA")
+    elif "bitsandbytes" in text:
         fix = ("install bitsandbytes on every GPU node: pip install 'bitsandbytes>=0.46.1' (the gpu extra brings it: "
                "pip install -e '.[gpu]')")
     elif "no module named" in text or "importerror" in text or "modulenotfounderror" in text:
@@ -85,14 +90,16 @@ def setup_failure(err: BaseException, where: str, model: str) -> str:
     elif any(k in text for k in ("gated", "401", "403", "access to model", "authenticat", "unauthorized")):
         fix = ("the model is gated: accept its licence on huggingface.co and set HF_TOKEN (or run `huggingface-cli "
                "login`) where you start the run; fedsafe passes it to every worker")
-    elif any(k in text for k in ("not a valid model identifier", "repository not found", "404", "does not appear to have")):
-        fix = "check model.name: a hub id, or a local folder present on every node"
+    elif any(k in text for k in ("couldn't connect", "could not connect", "connection", "name or service not known",
+                                 "offline mode")):
+        fix = ("the node cannot reach the hub: put the model in the hub cache of every node (HF_HOME) and set "
+               "HF_HUB_OFFLINE=1, or give model.name as a local folder present on every node")
+    elif any(k in text for k in ("not a valid model identifier", "repository not found", "404", "does not appear to have",
+                                 "no file named")):
+        fix = "check model.name: a hub id, or a local folder with the model's weights present on every node"
     elif "out of memory" in text or "outofmemory" in text:
         fix = ("the model does not fit this GPU: see the plan's memory estimates (fedsafe run --dry-run --nodes ...); "
                "set train.gradient_checkpointing=true, lower train.batch_size or train.max_length, or use larger GPUs")
-    elif any(k in text for k in ("no cuda gpus", "nvidia driver", "driver version is insufficient", "cuda is not available")):
-        fix = ("torch on that node sees no GPU: its CUDA build needs a newer NVIDIA driver (CUDA 13 builds: R580 or "
-               "newer; nvidia-smi shows the driver) or an image built for the node's CUDA")
     else:
         fix = "the worker's log has the traceback (ray logs, or the Ray dashboard)"
     return f"{where} could not load {model}: {cause}; {fix}"
@@ -105,7 +112,25 @@ def local_resources(cfg: ClusterConfig, generation_cpus: float = 0.0) -> dict[st
     import torch
 
     cores = float(cfg.num_cpus or os.cpu_count() or 1)
-    return {"CPU": cores + generation_cpus, "GPU": float(torch.cuda.device_count())}
+    gpus = torch.cuda.device_count()
+    memory = {"gpu_memory_gib": torch.cuda.get_device_properties(0).total_memory / 2 ** 30} if gpus else {}
+    return {"CPU": cores + generation_cpus, "GPU": float(gpus), **memory}
+
+
+def model_shapes(cfg) -> dict:
+    """The shapes (``fedsafe.cluster.memory.ModelShape``) of the run's models whose config.json is on this
+    machine (a local folder, or the hub cache); the memory estimate takes the others from its table."""
+    from fedsafe.cluster.memory import shape_from_config
+    from fedsafe.cluster.plan import generation_models
+    from fedsafe.models.loading import cached_config
+
+    shapes = {}
+    for name in dict.fromkeys([cfg.model.name, *generation_models(cfg)]):
+        config = cached_config(name)
+        shape = shape_from_config(config) if config else None
+        if shape is not None:
+            shapes[name] = shape
+    return shapes
 
 
 def target_address(cfg: ClusterConfig) -> str | None:
@@ -162,3 +187,47 @@ def first_line(reason) -> str:
     err = getattr(reason, "cause", None) or reason
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+WAIT_REPORT_S = 30.0  # how often a run waiting for the cluster to grow says so
+
+
+def plan_on_cluster(cfg, federations: int, shapes: dict, resources: list[dict[str, float]], say=print,
+                    poll_s: float = 5.0):
+    """``make_plan`` on the alive nodes. Joined to a cluster (``cluster.address``) that is short of CPUs or
+    GPUs for it, the run asks the autoscaler for every bundle its plan needs
+    (``ray.autoscaler.sdk.request_resources``) and waits for nodes to join, saying so every
+    ``WAIT_REPORT_S`` seconds, up to ``cluster.round_timeout_s``; then it stops with the plan's own line."""
+    import time
+
+    from fedsafe.cluster.plan import ResourceShortage, make_plan, wanted_bundles
+
+    try:
+        return make_plan(cfg, resources, federations, shapes)
+    except ResourceShortage:
+        if not target_address(cfg.cluster):
+            raise
+    from ray.autoscaler.sdk import request_resources
+
+    bundles = wanted_bundles(cfg, federations)
+    request_resources(bundles=bundles)
+    started = last = time.monotonic()
+    gpus = sum(b.get("GPU", 0) for b in bundles)
+    say(f"waiting for the cluster to grow: the plan needs {len(bundles)} bundles ({gpus:g} GPUs); asked the "
+        f"autoscaler for them (up to cluster.round_timeout_s={cfg.cluster.round_timeout_s:g}s)")
+    while True:
+        time.sleep(poll_s)
+        nodes = alive_nodes()
+        try:
+            plan = make_plan(cfg, nodes, federations, shapes)
+        except ResourceShortage:
+            if time.monotonic() - started > cfg.cluster.round_timeout_s:
+                raise
+            if time.monotonic() - last >= WAIT_REPORT_S:
+                last = time.monotonic()
+                have = sum(n["GPU"] for n in nodes)
+                say(f"still waiting: {len(nodes)} node(s), {have:g} of {gpus:g} GPUs "
+                    f"({time.monotonic() - started:.0f}s)")
+            continue
+        request_resources(bundles=[])  # the plan holds them now: the autoscaler may scale down the rest later
+        return plan

@@ -15,6 +15,31 @@ if TYPE_CHECKING:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cached_config(name: str, cache_dir: str | None = None) -> dict | None:
+    """Model ``name``'s config.json without the network: a local folder's, or the copy in the hub cache; None
+    where neither has it (a builtin model is built on first use and is small)."""
+    import json
+    from pathlib import Path
+
+    if name.startswith("builtin:"):
+        return None
+    file = Path(name) / "config.json"
+    if not file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir)
+        except Exception:  # noqa: BLE001 - not a repo id, or no cache: the shape stays unknown
+            return None
+        if not isinstance(found, str):
+            return None
+        file = Path(found)
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def load_tokenizer(path: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
 
