@@ -27,16 +27,22 @@ def test_shape_from_a_config_matches_the_published_parameter_count():
     assert mistral.kv == 1024 and mistral.params == pytest.approx(7.24e9, rel=0.01)  # Mistral 7B: 7.24B
 
 
-def test_memory_estimate_against_published_figures():
+def test_memory_estimate_against_published_and_measured_figures():
     shape = memory.model_shape("meta-llama/Llama-2-7b-hf")
     bf16 = memory.trainer_memory(shape, dtype="bfloat16", quantization="none", checkpointing=True, **PAPER_STEP)
-    assert bf16.weights == pytest.approx(6.74e9 * 2 * memory.FRAGMENTATION / 2 ** 30, rel=0.01)  # 13.5 GB in 16 bits
-    # a 7B LoRA client in 8 bits trains on one 24 GB GPU with checkpointing (about 22 GB): the estimate is of
-    # that size, and without checkpointing the activations alone are tens of GiB
+    assert bf16.weights == pytest.approx(6.74e9 * 2 / 2 ** 30, rel=0.01)  # 13.5 GB in 16 bits
     int8 = memory.trainer_memory(shape, dtype="bfloat16", quantization="int8", checkpointing=True, **PAPER_STEP)
     no_ckpt = memory.trainer_memory(shape, dtype="bfloat16", quantization="int8", checkpointing=False, **PAPER_STEP)
-    assert 15 <= int8.total <= 24 and no_ckpt.activations > 30 and no_ckpt.total > 40
+    # the authors' setting (8 bits, 16 x 512, checkpointing) trains on one 24 GB GPU; without checkpointing
+    # the activations alone are tens of GiB
+    assert int8.total < 22 and no_ckpt.activations > 30 and no_ckpt.total > 40
     assert int8.weights < bf16.weights / 1.7  # 8-bit linear layers
+    # measured on an H200 (docs/gpu.md: torch.cuda.max_memory_allocated of two steps, which has no CUDA context)
+    measured = {("none", True): 16.69, ("none", False): 56.42, ("int8", True): 15.40}
+    for (quantization, checkpointing), peak in measured.items():
+        est = memory.trainer_memory(shape, dtype="bfloat16", quantization=quantization, checkpointing=checkpointing,
+                                    **PAPER_STEP)
+        assert est.total - est.context == pytest.approx(peak, rel=0.1), (quantization, checkpointing)
     # vLLM's KV cache for Llama-2-7B: 2 x 32 layers x 4096 x 2 bytes = 0.5 MiB per token
     r = memory.replica_memory(shape, max_model_len=4096)
     assert r.kv_cache == pytest.approx(4096 * 0.5 / 1024) and r.weights == pytest.approx(6.74e9 * 2 / 2 ** 30)
