@@ -137,8 +137,7 @@ def dry_run(cfg, nodes_spec: str | None) -> None:
     from fedsafe.preflight import check_inputs
 
     nodes = parse_nodes(nodes_spec) if nodes_spec else None
-    for note in check_inputs(cfg, plan_only=True, nodes=nodes):
-        print("note: " + note, file=sys.stderr)
+    notes = check_inputs(cfg, plan_only=True, nodes=nodes)
     address = runtime.target_address(cfg.cluster)
     arms = planning_arms(cfg)
     federations = planned_federations(cfg, arms)
@@ -150,6 +149,8 @@ def dry_run(cfg, nodes_spec: str | None) -> None:
     else:
         local = runtime.local_resources(cfg.cluster, generation_reserve(cfg)[0])
         plan = "plan (local Ray):\n" + make_plan(cfg, local, federations, runtime.model_shapes(cfg)).describe()
+    for note in notes:  # after the plan: a plan that does not fit is the one line
+        print("note: " + note, file=sys.stderr)
     print(to_yaml(cfg))
     print(plan)
     print(describe_arms(cfg, arms))

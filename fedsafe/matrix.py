@@ -377,7 +377,7 @@ def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_
             "num_clients": cfg.num_clients, "num_malicious": cfg.num_malicious,
             "clients_per_round": cfg.federation.clients_per_round, "generation_backend": cfg.generation.backend,
             "judge_model": judge_model_name(cfg), "generation_cache": cache, "seeds": cfg.run_seeds,
-            "sampling": cfg.federation.sampling, "arms": collect_arms(arms),
+            "sampling": cfg.federation.sampling, "data_seed": cfg.data_seed, "arms": collect_arms(arms),
             "decoding": {"temperature": cfg.evaluation.temperature, "top_p": cfg.evaluation.top_p,
                          "max_new_tokens": cfg.evaluation.max_new_tokens, "samples_per_prompt": 1},
             "computed": [f"{a.spec.name} (seed {a.seed})" for a in todo], "wall_s": time.perf_counter() - started,

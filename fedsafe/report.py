@@ -477,10 +477,18 @@ def judges_note(results: dict) -> str:
     seeds = results.get("seeds", [0])
     interval = ("Student-t over seeds" if len(seeds) > 1 else
                 f"{WITHIN_RUN}: a percentile bootstrap over its prompts, which says nothing of a new run")
+    data_seed = results.get("data_seed")
+    draws = ("" if data_seed is None else " A seed draws and writes its own data (data_seed -1), so the intervals "
+             "include the data draw." if data_seed < 0 else
+             f" Every seed trains on one draw of data (data_seed {data_seed}): the intervals are about new "
+             "federations on that draw.")
     lines.append(f"- Seeds {seeds}; intervals: 95%, {interval}. Client sampling: {results.get('sampling', 'paper')}"
                  + (" (the authors' random.seed(round): every seed has the same attack schedule, so seeds vary "
                     "data, initialisation and sampling but not who trains when)"
-                    if results.get("sampling") == "paper" and len(seeds) > 1 else "") + ".")
+                    if results.get("sampling") == "paper" and len(seeds) > 1 else "")
+                 + (" (stratified: every round holds the attackers' share of its clients, and the arm without "
+                    "attackers samples the same benign clients)" if results.get("sampling") == "balanced" else "")
+                 + "." + draws)
     dec = results.get("decoding")
     if dec:
         how = ("greedy (temperature 0): arms differ only by their models" if dec["temperature"] == 0 else

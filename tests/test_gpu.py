@@ -72,8 +72,8 @@ def test_dry_run_with_gpu_memory_passes_or_stops_with_one_line(capsys):
     assert "gpu_memory_gib': 80.0" in out and "GPU memory per trainer process (estimate" in out
     assert main(["run", "--config", str(PAPER_GPU), "--dry-run", "--nodes", "4x96:8:16G"]) == 2
     captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert captured.out == "" and len(errors) == 1 and "GiB" in errors[0]
+    assert captured.out == "" and len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
+    assert "GiB" in captured.err
     for bad in ("4x96:8:lots", "4x96:8:-1G", "0x96:8", "4x96:nan"):
         assert main(["run", "--config", str(PAPER_GPU), "--dry-run", "--nodes", bad]) == 2
 
