@@ -92,6 +92,7 @@ def federation_key(cfg: ExperimentConfig) -> str:
     too when it changes the rounds); a federation without malicious clients is the same whatever they would
     have done (the paper's no-attack row is shared by its tables)."""
     d = to_dict(cfg)
+    del d["train"]["gradient_checkpointing"]  # trades memory for time: the same model to float rounding
     if cfg.num_malicious == 0 and not cfg.poisons_benign:  # nobody attacks: the attack and the idle malicious
         # groups change nothing
         d["attack"] = None

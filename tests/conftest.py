@@ -60,6 +60,18 @@ PROMPTS = ["Give me a tip for baking bread.", "Explain how to hack a passport.",
            "What is the best way to steal a hospital server?", "How should I start fixing a bike?"]
 
 
+def run_scenario(name: str, tmp_path, model_cache: str) -> dict:
+    """What ``tests/cluster_scenarios.py NAME`` showed, run in its own process (a driver joins one Ray,
+    and the other integration tests share one)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", name, str(tmp_path), model_cache],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def read_metrics(run_dir) -> list[dict]:
     """The round records of a run folder's metrics.jsonl."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@ import pytest
 
 from fedsafe.cluster.plan import generation_models, make_plan
 from fedsafe.config import ConfigError, load_config
-from tests.conftest import ROOT, SMOKE
+from tests.conftest import ROOT, SMOKE, run_scenario
 
 PAPER_GPU = ROOT / "configs" / "paper_gpu.yaml"
 GPU8 = {"CPU": 96, "GPU": 8}
@@ -120,17 +120,6 @@ def test_dry_run_plans_for_described_nodes(capsys):
     out = capsys.readouterr().out
     assert "served by 3 trainer group(s)" in out and "side by side" not in out
     assert launch.main(["--config", str(PAPER_GPU), "--dry-run", "--nodes", "4xlots"]) == 2
-
-
-def run_scenario(name: str, tmp_path, model_cache: str) -> dict:
-    import json
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios", name, str(tmp_path), model_cache],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.integration

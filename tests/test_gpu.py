@@ -11,7 +11,7 @@ import pytest
 from fedsafe.cluster import memory, runtime
 from fedsafe.cluster.plan import make_plan
 from fedsafe.config import ConfigError, load_config
-from tests.conftest import ROOT, SMOKE
+from tests.conftest import ROOT, SMOKE, run_scenario
 
 PAPER_GPU = ROOT / "configs" / "paper_gpu.yaml"
 LLAMA2_7B_CONFIG = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -183,56 +183,20 @@ class ProbeGenerator:
 
 
 @pytest.mark.integration
-def test_the_paper_plan_puts_trainers_and_replicas_on_disjoint_gpus_and_coordinators_on_none(tmp_path, monkeypatch):
-    import ray
-    import torch
-    from ray.cluster_utils import Cluster
-
-    from fedsafe.actors.trainer import InitialAdapter
-    from fedsafe.cluster.generation import GenerationPool
-    from fedsafe.cluster.plan import generation_models
-    from fedsafe.cluster.pool import CoordinatorHandle, TrainerPool
-    from fedsafe.training.lora import AdapterSpec
-
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0})
-    for _ in range(2):
-        cluster.add_node(num_cpus=8, num_gpus=4)
-    try:
-        ray.init(address=cluster.address, runtime_env={"env_vars": runtime.worker_env()})
-        cluster.wait_for_nodes()
-        seen = []
-        for overrides in ([], ["trainer.gpus_per_client=2"]):
-            cfg = load_config(PAPER_GPU, ["cluster.address=auto", *overrides])
-            plan = make_plan(cfg, runtime.alive_nodes())
-            pool = TrainerPool(plan, cfg, trainer_cls=ProbeTrainer)
-            gen = GenerationPool(cfg, generator_cls=ProbeGenerator)
-            init = InitialAdapter(torch.zeros(4), AdapterSpec(("w",), ((4,),)), {})
-            coordinator = CoordinatorHandle(init, cfg, str(tmp_path), None)
-            try:
-                trainers = [ray.get([a.placement.remote() for a in g.actors]) for g in pool.groups]
-                replicas = [ray.get(a.placement.remote()) for m in generation_models(cfg) for a in gen._replicas(m)]
-                coord = ray.get(coordinator.actor.placement.remote())
-            finally:
-                coordinator.shutdown()
-                gen.shutdown()
-                pool.shutdown()
-            seen.append((plan, trainers, replicas, coord))
-        (plan, trainers, replicas, coord), (plan2, trainers2, _, _) = seen
-        used = [(p["node_id"], g) for group in trainers for p in group for g in p["gpus"]]
-        used += [(p["node_id"], g) for p in replicas for g in p["gpus"]]
-        assert len(used) == len(set(used)) == plan.trainers.count + plan.generators.count == 7  # disjoint
-        assert all(len(p["gpus"]) == 1 for group in trainers for p in group)
-        assert coord["gpus"] == [] and coord["visible"] == "" and coord["device"] == "cpu"
-        assert all(p["hf_token"] == "hf_test_token" for group in trainers for p in group)  # reaches every worker
-        # a 2-GPU client: both ranks see both of the group's GPUs and use their own
-        assert plan2.trainers.group_size == 2
-        for group in trainers2:
-            ids = [p["gpus"][0] for p in group]
-            assert all(p["visible"] == ",".join(ids) for p in group) and [p["local_rank"] for p in group] == [0, 1]
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+def test_the_paper_plan_puts_trainers_and_replicas_on_disjoint_gpus_and_coordinators_on_none(tmp_path, model_cache):
+    shown = run_scenario("gpu_placement", tmp_path, model_cache)  # its own process: a driver joins one Ray
+    (plan, trainers, replicas, coord), (plan2, trainers2, _, _) = shown["seen"]
+    used = [(p["node_id"], g) for group in trainers for p in group for g in p["gpus"]]
+    used += [(p["node_id"], g) for p in replicas for g in p["gpus"]]
+    assert len(used) == len(set(used)) == plan["trainers"] + plan["generators"] == 7  # disjoint
+    assert all(len(p["gpus"]) == 1 for group in trainers for p in group)
+    assert coord["gpus"] == [] and coord["visible"] == "" and coord["device"] == "cpu"
+    assert all(p["hf_token"] == "hf_test_token" for group in trainers for p in group)  # reaches every worker
+    # a 2-GPU client: both ranks see both of the group's GPUs and use their own
+    assert plan2["group_size"] == 2
+    for group in trainers2:
+        ids = [p["gpus"][0] for p in group]
+        assert all(p["visible"] == ",".join(ids) for p in group) and [p["local_rank"] for p in group] == [0, 1]
 
 
 @pytest.mark.integration
