@@ -256,7 +256,11 @@ class Session:
                                                     say=tqdm.write)
         self.generation = GenerationPool(cfg, cache_dir=Path(cfg.output.root) / "cache" / "generations")
         self.synth = Synthesizer(self.generation, judge_model_name(cfg))
-        self.pool = TrainerPool(self.plan, cfg, federations)
+        try:
+            self.pool = TrainerPool(self.plan, cfg, federations)
+        except BaseException:  # trainers that cannot start: free the generators' resources too (Ray stays up)
+            self.generation.shutdown()
+            raise
         self.init = self.pool.initial_adapter()
         self.init_ref = put(self.init.vector)
         self.cfg = cfg

@@ -219,3 +219,6 @@ def test_a_model_a_worker_cannot_load_ends_the_run_with_one_line(ray_cluster, mo
     assert status == 2 and len(lines) == 1, err[-2000:]
     assert lines[0].startswith("error: a trainer on ") and f"could not load {folder}: OSError" in lines[0]
     assert "check model.name" in lines[0] and "did not start" not in err
+    import ray  # the failed start freed everything it reserved (the shared cluster's later tests need it)
+
+    assert {pg["state"] for pg in ray.util.placement_group_table().values()} <= {"REMOVED"}
