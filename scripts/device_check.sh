@@ -96,18 +96,21 @@ def aggregation():  # CUDA path (torch.sort windows, residual_torch) vs CPU path
         assert diffs[rule] < 1e-4 and torch.allclose(a.weights.double(), b.weights.cpu().double(), atol=1e-5), rule
     return {"rel_diff": diffs}
 
-def paper_shape_step(ckpt):  # Llama-2-7B shape, bf16, LoRA r32 q,v, one client step of 16 x 512 (fedsafe's train_steps)
+def llama7b_bf16():  # a Llama-2-7B-shaped model with random weights, built in bf16 on the GPU
     from transformers import LlamaConfig, LlamaForCausalLM
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            return LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32))
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+def paper_shape_step(ckpt):  # Llama-2-7B shape, bf16, LoRA r32 q,v, one client step of 16 x 512 (fedsafe's train_steps)
     from fedsafe.cluster import memory
     from fedsafe.models.loading import CHECKPOINTING
     from fedsafe.training.lora import make_lora_model
     from fedsafe.training.sft import train_steps
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            m = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32))
-    finally:
-        torch.set_default_dtype(torch.float32)
+    m = llama7b_bf16()
     if ckpt:  # as fedsafe's loader does with train.gradient_checkpointing
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING); m.config.use_cache = False
     m = make_lora_model(m, LoRAConfig(32, 64, 0.05, ["q_proj", "v_proj"]), 0)
@@ -124,19 +127,14 @@ def paper_shape_step(ckpt):  # Llama-2-7B shape, bf16, LoRA r32 q,v, one client 
 def paper_shape_int8_step():  # the paper's trainer: Llama-2-7B shape in 8 bits through fedsafe's loader, checkpointing on
     import importlib.util
     if not importlib.util.find_spec("bitsandbytes"): return {"skip": "no bitsandbytes"}
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
     from fedsafe.cluster import memory
     from fedsafe.models.loading import load_model_and_tokenizer
     from fedsafe.training.lora import make_lora_model
     from fedsafe.training.sft import train_steps
     folder = f"{T}/llama7b"
     if not os.path.exists(f"{folder}/config.json"):  # random weights, saved once in bf16 (13.5 GB)
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device("cuda"):
-                m = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32))
-        finally:
-            torch.set_default_dtype(torch.float32)
+        m = llama7b_bf16()
         m.save_pretrained(folder); AutoTokenizer.from_pretrained(small()).save_pretrained(folder)
         del m; gc.collect(); torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(); t0 = time.time()

@@ -234,15 +234,13 @@ def test_cluster_launcher_yaml_passes_rays_schema_and_plans_the_paper_setting():
     starts = " ".join(raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
     assert starts.count("RAY_AUTH_MODE=token") == 2 and "--dashboard-host=127.0.0.1" in starts
     memory = {"g5.12xlarge": 24, "p4d.24xlarge": 40}  # GiB per GPU: A10G, A100 40 GB
-    workers = [{**t["resources"], "gpu_memory_gib": memory[t["node_config"]["InstanceType"]]}
-               for name, t in types.items() if name != raw["head_node_type"]]
-    at_start = [w for w, t in zip(workers, [t for n, t in types.items() if n != raw["head_node_type"]])
-                for _ in range(t["min_workers"])]
+    worker_types = [t for name, t in types.items() if name != raw["head_node_type"]]
+    workers = [{**t["resources"], "gpu_memory_gib": memory[t["node_config"]["InstanceType"]]} for t in worker_types]
+    at_start = [w for w, t in zip(workers, worker_types) for _ in range(t["min_workers"])]
     # the workers that start with the cluster hold the paper plan, memory included; the most it may grow to, more
     plan = make_plan(load_config(PAPER_GPU), [{"CPU": 0}] + at_start)
     assert plan.trainers.count == 3 and plan.generators.count == 4 and "fits" in plan.describe()
-    most = [w for w, t in zip(workers, [t for n, t in types.items() if n != raw["head_node_type"]])
-            for _ in range(t["max_workers"])]
+    most = [w for w, t in zip(workers, worker_types) for _ in range(t["max_workers"])]
     assert make_plan(load_config(PAPER_GPU, ["federation.clients_per_round=10"]), [{"CPU": 0}] + most).trainers.count == 10
     text = (ROOT / "deploy" / "cluster-aws.yaml").read_text()
     assert ".venv/bin/python launch.py" in text and "R580" in text  # the set-up's Python; the CUDA 13 driver
@@ -263,16 +261,15 @@ def test_rayjob_manifest_has_what_kuberay_requires_and_its_entrypoint_plans():
         assert all(isinstance(v, str) for v in group["rayStartParams"].values()), group["rayStartParams"]
         (container,) = group["template"]["spec"]["containers"]
         assert container["image"] and container["resources"]["limits"] == container["resources"]["requests"]
-        env = {e["name"]: e for e in container["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
     for w in cluster["workerGroupSpecs"]:
         assert w["groupName"] and w["minReplicas"] <= w["replicas"] <= w["maxReplicas"]
-    images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
-    images |= {c["image"] for c in spec["submitterPodTemplate"]["spec"]["containers"]}
-    assert images == {"ghcr.io/fedsafe/fedsafe:cuda13"}  # the CUDA build make setup installs (docs/gpu.md)
     (submitter,) = spec["submitterPodTemplate"]["spec"]["containers"]
-    env = {e["name"]: e for e in submitter["env"]}
-    assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    containers = [c for g in groups for c in g["template"]["spec"]["containers"]] + [submitter]
+    for container in containers:  # every pod, the submitter's too, authenticates with the token
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    # the CUDA build make setup installs (docs/gpu.md)
+    assert {c["image"] for c in containers} == {"ghcr.io/fedsafe/fedsafe:cuda13"}
     argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "/app/.venv/bin/python" and argv[1:3] == ["launch.py", "--config"]  # the set-up's venv
     cfg = load_config(ROOT / argv[3], argv[4:])

@@ -125,9 +125,11 @@ def trainer_memory(shape: ModelShape, *, dtype: str, quantization: str, batch_si
         weights /= processes
     lora = lora_params(shape, lora_rank, lora_targets) * 16  # fp32 weight, gradient and AdamW's two moments
     tokens = batch_size * max_length / processes
-    stream = 4 if int8 else 2  # the residual stream: fp32 from the fp32 embedding of a k-bit-prepared model
-    # the logits (16-bit, or fp32 from an fp32 output layer), their fp32 copy for the loss and its gradient
-    logits = tokens * shape.vocab * ((4 if int8 else 2) + 4 + 4)
+    # k-bit preparation casts the layers left out of 8 bits (embedding, norms, output) to fp32: the residual
+    # stream and the logits are then fp32, else 16-bit
+    stream = 4 if int8 else 2
+    # the logits, their fp32 copy for the loss and its gradient
+    logits = tokens * shape.vocab * (stream + 4 + 4)
     if checkpointing:  # the layers' inputs and the loss's logits at the start of the backward pass
         activations = shape.layers * tokens * shape.hidden * stream
     else:
