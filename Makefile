@@ -1,11 +1,12 @@
 # make run: set up if needed, then the main job on the embedded default. make test: the test suite.
+# make test-fast: the tier without a Ray cluster (pytest -m "not integration", about 2 minutes).
 # make rehearse: both paper GPU configs run end to end on this CPU (--rehearse, about 9 minutes).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedsafe-setup
 CONFIG ?= configs/quickstart.yaml
 
-.PHONY: setup run test rehearse clean
+.PHONY: setup run test test-fast rehearse clean
 
 setup: $(STAMP)
 
@@ -18,6 +19,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -m "not rehearsal"
+
+test-fast: setup
+	$(PY) -m pytest -m "not integration and not rehearsal"
 
 rehearse: setup
 	$(PY) -m pytest -m rehearsal

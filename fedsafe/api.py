@@ -93,57 +93,80 @@ def ray_initialized() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
-def shutdown_ray(ray_was_up: bool) -> None:
-    """Stop the Ray this call started (its local Ray's processes with it), unless it was up before."""
-    if not ray_was_up and ray_initialized():
-        sys.modules["ray"].shutdown()
+class RunLifecycle:
+    """One run from its checks to its shutdown, for the command line and the Python API alike::
+
+        with RunLifecycle(cfg) as life:      # or RunLifecycle(cfg, resume=run_dir)
+            results = life.execute()
+        life.run_dir                          # set as soon as the folder exists, also when the run fails
+
+    ``execute`` checks the inputs, makes the run folder (or takes ``resume``'s), holds its writer lock (the one
+    place it is taken for the run folder) and runs every arm. On leaving: a Ray this run started is shut down
+    (a caller's Ray, joined with ``ray.init`` before, stays up), and a new run folder that a failure left
+    empty is removed; a stopped run's folder is kept when it holds results, so ``--resume`` can continue it."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: Path | None = None) -> None:
+        self.cfg = cfg
+        self.resume = Path(resume) if resume is not None else None
+        self.run_dir: Path | None = self.resume
+        self._ray_was_up = False
+
+    def __enter__(self) -> RunLifecycle:
+        self._ray_was_up = ray_initialized()
+        return self
+
+    def execute(self) -> dict:
+        """Check the inputs, then run the config in a new run folder (or continue ``resume``'s); returns the
+        results (with ``table``, the Markdown table)."""
+        from fedsafe.matrix import run_experiment
+        from fedsafe.run_dir import create_run_dir, single_writer
+
+        if self.resume is not None:
+            with single_writer(self.resume):  # read and checked by its one writer
+                self._check()
+                return run_experiment(self.cfg, self.resume)
+        self._check()
+        self.run_dir = create_run_dir(self.cfg)
+        print(f"run folder: {self.run_dir}")
+        with single_writer(self.run_dir):
+            return run_experiment(self.cfg, self.run_dir)
+
+    def _check(self) -> None:
+        """The preflight; a builtin model not built yet is built after the other checks, and the checks that
+        read it run then."""
+        from fedsafe.models.builtin import resolve_model_path
+        from fedsafe.preflight import check_inputs, model_config_file
+
+        check_inputs(self.cfg)
+        if model_config_file("model.name", self.cfg.model.name, self.cfg.model.cache_dir) is None:
+            resolve_model_path(self.cfg.model)
+            check_inputs(self.cfg)
+
+    def shutdown(self) -> None:
+        """Stop the Ray this run started (its local Ray's processes with it), unless it was up before."""
+        if not self._ray_was_up and ray_initialized():
+            sys.modules["ray"].shutdown()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.shutdown()  # first: Ray's log monitor prints workers' last lines until it stops
+        if exc_type is not None and self.resume is None and self.run_dir is not None:
+            discard_if_empty(self.run_dir)
+        return False
 
 
-def discard_if_empty(run_dirs: list[Path]) -> None:
+def discard_if_empty(run_dir: Path) -> None:
     """A run folder that holds nothing but what ``create_run_dir`` wrote is removed."""
     from fedsafe.run_dir import holds_results
 
-    for run_dir in run_dirs:
-        if run_dir.is_dir() and not holds_results(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def execute(cfg: ExperimentConfig, started: list[Path], resume: Path | None = None) -> dict:
-    """Check the inputs, then run ``cfg`` in a new run folder (or continue ``resume``'s); the folder is
-    appended to ``started`` as soon as there is one. A builtin model not built yet is built after the other
-    checks, and the checks that read it run then. Returns the results (with ``table``, the Markdown table)."""
-    from fedsafe.matrix import run_experiment
-    from fedsafe.models.builtin import resolve_model_path
-    from fedsafe.preflight import check_inputs, model_config_file
-    from fedsafe.run_dir import create_run_dir, single_writer
-
-    check_inputs(cfg)
-    if model_config_file("model.name", cfg.model.name, cfg.model.cache_dir) is None:
-        resolve_model_path(cfg.model)
-        check_inputs(cfg)
-    if resume is not None:
-        started.append(resume)
-        return run_experiment(cfg, resume)
-    run_dir = create_run_dir(cfg)
-    started.append(run_dir)
-    print(f"run folder: {run_dir}")
-    with single_writer(run_dir):
-        return run_experiment(cfg, run_dir)
+    if run_dir.is_dir() and not holds_results(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run(config: ConfigLike | None = None, overrides: Overrides = None) -> Results:
     """Run an experiment: ``config`` a YAML path, a dict or an ``ExperimentConfig`` (None: the defaults),
     ``overrides`` dotted keys (``{"federation.num_rounds": 2}`` or ``["federation.num_rounds=2"]``). Bad input
     raises ``ConfigError`` before anything starts; a run that fails leaves no empty run folder."""
-    cfg = resolve_config(config, overrides)
-    ray_was_up = ray_initialized()
-    started: list[Path] = []
-    try:
-        results = execute(cfg, started)
-    except BaseException:
-        discard_if_empty(started)
-        raise
-    finally:
-        shutdown_ray(ray_was_up)
+    with RunLifecycle(resolve_config(config, overrides)) as life:
+        results = life.execute()
     results.pop("table", None)
-    return Results(started[0], results)
+    return Results(life.run_dir, results)

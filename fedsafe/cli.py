@@ -159,50 +159,40 @@ def dry_run(cfg, nodes_spec: str | None) -> None:
 def execute_run(args: RunArgs, prog: str) -> int:
     """``fedsafe run`` (``prog``: how the user called it, for the hints it prints): exit status 0, 2 for bad
     input or a failed run, 128 + the signal's number when stopped."""
-    from fedsafe.api import discard_if_empty, execute, ray_initialized, shutdown_ray
+    from fedsafe.api import RunLifecycle
 
-    started: list[Path] = []  # the run folder, once there is one
-    ray_was_up = ray_initialized()  # a caller's Ray (tests, a notebook) is left running
     previous = {}
     if threading.current_thread() is threading.main_thread():  # Ctrl-C and SIGTERM stop the run with one line,
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, raise_interrupted),  # also where a shell
                     signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}  # ignored SIGINT
+    life = None
     try:
-        if args.resume and not args.dry_run:
-            from fedsafe.run_dir import single_writer
-
-            if not (Path(args.resume) / "config.yaml").is_file():
-                raise ConfigError(f"{args.resume} holds no config.yaml; --resume needs a run folder made by {prog}")
-            with single_writer(Path(args.resume)):  # read and checked by its one writer
-                results = execute(load_run_config(args), started, Path(args.resume))
-        else:
-            cfg = load_run_config(args)
-            if args.dry_run:
-                dry_run(cfg, args.nodes)
-                return 0
-            results = execute(cfg, started)
+        if args.resume and not args.dry_run and not (Path(args.resume) / "config.yaml").is_file():
+            raise ConfigError(f"{args.resume} holds no config.yaml; --resume needs a run folder made by {prog}")
+        cfg = load_run_config(args)
+        if args.dry_run:
+            dry_run(cfg, args.nodes)
+            return 0
+        with RunLifecycle(cfg, Path(args.resume) if args.resume else None) as life:
+            results = life.execute()
     except KeyboardInterrupt:
-        shutdown_ray(ray_was_up)  # first: Ray's log monitor prints workers' last lines until it stops
         name = SIGNALS.pop() if SIGNALS else "SIGINT"
-        where = f"; continue with: {prog} --resume {started[0]}" if started else ""
-        print(f"\nstopped by {name}{' in ' + str(started[0]) if started else ' before the run started'}, at the last "
-              f"completed round{where}", file=sys.stderr)
+        kept = life is not None and life.run_dir is not None and life.run_dir.is_dir()
+        where = f" in {life.run_dir}, at the last completed round; continue with: {prog} --resume {life.run_dir}" \
+            if kept else " before the run started"
+        print(f"\nstopped by {name}{where}", file=sys.stderr)
         return 128 + signal.Signals[name].value
     except Exception as err:  # every failure ends with one line; --debug shows the traceback
         if args.debug:
             raise
-        shutdown_ray(ray_was_up)
         hint = "" if isinstance(err, ConfigError) else f" ({prog} ... --debug shows the traceback)"
         print("error: " + one_line(err) + hint, file=sys.stderr)
-        if not args.resume:
-            discard_if_empty(started)
         return 2
     finally:
-        shutdown_ray(ray_was_up)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     print(results["table"])
-    print(f"wall time {results['wall_s']:.1f} s; results in {started[0] / 'results.json'}")
+    print(f"wall time {results['wall_s']:.1f} s; results in {life.run_dir / 'results.json'}")
     from fedsafe.stats import MIN_SEEDS
 
     seeds = len(results.get("seeds") or [0])

@@ -353,16 +353,12 @@ def run_side_by_side(groups: list[list[Arm]], workers: int, finish, on_round, on
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = None, on_round=None) -> dict:
     """Run every arm not already finished (each through ``run_arm``); write ``results.json`` and the
-    report into ``run_dir``; return the results. ``on_round(record)`` is called after each round. Each
-    folder it writes (the run folder, each arm's folders) has one writer: another process writing one of
-    them is refused (``fedsafe.run_dir.single_writer``)."""
-    with single_writer(run_dir):
-        return _run_experiment(cfg, Path(run_dir), plan, on_round)
-
-
-def _run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None, on_round) -> dict:
+    report into ``run_dir``; return the results. ``on_round(record)`` is called after each round. Each arm's
+    folders have one writer (``fedsafe.run_dir.single_writer``, taken in ``run_arms``); the run folder's lock
+    is the caller's (``fedsafe.api.RunLifecycle`` holds it for the whole run)."""
     from fedsafe.report import write_report
 
+    run_dir = Path(run_dir)
     started = time.perf_counter()
     invocations = record_invocation(run_dir)
     arms = expand_arms(cfg, run_dir)

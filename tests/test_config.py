@@ -88,3 +88,19 @@ def test_a_layer_naming_another_attack_or_rule_starts_its_params_afresh(tmp_path
     same = tmp_path / "same.yaml"
     same.write_text("base: base.yaml\nattack: {name: maliciousgen}\n")  # the same attack keeps its params
     assert load_config(same).attack.params == {"instructions": "generate"}
+
+
+def test_every_shipped_config_resolves_as_pinned():
+    """Each file in configs/ loads to the resolved config pinned in tests/fixtures/resolved_configs.json
+    (written from the code before the configs moved beside their components): a refactor of the schema
+    that changes a default or drops a key fails here. Regenerate the file only for an intended change."""
+    import json
+
+    from fedsafe.config import to_dict
+    from tests.conftest import ROOT
+
+    pinned = json.loads((ROOT / "tests" / "fixtures" / "resolved_configs.json").read_text())
+    shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert sorted(pinned) == shipped
+    for name in shipped:
+        assert to_dict(load_config(ROOT / "configs" / name)) == pinned[name], name

@@ -1,0 +1,136 @@
+"""The report as files: ``report.md`` and ``report.html`` of a finished run (``write_report``), the live page
+while a run goes (``write_live_report``), a report rebuilt from a run folder (``rebuild``), and the sections
+``fedsafe report RUN --print`` gives as Markdown (``sections``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import markdown
+
+from fedsafe.analysis import analyse
+from fedsafe.report.behaviour import behaviour_section, detection_table
+from fedsafe.report.notes import (data_note, disagreement_samples, disagreement_table, judges_note,
+                                  provenance)
+from fedsafe.report.plots import PLOTS, plot_progress
+from fedsafe.report.records import RunRecords, read_records
+from fedsafe.report.tables import (calibration_table, claims_section, matrix_table, paired_table, power_table,
+                                   rounds_table, timing_table, twins_note)
+
+# the report's sections that ``fedsafe report RUN --print`` gives as Markdown (docs/results.md pastes them),
+# each a function of the results and the run's records
+SECTIONS = {
+    "provenance": lambda results, records: provenance(results),
+    "table": lambda results, records: matrix_table(results),
+    "paired": lambda results, records: paired_table(results),
+    "same-model": lambda results, records: twins_note(results),
+    "power": lambda results, records: power_table(results),
+    "judges": lambda results, records: disagreement_table(results),
+    "claims": lambda results, records: claims_section(results),
+    "notes": lambda results, records: judges_note(results),
+    "calibration": lambda results, records: calibration_table(results),
+    "detection": lambda results, records: detection_table(results),
+    "behaviour": behaviour_section,
+}
+
+
+def sections(results: dict, names: list[str], records: RunRecords | None = None) -> str:
+    """The named sections (``SECTIONS``) of a run's report, in that order (``records``: read from the run
+    folder when not given)."""
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown report section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    records = read_records(results) if records is None else records
+    return "\n\n".join(SECTIONS[n](results, records).strip() for n in names)
+
+
+def report_markdown(results: dict, records: RunRecords, plots: list[tuple[str, str]]) -> str:
+    """The whole report as Markdown; ``plots``: the (file stem, title) of each plot drawn under ``plots/``."""
+    return (
+        f"# fedsafe report: {results['name']}\n\n"
+        f"{results['num_clients']} clients ({results['num_malicious']} malicious in attacked arms), "
+        f"{results['clients_per_round']} per round, {results['rounds']} rounds, model `{results['model']}`. "
+        f"Wall time {results['wall_s']:.1f} s (arm-seed runs computed now: {len(results['computed'])} of "
+        f"{sum(len(a.get('runs', [a])) for a in results['arms'].values())}).\n\n{matrix_table(results)}\n\n"
+        f"{judges_note(results)}\n{data_note(results)}\n\n"
+        + (f"Made by:\n{provenance(results)}\n\n" if results.get("invocations") else "")
+        + f"## Paired tests\n\n{paired_table(results)}\n\n{twins_note(results)}{power_table(results)}"
+        f"{disagreement_table(results)}"
+        f"## The paper's four claims\n\n{claims_section(results)}\n\n"
+        f"{detection_table(results)}"
+        f"{behaviour_section(results, records)}"
+        f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n"
+        f"{disagreement_samples(records)}{timing_table(results)}"
+        + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in plots)
+    )
+
+
+def write_report(run_dir: Path, results: dict) -> str:
+    """Write report.md, report.html and plots/; returns the result table."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    records = read_records(results)
+    made = [(name, title) for name, plot, title in PLOTS if plot(results, records, plots / f"{name}.png")]
+    body = report_markdown(results, records, made)
+    (run_dir / "report.md").write_text(body)
+    write_html(run_dir, f"fedsafe {results['name']}", body)
+    return matrix_table(results)
+
+
+def write_html(run_dir: Path, title: str, body: str, refresh_s: int | None = None) -> Path:
+    """``report.html``: the Markdown ``body`` as one self-contained page (its plots inlined), written whole
+    (a reader never sees half a page); ``refresh_s``: the page reloads itself that often (a live report)."""
+    html = markdown.markdown(body, extensions=["tables"])
+    html = re.sub(r'src="(plots/[^"]+\.png)"', lambda m: 'src="data:image/png;base64,'
+                  + base64.b64encode((run_dir / m.group(1)).read_bytes()).decode() + '"', html)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #999;padding:3px 8px;text-align:right}td:first-child{text-align:left}")
+    reload = f"<meta http-equiv='refresh' content='{refresh_s}'>" if refresh_s else ""
+    path = run_dir / "report.html"
+    partial = path.with_name(".report.html.partial")
+    partial.write_text(f"<!doctype html><html><head><meta charset='utf-8'>{reload}<title>{title}</title>"
+                       f"<style>{style}</style></head><body>{html}</body></html>")
+    os.replace(partial, path)
+    return path
+
+
+LIVE_REFRESH_S = 10
+
+
+def write_live_report(run_dir: Path, results: dict, rounds: dict[str, list[dict]], runs_done: int, runs_total: int,
+                      state: str = "running") -> Path:
+    """``report.html`` while a run goes (``state`` "running": the page reloads every ``LIVE_REFRESH_S``
+    seconds) or after it stopped: every federated run's rounds so far (``rounds``: its records by label) and
+    the table of the arms finished so far (``results``: the run's results with those arms, analysed)."""
+    run_dir = Path(run_dir)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plotted = plot_progress(rounds, run_dir / "plots" / "progress.png")
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    status = (f"Running: {runs_done} of {runs_total} arm-seed runs finished (updated {when}; this page reloads "
+              f"every {LIVE_REFRESH_S} s until the run ends)." if state == "running" else
+              f"Stopped at {when} with {runs_done} of {runs_total} arm-seed runs finished; `fedsafe run --resume "
+              f"{run_dir}` continues it.")
+    finished = (f"{matrix_table(results)}\n\n## Paired tests so far\n\n{paired_table(results)}"
+                if results["arms"] else "None yet.")
+    body = (f"# fedsafe report: {results['name']} ({state})\n\n{status}\n\n"
+            f"## Federated runs so far\n\n{rounds_table(rounds, results['rounds'])}\n\n"
+            + ("![Progress](plots/progress.png)\n\n" if plotted else "")
+            + f"## Finished arms\n\n{finished}\n")
+    return write_html(run_dir, f"fedsafe {results['name']} ({state})", body,
+                      LIVE_REFRESH_S if state == "running" else None)
+
+
+def rebuild(run_dir: Path) -> str:
+    """Recompute the analysis of a finished run folder from its ``results.json`` and the per-prompt verdicts
+    it points to, rewrite ``results.json`` and the report; returns the table."""
+    path = Path(run_dir) / "results.json"
+    results = json.loads(path.read_text())
+    results["analysis"] = analyse(results["arms"])
+    path.write_text(json.dumps(results, indent=2))
+    return write_report(run_dir, results)
