@@ -158,7 +158,7 @@ def free_port() -> int:
 
 @pytest.mark.integration
 def test_ray_job_submit_on_loopback_with_a_token(tmp_path, model_cache):
-    """README's recipe: `ray start --head` on 127.0.0.1 with token authentication, then `ray job submit
+    """docs/cluster.md's recipe: `ray start --head` on 127.0.0.1 with token authentication, then `ray job submit
     --working-dir . -- python launch.py ...` streams the run's log; a client without the token is refused."""
     import os
     import secrets

@@ -2,7 +2,7 @@
 
 A plain class made remote by ``fedsafe.cluster.pool``. Each update is staged here as soon as its client
 finishes (``stage``): it arrives as an object-store reference passed as a top-level argument, so Ray
-resolves it here, it never passes through the driver, and it no longer depends on the trainer's node
+resolves it here, it never passes through the driver, and once staged it does not depend on the trainer's node
 staying up. ``aggregate(round)`` then validates and aggregates what was staged. Aggregation runs
 on this actor's device (a GPU if it was given one). Before the rule sees them, the updates of the round's
 attacking clients pass through the attack's ``collude`` (where colluders' uploads meet; their benign

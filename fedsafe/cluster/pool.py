@@ -7,7 +7,7 @@ group, so its GPUs are reserved together on one node.
 
 Several federations may train at once (threads of one driver, ``fedsafe.matrix``): each ``train`` call
 leases idle groups from the pool as its clients need them and gives each back as soon as it has no client
-left to start, so federations fill the groups between them; alone, a call takes what it needs, as before.
+left to start, so federations fill the groups between them; alone, a call takes the groups its clients need.
 
 Faults and elasticity: a client whose group dies, fails or hangs (past ``cluster.client_timeout_s``; the
 group is killed) is retried on the next idle group, at most ``cluster.max_retries`` times; dead groups are

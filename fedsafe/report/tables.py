@@ -26,7 +26,7 @@ def summary_cell(summary: dict | None, digits: int = 2) -> str:
 
 
 def arm_summary(arm: dict) -> dict:
-    """The arm's per-metric summaries; an arm without one (a result from before seeds) gives its evaluation."""
+    """The arm's per-metric summaries; an arm without one (a results file written before per-seed summaries) gives its evaluation."""
     return arm.get("summary") or {k: {"mean": v} for k, m in METRICS.items()
                                   if (v := m.value(arm["evaluation"])) is not None}
 
