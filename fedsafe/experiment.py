@@ -71,6 +71,12 @@ class FederatedData:
 SERVER = ClientSpec(client_id=SERVER_ID, group="server", role="server", index_in_group=0)
 
 
+def poisons_benign(cfg: ExperimentConfig) -> bool:
+    """The attack puts harmful records into benign clients' data (poison spread thin)."""
+    attack = build_attack(cfg.attack.name, **cfg.attack.params)
+    return any(attack.poison_fraction(g.name) > 0 for g in cfg.clients if g.role == "benign" and g.count)
+
+
 def check_held_out(data: FederatedData, extra: list[dict] = ()) -> None:
     """No evaluation prompt (harmful or benign) may occur in client, root or defense data (``extra``)."""
     training = [r for shard in [*data.shards.values(), *data.cover.values()] for r in shard] + data.root + list(extra)
@@ -446,7 +452,7 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
     synthesis = {**data.synthesis, **({"defense": applied["synthesis"]} if applied.get("synthesis") else {})}
     return {
         "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "attack_params": dict(cfg.attack.params),
-        "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or cfg.poisons_benign,
+        "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or poisons_benign(cfg),
         "benign_clients": cfg.num_clients - cfg.num_malicious,
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),

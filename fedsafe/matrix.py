@@ -48,7 +48,8 @@ from fedsafe.cluster.plan import Plan
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
 from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import JUDGES_VERSION, calibration, judge_model_name
-from fedsafe.experiment import Session, cache_counts, run_arm
+from fedsafe.experiment import Session, cache_counts, poisons_benign, run_arm
+from fedsafe.preflight import check_components
 from fedsafe.run_dir import read_rounds, record_invocation, single_writer
 
 FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack",
@@ -78,7 +79,9 @@ def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) 
         names.append("posthoc_sft")
     defense["name"] = "+".join(names) or "none"
     try:
-        return from_yaml_text(yaml.safe_dump(d, sort_keys=False), list(arm.overrides))
+        cfg = from_yaml_text(yaml.safe_dump(d, sort_keys=False), list(arm.overrides))
+        check_components(cfg)
+        return cfg
     except ConfigError as err:
         raise ConfigError(f"arms[{arm.name}]: {err}") from None
 
@@ -93,7 +96,7 @@ def federation_key(cfg: ExperimentConfig) -> str:
     have done (the paper's no-attack row is shared by its tables)."""
     d = to_dict(cfg)
     del d["train"]["gradient_checkpointing"]  # trades memory for time: the same model to float rounding
-    if cfg.num_malicious == 0 and not cfg.poisons_benign:  # nobody attacks: the attack and the idle malicious
+    if cfg.num_malicious == 0 and not poisons_benign(cfg):  # nobody attacks: the attack and the idle malicious
         # groups change nothing
         d["attack"] = None
         d["clients"] = [g if g["count"] > 0 else None for g in d["clients"]]  # positions seed the groups' data

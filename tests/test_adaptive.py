@@ -16,7 +16,7 @@ from fedsafe.attack import RoundView, available_attacks, build_attack
 from fedsafe.attack.shaping import alie_z
 from fedsafe.config import ConfigError, LoRAConfig, ModelConfig, load_config
 from fedsafe.data.federation import dirichlet_shards, spread_poison
-from fedsafe.experiment import client_task, load_data, round_clients, times_sampled
+from fedsafe.experiment import client_task, load_data, poisons_benign, round_clients, times_sampled
 from fedsafe.metrics.detection import detection_counts, exposure, pooled, rates
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.updates import ClientUpdate
@@ -146,11 +146,11 @@ def test_spread_poison_puts_the_fraction_into_every_shard():
 def test_thin_poison_loads_no_malicious_client_and_poisons_each_benign_one():
     cfg = load_config(SMOKE, ["attack.name=thin_poison", "attack.params={fraction: 0.25, dataset: toy_malicious}",
                               "clients.0.count=10", "clients.1.count=0", "federation.examples_per_client=16"])
-    assert cfg.num_malicious == 0 and cfg.poisons_benign
+    assert cfg.num_malicious == 0 and poisons_benign(cfg)
     data = load_data(cfg)
     assert [sum(r["source"] == "toy_malicious" for r in data.shards[c.client_id]) for c in data.clients] == [4] * 10
     per_group = load_config(SMOKE, ["attack.name=thin_poison", "attack.params={fraction: {other: 0.5}, dataset: toy_malicious}"])
-    assert not per_group.poisons_benign
+    assert not poisons_benign(per_group)
     with pytest.raises(ConfigError, match="exactly one of data"):
         build_attack("thin_poison", fraction=0.1)
 

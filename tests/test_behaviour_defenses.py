@@ -241,9 +241,9 @@ def test_composed_defenses_pass_a_new_start_along_and_act_at_their_stages():
     assert both.before_training(ctx) == "init+hardened" and seen.start == "init+hardened"
     assert both.changes_rounds and not Start().changes_rounds
     with pytest.raises(ConfigError, match="names a defense twice"):
-        DefenseConfig(name="screening+screening")
+        build_defense(DefenseConfig(name="screening+screening"))
     with pytest.raises(ConfigError, match="one of"):
-        DefenseConfig(name="screening+unlearning")
+        build_defense(DefenseConfig(name="screening+unlearning"))
     assert [type(p).__name__ for p in build_defense(DefenseConfig(name="hardening+posthoc_sft")).parts] == \
         ["Hardening", "PosthocSFT"]
 

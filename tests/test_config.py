@@ -41,8 +41,12 @@ def test_yaml_then_overrides_in_order():
     ("aggregation.server_opt.name=sgd", "aggregation.server_opt.name must be one of"),
 ])
 def test_bad_values_name_the_key(override, expected):
+    """Values are checked when the config loads; components (the rule on this run's shape, the attack, the
+    defenses) when the preflight builds them, before anything starts."""
+    from fedsafe.preflight import check_components
+
     with pytest.raises(ConfigError, match=re.escape(expected)):
-        load_config(SMOKE, [override])
+        check_components(load_config(SMOKE, [override]))
 
 
 def test_expected_malicious_follows_the_paper():

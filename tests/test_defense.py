@@ -19,7 +19,7 @@ from tests.conftest import FakePool
 def test_registry_and_levels():
     assert available_defenses() == ["hardening", "none", "posthoc_sft", "projection", "screening"]
     with pytest.raises(ConfigError, match="defense.name must be one of"):
-        DefenseConfig(name="unlearning")
+        build_defense(DefenseConfig(name="unlearning"))
     with pytest.raises(ValueError, match="already registered"):
         register_defense("none", lambda cfg: None)
     with pytest.raises(ConfigError, match="defense.level must be 1"):

@@ -10,34 +10,11 @@ v starts at tau^2 (OpenFedLLM's initialisation); m at 0. ``none`` returns Delta 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from fedsafe.errors import check as _check
+from fedsafe.specs import SERVER_OPTIMIZERS, ServerOptConfig
 
-SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
-
-
-@dataclass
-class ServerOptConfig:
-    """Server optimizer after the rule (``aggregation.server_opt`` in a config): lr, FedAvgM's momentum,
-    the adaptive ones' beta1, beta2 and tau."""
-
-    name: str = "none"
-    lr: float = 1.0
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check(self.name in SERVER_OPTIMIZERS,
-               f"aggregation.server_opt.name must be one of {SERVER_OPTIMIZERS}, got {self.name!r}")
-        _check(self.lr > 0, f"aggregation.server_opt.lr must be > 0, got {self.lr}")
-        _check(self.tau > 0, f"aggregation.server_opt.tau must be > 0, got {self.tau}")
-
-
+__all__ = ["SERVER_OPTIMIZERS", "ServerOptConfig", "init_state", "server_step"]
 
 
 def init_state(cfg: ServerOptConfig, d: int, device=None) -> dict[str, torch.Tensor]:

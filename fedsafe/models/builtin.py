@@ -26,7 +26,7 @@ from fedsafe.models.standins import build_mistral_from_llama, build_tiny_reward
 from fedsafe.models.tiny import build_tiny_llama
 
 if TYPE_CHECKING:
-    from fedsafe.config import ModelConfig
+    from fedsafe.specs import ModelConfig
 
 BUILTIN_PREFIX = "builtin:"
 

@@ -10,7 +10,7 @@ from fedsafe.errors import ConfigError
 from fedsafe.models.builtin import resolve_model_path
 
 if TYPE_CHECKING:
-    from fedsafe.config import ModelConfig
+    from fedsafe.specs import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -24,7 +24,7 @@ from fedsafe.training.lora import AdapterSpec, get_adapter_vector, set_adapter_v
 from fedsafe.training.sft import mean_over_ranks, rank_loss, response_loss, train_steps
 
 if TYPE_CHECKING:
-    from fedsafe.config import TrainerConfig
+    from fedsafe.specs import TrainerConfig
 
 
 class TorchEngine:

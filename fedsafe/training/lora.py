@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from fedsafe.config import LoRAConfig
+    from fedsafe.specs import LoRAConfig
 
 
 @dataclass(frozen=True)
