@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from fedsafe.config import ConfigError, ExperimentConfig, from_yaml_text, load_config, to_yaml
+from fedsafe.records import RunResults
 
 ConfigLike = str | Path | Mapping | ExperimentConfig
 Overrides = Mapping[str, object] | Sequence[str] | None
@@ -86,7 +87,7 @@ def load(run_dir: str | Path) -> Results:
     if not path.is_file():
         raise ConfigError(f"{run_dir} holds no results.json: not a finished fedsafe run folder "
                           "(a run still going has report.html; `fedsafe report` rebuilds one that stopped)")
-    return Results(Path(run_dir), json.loads(path.read_text()))
+    return Results(Path(run_dir), RunResults.load(path).to_dict())
 
 
 def ray_initialized() -> bool:

@@ -21,6 +21,7 @@ import click
 
 from fedsafe import __version__
 from fedsafe.config import ConfigError, from_yaml_text, load_config, to_yaml
+from fedsafe.records import RunResults
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -303,7 +304,7 @@ def write_report_of(folder: Path, names: list[str] | None = None) -> None:
     if (folder / "results.json").is_file():
         table = rebuild(folder)
         if names:
-            click.echo(sections(json.loads((folder / "results.json").read_text()), names))
+            click.echo(sections(RunResults.load(folder / "results.json").to_dict(), names))
             return
         click.echo(table)
         click.echo(f"report: {folder / 'report.md'}, {folder / 'report.html'}")

@@ -50,6 +50,7 @@ from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import JUDGES_VERSION, calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, poisons_benign, run_arm
 from fedsafe.preflight import check_components
+from fedsafe.records import SCHEMA, ArmResult, RunResults
 from fedsafe.run_dir import read_rounds, record_invocation, single_writer
 
 FEDERATION_FIELDS = ("seed", "data_seed", "model", "lora", "clients", "federation", "train", "aggregation", "attack",
@@ -191,7 +192,7 @@ def collect_arms(arms: list[Arm]) -> dict:
     folder and evaluation); ``fedsafe.analysis`` adds the per-seed values, summaries and paired tests."""
     out: dict = {}
     for a in arms:
-        result = json.loads(a.result_path.read_text())
+        result = ArmResult.load(a.result_path).to_dict()
         entry = out.setdefault(a.spec.name, {**result, "runs": []})
         entry["runs"].append({"seed": a.seed, "dir": str(a.dir), "federation_dir": result["federation_dir"],
                               "evaluation": result["evaluation"], "seconds": result["seconds"],
@@ -311,8 +312,9 @@ def finish_arm(session: Session, arm: Arm, on_round, in_cache: bool, progress: P
             on_round(record)
 
     result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, round_done)
-    result = {"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation, **result}
-    arm.result_path.write_text(json.dumps(result, indent=2))
+    result = ArmResult.from_dict({"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation,
+                                  **result})
+    arm.result_path.write_text(json.dumps(result.to_dict(), indent=2))
     if progress is not None:
         progress.arm_finished()
 
@@ -373,7 +375,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
     try:
         cache = run_arms(cfg, todo, plan, on_round, progress) if todo else None
         results = {
-            "name": cfg.output.name, "model": cfg.model.name, "rounds": cfg.federation.num_rounds,
+            "schema": SCHEMA, "name": cfg.output.name, "model": cfg.model.name, "rounds": cfg.federation.num_rounds,
             "num_clients": cfg.num_clients, "num_malicious": cfg.num_malicious,
             "clients_per_round": cfg.federation.clients_per_round, "generation_backend": cfg.generation.backend,
             "judge_model": judge_model_name(cfg), "generation_cache": cache, "seeds": cfg.run_seeds,
@@ -385,7 +387,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
             "invocations": invocations,
         }
         results["analysis"] = analyse(results["arms"])
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        (run_dir / "results.json").write_text(RunResults.from_dict(results).to_json())
         results["table"] = write_report(run_dir, results)
     except BaseException:
         progress.close()

@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from fedsafe.config import ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
+from fedsafe.records import RoundRecord
 
 RUN_README = """# fedsafe run folder
 Written by fedsafe. What it holds:
@@ -239,8 +240,9 @@ class MetricsLog:
             self.path.write_text("".join(kept[r] + "\n" for r in sorted(kept)))
 
     def log(self, record: dict) -> None:
+        line = json.dumps(RoundRecord.from_dict(record, f"round record of {self.path}").to_dict())
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(line + "\n")
 
 
 def read_rounds(run_dir: Path) -> list[dict]:

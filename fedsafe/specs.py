@@ -45,21 +45,6 @@ class LoRAConfig:
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
-@dataclass
-class LoRAConfig:
-    """PEFT LoRA settings. ``target_modules`` empty means PEFT's default for the architecture."""
-
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        _check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
-        _check(self.alpha >= 1, f"lora.alpha must be >= 1 (the LoRA scale is alpha / r), got {self.alpha}")
-        _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
-
-
 ENGINES = ("torch", "deepspeed")
 ZERO_STAGES = (0, 2, 3)
 

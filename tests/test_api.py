@@ -57,6 +57,22 @@ def test_the_api_returns_the_table_as_a_dataframe(tracked_run):
     assert fedsafe.load(res.run_dir).table.equals(table) and res.report.is_file()
 
 
+def test_every_results_file_the_run_wrote_round_trips_through_its_typed_record(tracked_run):
+    """results.json, each arm-seed's result.json and every metrics.jsonl line read back as RunResults,
+    ArmResult and RoundRecord and give the same JSON, key for key."""
+    from fedsafe.records import ArmResult, RoundRecord, RunResults
+
+    res, _ = tracked_run
+    root = res.run_dir.parent
+    results = json.loads((res.run_dir / "results.json").read_text())
+    assert RunResults.from_dict(results).to_dict() == results and results["schema"] >= 2
+    arms = list(root.rglob("result.json"))
+    lines = [json.loads(line) for path in root.rglob("metrics.jsonl") for line in path.read_text().splitlines()]
+    assert arms and len(lines) >= ROUNDS
+    assert all(ArmResult.from_dict(d).to_dict() == d for d in (json.loads(p.read_text()) for p in arms))
+    assert all(RoundRecord.from_dict(d).to_dict() == d for d in lines)
+
+
 def test_the_live_report_was_rewritten_every_round_and_reloads_only_while_running(tracked_run):
     res, pages = tracked_run
     running = [p for p in pages if "(running)</title>" in p]

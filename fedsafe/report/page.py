@@ -14,6 +14,7 @@ from pathlib import Path
 import markdown
 
 from fedsafe.analysis import analyse
+from fedsafe.records import RunResults
 from fedsafe.report.behaviour import behaviour_section, detection_table
 from fedsafe.report.notes import (data_note, disagreement_samples, disagreement_table, judges_note,
                                   provenance)
@@ -130,7 +131,7 @@ def rebuild(run_dir: Path) -> str:
     """Recompute the analysis of a finished run folder from its ``results.json`` and the per-prompt verdicts
     it points to, rewrite ``results.json`` and the report; returns the table."""
     path = Path(run_dir) / "results.json"
-    results = json.loads(path.read_text())
+    results = RunResults.load(path).to_dict()
     results["analysis"] = analyse(results["arms"])
-    path.write_text(json.dumps(results, indent=2))
+    path.write_text(RunResults.from_dict(results).to_json())
     return write_report(run_dir, results)
