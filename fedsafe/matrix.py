@@ -364,6 +364,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
     from fedsafe.report import write_report
 
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     invocations = record_invocation(run_dir)
     arms = expand_arms(cfg, run_dir)

@@ -12,18 +12,10 @@ import torch
 
 from fedsafe.actors.coordinator import Coordinator, CoordinatorSettings
 from fedsafe.analysis import reference_of
-from fedsafe.config import (
-    ArmConfig,
-    ConfigError,
-    DefenseConfig,
-    HardeningConfig,
-    ModelConfig,
-    ProjectionConfig,
-    ScreeningConfig,
-    load_config,
-)
+from fedsafe.config import ArmConfig, ConfigError, ModelConfig, load_config
 from fedsafe.defense import RoundUploads, ServerContext, build_defense
 from fedsafe.defense.base import Composed, DefenseBase
+from fedsafe.defense.config import DefenseConfig, HardeningConfig, ProjectionConfig, ScreeningConfig
 from fedsafe.defense.projection import SafetyProjection, layer_groups, project_out
 from fedsafe.defense.screening import Screening, canary_prompts, canary_safety, screen_decisions
 from fedsafe.matrix import arm_config, federation_key, implicit_arms

@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
-from fedsafe.config import ConfigError, DefenseConfig
+from fedsafe.config import ConfigError
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, Synthesizer
 from fedsafe.defense import DefenseLevel, ServerContext, available_defenses, build_defense, register_defense
+from fedsafe.defense.config import DefenseConfig
 from fedsafe.defense.posthoc import posthoc_round_tasks, posthoc_task
 from fedsafe.training.sft import cosine_lr
 from fedsafe.updates import SERVER_ID

@@ -10,22 +10,17 @@ centered_clipping, foolsgold, residual, dnc, fltrust, flame, dp_fedavg. Server o
 ``fedsafe.aggregation.server_opt``.
 """
 
-from fedsafe.aggregation import clipping as _clipping  # noqa: F401  (each module registers its rules)
-from fedsafe.aggregation import coordinatewise as _coordinatewise  # noqa: F401
-from fedsafe.aggregation import dnc as _dnc  # noqa: F401
-from fedsafe.aggregation import fedavg as _fedavg  # noqa: F401
-from fedsafe.aggregation import krum as _krum  # noqa: F401
-from fedsafe.aggregation import residual as _residual  # noqa: F401
-from fedsafe.aggregation import similarity as _similarity  # noqa: F401
-from fedsafe.aggregation.registry import (
-    AggregationContext,
-    AggregationResult,
-    RuleSpec,
-    aggregate,
-    available_rules,
-    get_rule,
-    register_rule,
-)
+from __future__ import annotations
 
 __all__ = ["AggregationContext", "AggregationResult", "RuleSpec", "aggregate", "available_rules", "get_rule",
            "register_rule"]
+
+
+def __getattr__(name: str):
+    """The rules register when first asked for, so that ``fedsafe.aggregation.config`` (read while loading a
+    config) imports no torch."""
+    if name in __all__:
+        from fedsafe.aggregation import clipping, coordinatewise, dnc, fedavg, krum, registry, residual, similarity  # noqa: F401
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

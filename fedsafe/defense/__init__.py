@@ -1,5 +1,5 @@
 """Defenses by registered name (``defense.name``; several joined by ``+`` compose): hooks at the server's
-stages (``fedsafe.defense.base``). A new defense is one module plus one register line below.
+stages (``fedsafe.defense.base``). A new defense is one module plus one register line in ``registry``.
 
 ``none``: nothing. ``hardening``: the starting adapter safety-tuned with a perturbation-aware objective
 before round 0 (``fedsafe.defense.hardening``). ``projection``: each round's aggregate loses its component
@@ -11,51 +11,15 @@ down-weighted (``fedsafe.defense.screening``). ``posthoc_sft``: the post-hoc fin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
-
-from fedsafe.defense.base import Composed, Defense, NoDefense, RoundUploads, Screened, ServerContext
-from fedsafe.defense.hardening import Hardening
-from fedsafe.defense.levels import DefenseLevel
-from fedsafe.defense.posthoc import PosthocSFT
-from fedsafe.defense.projection import Projection
-from fedsafe.defense.screening import Screening
-from fedsafe.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fedsafe.config import DefenseConfig
-
 __all__ = ["Defense", "DefenseLevel", "RoundUploads", "Screened", "ServerContext", "available_defenses",
            "build_defense", "register_defense"]
 
-_DEFENSES: dict[str, Callable[[DefenseConfig], Defense]] = {}
 
+def __getattr__(name: str):
+    """The registry and the defenses load on first use, so that ``fedsafe.defense.config`` (read while loading a
+    config) imports no torch."""
+    if name in __all__:
+        from fedsafe.defense import registry
 
-def register_defense(name: str, factory: Callable[[DefenseConfig], Defense]) -> None:
-    if name in _DEFENSES:
-        raise ValueError(f"defense {name!r} is already registered")
-    _DEFENSES[name] = factory
-
-
-def available_defenses() -> list[str]:
-    return sorted(_DEFENSES)
-
-
-def build_defense(cfg: DefenseConfig) -> Defense:
-    """A fresh defense for one arm (it may hold state between its stages); several names compose in the
-    order given."""
-    names = cfg.names
-    unknown = [n for n in names if n not in _DEFENSES]
-    if unknown or (not names and cfg.name != "none"):
-        raise ConfigError(f"defense.name must be one of {available_defenses()} or several joined by '+', "
-                          f"got {cfg.name!r}")
-    if len(set(names)) < len(names):
-        raise ConfigError(f"defense.name names a defense twice: {cfg.name!r}")
-    parts = [_DEFENSES[n](cfg) for n in names]
-    return NoDefense() if not parts else parts[0] if len(parts) == 1 else Composed(parts)
-
-
-register_defense("none", lambda cfg: NoDefense())
-register_defense("hardening", Hardening)
-register_defense("projection", Projection)
-register_defense("screening", Screening)
-register_defense("posthoc_sft", PosthocSFT)
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from fedsafe.errors import ConfigError
 from fedsafe.seeding import Salt, derive_seed
 
 if TYPE_CHECKING:
-    from fedsafe.config import DefenseConfig
+    from fedsafe.defense.config import DefenseConfig
     from fedsafe.defense.base import ServerContext
 
 

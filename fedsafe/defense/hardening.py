@@ -20,7 +20,7 @@ from fedsafe.training.sft import cosine_lr, epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
 
 if TYPE_CHECKING:
-    from fedsafe.config import DefenseConfig, HardeningConfig
+    from fedsafe.defense.config import DefenseConfig, HardeningConfig
 
 
 def hardening_task(c: HardeningConfig, records: list[dict], max_length: int, seed: int) -> ClientTask:

@@ -20,7 +20,7 @@ from fedsafe.training.sft import cosine_lr, epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
 
 if TYPE_CHECKING:
-    from fedsafe.config import DefenseConfig
+    from fedsafe.defense.config import DefenseConfig
 
 
 def posthoc_task(cfg: DefenseConfig, records: list[dict], max_length: int, seed: int) -> ClientTask:

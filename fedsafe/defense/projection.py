@@ -30,7 +30,7 @@ from fedsafe.training.sft import epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
 
 if TYPE_CHECKING:
-    from fedsafe.config import DefenseConfig, ProjectionConfig
+    from fedsafe.defense.config import DefenseConfig, ProjectionConfig
 
 _LORA_PART = re.compile(r"\.lora_[AB](\.[^.]+)?\.weight$")
 

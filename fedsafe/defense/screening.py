@@ -27,7 +27,7 @@ from fedsafe.requests import GenerationParams, Request
 from fedsafe.seeding import Salt, derive_seed
 
 if TYPE_CHECKING:
-    from fedsafe.config import DefenseConfig, ScreeningConfig
+    from fedsafe.defense.config import DefenseConfig, ScreeningConfig
 
 
 def canary_prompts(source: str, args: dict, count: int, seed: int, avoid: list[str], where: str) -> list[str]:

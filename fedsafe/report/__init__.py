@@ -11,8 +11,16 @@ Modules: ``tables`` (pure Markdown tables of the results), ``notes`` (judges, se
 ``records`` (what a report reads from the run folder, read once), ``page`` (the files).
 """
 
-from fedsafe.report.page import (LIVE_REFRESH_S, SECTIONS, rebuild, report_markdown, sections, write_html,
-                                 write_live_report, write_report)
+from fedsafe.report.page import (
+                                 LIVE_REFRESH_S,
+                                 SECTIONS,
+                                 rebuild,
+                                 report_markdown,
+                                 sections,
+                                 write_html,
+                                 write_live_report,
+                                 write_report,
+)
 from fedsafe.report.paper import paper_row
 from fedsafe.report.plots import mean_weights
 from fedsafe.report.records import RunRecords, read_records

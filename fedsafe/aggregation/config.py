@@ -1,0 +1,42 @@
+"""The server rule's typed config (``aggregation``): a registered rule, its parameters (checked by probing
+the rule in the preflight), the server optimizer and the coordinator's bounds. Plain data: no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsafe.errors import check as _check
+from fedsafe.specs import ServerOptConfig
+
+
+@dataclass
+class AggregationConfig:
+    """Server rule by registered name (``fedsafe.aggregation``), its keyword parameters, and the server
+    optimizer applied after it (``server_opt``).
+
+    ``num_malicious``: the f the rule is told; -1 = round(clients_per_round * malicious / K), as in
+    docs/method.md#aggregation-rules.
+    ``root_dataset``: the server's root data (rules that need a server update, such as FLTrust).
+    ``max_update_norm``: the coordinator rejects an update whose L2 norm exceeds it (0 = no bound); updates
+    with NaN/Inf or the wrong shape are always rejected. ``min_updates``: a round whose accepted updates
+    are fewer leaves the global adapter unchanged (recorded in the round's metrics).
+    """
+
+    rule: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)
+    num_malicious: int = -1
+    server_opt: ServerOptConfig = field(default_factory=ServerOptConfig)
+    root_dataset: str = ""
+    root_dataset_args: dict[str, Any] = field(default_factory=dict)
+    root_examples: int = 100
+    max_update_norm: float = 0.0
+    min_updates: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.max_update_norm >= 0, f"aggregation.max_update_norm must be >= 0 (0 = no bound), got "
+                                          f"{self.max_update_norm}")
+        _check(self.min_updates >= 1, f"aggregation.min_updates must be >= 1, got {self.min_updates}")
+
+        _check(self.num_malicious >= -1, f"aggregation.num_malicious must be >= 0 (or -1 = auto), got {self.num_malicious}")
+        _check(self.root_examples >= 1, f"aggregation.root_examples must be >= 1, got {self.root_examples}")
