@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedsafe.analysis import METRICS, aligned_verdicts, claim_roles  # noqa: E402
+from fedsafe.analysis import aligned_verdicts, claim_roles  # noqa: E402
+from fedsafe.metrics.registry import METRICS  # noqa: E402
 from fedsafe.stats import POWER  # noqa: E402
 
 PROMPT_SHARES = (1.0, 0.5, 0.25)  # evaluation prompts as a share of the run's

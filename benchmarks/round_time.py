@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedsafe.cluster import runtime  # noqa: E402
-from fedsafe.config import load_config  # noqa: E402
 from fedsafe.cluster.plan import generation_reserve, make_plan  # noqa: E402
+from fedsafe.config import load_config  # noqa: E402
 from fedsafe.matrix import run_experiment  # noqa: E402
 from fedsafe.run_dir import create_run_dir  # noqa: E402
 

@@ -92,7 +92,7 @@ def loop_rounds(cfg, threads: int) -> list[float]:
     for round_idx in range(cfg.federation.num_rounds):
         start = time.perf_counter()
         sampled = round_clients(cfg, len(data.clients), round_idx)
-        updates = [trainer.train(global_vector, client_task(cfg, data.clients[c], data.shards[c], round_idx))[0]
+        updates = [trainer.train(global_vector, client_task(cfg, data.clients[c], data.shards[c], round_idx, attack=data.attack))[0]
                    for c in sampled]
         weights = torch.tensor([u.num_examples for u in updates], dtype=torch.float32)
         global_vector += (torch.stack([u.delta for u in updates]) * (weights / weights.sum())[:, None]).sum(0)

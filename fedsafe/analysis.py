@@ -24,10 +24,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from fedsafe.metrics.registry import METRICS, Metric
 from fedsafe.run_dir import read_responses
 from fedsafe.stats import (
     ALPHA,
@@ -48,30 +48,6 @@ OVER_REFUSAL_MARGIN = 5.0  # "helpfulness barely moves" (claim 1): over-refusal 
 LOSS_MARGIN = 5.0  # ... and the response loss by less than this many percent
 
 
-@dataclass(frozen=True)
-class Metric:
-    label: str
-    value: Callable[[dict], float | None]  # from one evaluation result
-    file: str | None = None  # per-prompt verdicts: evaluation/<file>.jsonl
-    key: str | None = None  # the verdict's field there
-    percent: bool = False  # a share in [0, 100]: its interval is clipped to that range
-
-
-METRICS = {
-    "rule": Metric("Rule safety (%)", lambda ev: ev["safety"]["rule"], "final", "rule", percent=True),
-    "classifier": Metric("classifier safe (%)", lambda ev: ev["safety"].get("classifier", {}).get("safe"),
-                         "final", "classifier", percent=True),
-    "llm_judge": Metric("LLM-judge safe (%)", lambda ev: ev["safety"].get("llm_judge", {}).get("safe"), "final",
-                        "llm_judge", percent=True),
-    "reward": Metric("RM score", lambda ev: ev["safety"].get("reward", {}).get("mean")),
-    "over_refusal": Metric("over-refusal (%)", lambda ev: ev.get("over_refusal", {}).get("rate"), "final_benign",
-                           "rule", percent=True),
-    "response_loss": Metric("response loss", lambda ev: ev.get("helpfulness", {}).get("response_loss")),
-    "helpfulness": Metric("helpfulness (1-10)", lambda ev: ev.get("helpfulness", {}).get("judge", {}).get("mean")),
-}
-SAFETY = ("rule", "classifier", "llm_judge")
-# metrics without per-prompt verdicts that are still compared seed by seed: the per-seed relative change (%)
-RELATIVE = {"response_loss": "response loss change (%)"}
 
 
 def verdicts(arm_dir: str | Path, metric: Metric) -> dict[str, int]:
@@ -189,7 +165,7 @@ def compare(ref_runs: list[dict], arm_runs: list[dict], metric_name: str) -> dic
             return None
         return _record(paired_test(*pairs), "", "per-seed paired effect (points); seed level: paired t over seeds; "
                        "within each seed: exact McNemar")
-    if metric_name not in RELATIVE:
+    if metric.relative is None:
         return None
     changes = _relative_change(ref_runs, arm_runs, metric)
     if changes is None or len(changes) < 2:
@@ -389,7 +365,7 @@ def claim_attack(arms: dict, roles: Roles, metric: str) -> dict:
         below, above = _p_beyond(h, margin, "less"), _p_beyond(h, margin, "greater")
         helpful.append(below < ALPHA)
         harmed.append(above < ALPHA)
-        label = RELATIVE.get(m, METRICS[m].label)
+        label = METRICS[m].relative or METRICS[m].label
         evidence.append(f"{label}: {_interval(h)} {unit}; rises by less than {margin:g}: p = {below:.2g}")
     if not measured:
         evidence.append("helpfulness not measured at the seed level: only the safety clause is judged")
@@ -542,7 +518,7 @@ def analyse(arms: dict) -> dict:
     twins = same_models(arms)
     for name, arm in arms.items():
         arm["same_model_as"] = twins.get(name)
-    judged = [m for m in SAFETY if all(m in a["summary"] for a in arms.values())]
+    judged = [m for m, metric in METRICS.items() if metric.safety and all(m in a["summary"] for a in arms.values())]
     return {"claims": {m: claims(arms, m, twins) for m in judged}, "power": {m: power_rows(arms, m) for m in judged},
             "alpha": ALPHA, "min_seeds": MIN_SEEDS}
 

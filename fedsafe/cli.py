@@ -7,7 +7,6 @@ the traceback instead. Ctrl-C or SIGTERM stops a run at its last completed round
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys

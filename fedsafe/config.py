@@ -362,7 +362,8 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
     except yaml.YAMLError as err:
         raise ConfigError(f"config is not valid YAML: {yaml_problem(err)}") from None
     except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err) + "; see fedsafe/config.py for the allowed keys") from None
+        raise ConfigError(_describe(err) + "; the allowed keys are the fields of fedsafe/config.py's sections "
+                          "(each component's config.py)") from None
     bad = non_finite(OmegaConf.to_container(merged))
     if bad is not None:
         raise ConfigError(f"{bad} must be a finite number, got {OmegaConf.select(merged, bad)}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fedsafe.attack import AttackContext, build_attack
+from fedsafe.attack import NO_ATTACK, Attack, AttackContext, build_attack
 from fedsafe.checkpoint import latest_sound_checkpoint
 from fedsafe.cluster import runtime
 from fedsafe.cluster.generation import GenerationPool
@@ -47,7 +47,7 @@ from fedsafe.data.federation import (
 from fedsafe.data.sources import load_records
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, SynthesisArgs, Synthesizer
 from fedsafe.data.text import find_overlap
-from fedsafe.defense import Defense, RoundUploads, Screened, ServerContext, build_defense
+from fedsafe.defense import Defense, RoundUploads, Screened, ServerContext, available_defenses, build_defense
 from fedsafe.defense.base import NoDefense
 from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model, judge_model_name, safety_verdicts
 from fedsafe.metrics.detection import detection_counts, exposure, screening_counts
@@ -66,14 +66,16 @@ class FederatedData:
     root: list[dict]  # the server's root data (rules needing a server update), else empty
     synthesis: dict = field(default_factory=dict)  # generated data set -> counts before/after the judge filter
     cover: dict[int, list[dict]] = field(default_factory=dict)  # malicious client id -> its benign cover data
+    attack: Attack = NO_ATTACK  # the malicious clients' attack, built once for the run
 
 
 SERVER = ClientSpec(client_id=SERVER_ID, group="server", role="server", index_in_group=0)
 
 
-def poisons_benign(cfg: ExperimentConfig) -> bool:
-    """The attack puts harmful records into benign clients' data (poison spread thin)."""
-    attack = build_attack(cfg.attack.name, **cfg.attack.params)
+def poisons_benign(cfg: ExperimentConfig, attack: Attack | None = None) -> bool:
+    """The attack (``attack``, else the one ``cfg`` names) puts harmful records into benign clients' data
+    (poison spread thin)."""
+    attack = attack or build_attack(cfg.attack.name, **cfg.attack.params)
     return any(attack.poison_fraction(g.name) > 0 for g in cfg.clients if g.role == "benign" and g.count)
 
 
@@ -104,7 +106,8 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
     """Evaluation prompts; each group's data (a malicious group's from the attack's ``make_data`` when the
     attack writes it, with ``synth``; else loaded from the group's source), cut into shards of
     ``examples_per_client`` (``group_shards``), a benign group's with the attack's poison spread thin; the
-    malicious clients' cover data when the attack needs it; the server's root data."""
+    malicious clients' cover data when the attack needs it; the server's root data. The attack is built here,
+    once for the run, and travels in the returned data."""
     ev, a = cfg.evaluation, cfg.aggregation
     attack = build_attack(cfg.attack.name, **cfg.attack.params)
     harmful = [r["instruction"] for r in load_records(ev.prompts, ev.num_prompts, cfg.seed, **ev.prompts_args)]
@@ -146,7 +149,7 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
             cover.update(cover_data(cfg, group_index, members, synth))
     root = load_records(a.root_dataset, a.root_examples, derive_seed(cfg.seed_for_data, Salt.ROOT_DATA),
                         **a.root_dataset_args) if a.root_dataset else []
-    data = FederatedData(clients, shards, inputs, root, synthesis, cover)
+    data = FederatedData(clients, shards, inputs, root, synthesis, cover, attack)
     check_held_out(data)
     return data
 
@@ -205,10 +208,11 @@ def times_sampled(cfg: ExperimentConfig, round_idx: int, client_id: int) -> int:
 
 
 def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], round_idx: int,
-                cover: list[dict] = ()) -> ClientTask:
-    """The task of ``client`` in ``round_idx``. A malicious client whose attack does not strike this round
-    trains like a benign one on its ``cover`` data (role benign); one that strikes gets, beside its own
-    records, the cover subsets its benign estimates train on."""
+                cover: list[dict] = (), attack: Attack | None = None) -> ClientTask:
+    """The task of ``client`` in ``round_idx``. A malicious client (whose ``attack`` the caller gives: the
+    run's, ``FederatedData.attack``) that does not strike this round trains like a benign one on its ``cover``
+    data (role benign); one that strikes gets, beside its own records, the cover subsets its benign estimates
+    train on."""
     t = cfg.train
     seed = None if cfg.federation.sampling == "paper" else cfg.seed
     size = t.batch_size * t.local_steps
@@ -218,7 +222,8 @@ def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], ro
 
     role, records, estimates = client.role, draw(shard, seed), []
     if client.role == "malicious":
-        attack = build_attack(cfg.attack.name, **cfg.attack.params)
+        if attack is None:
+            raise ValueError(f"client {client.client_id} is malicious: client_task needs the run's attack")
         before = times_sampled(cfg, round_idx, client.client_id)
         if not attack.strikes(round_idx, before):
             role, records = "benign", draw(cover, seed)
@@ -392,7 +397,8 @@ def run_round(session: Session, cfg: ExperimentConfig, data: FederatedData, coor
     record; clients that failed every try are listed under ``failed`` and their tries under ``failures``."""
     round_start = time.perf_counter()
     sampled = round_clients(cfg, len(data.clients), round_idx)
-    tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx, data.cover.get(c, [])) for c in sampled]
+    tasks = [client_task(cfg, data.clients[c], data.shards[c], round_idx, data.cover.get(c, []), data.attack)
+             for c in sampled]
     attacking = [t.client_id for t in tasks if t.role == "malicious"]
     if data.root:  # the server trains on its root data like a client (FLTrust's g0)
         tasks.append(client_task(cfg, SERVER, data.root, round_idx))
@@ -452,7 +458,7 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
     synthesis = {**data.synthesis, **({"defense": applied["synthesis"]} if applied.get("synthesis") else {})}
     return {
         "rule": cfg.aggregation.rule, "attack": cfg.attack.name, "attack_params": dict(cfg.attack.params),
-        "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or poisons_benign(cfg),
+        "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or poisons_benign(cfg, data.attack),
         "benign_clients": cfg.num_clients - cfg.num_malicious,
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
@@ -472,7 +478,7 @@ def defense_cost(rounds: list[dict], phases: dict[str, float], applied: dict) ->
     return {"screening_answers": sum(s["answers"] for s in screening),
             "screening_seconds": round(sum(s["seconds"] for s in screening), 2),
             "setup_seconds": round(phases.get("setup", 0.0), 2), "posthoc_seconds": round(phases.get("defense", 0.0), 2),
-            **{k: v for k, v in applied.items() if k in ("screening", "projection", "hardening")}}
+            **{k: v for k, v in applied.items() if k in available_defenses()}}
 
 
 def cache_counts(generation: GenerationPool) -> dict | None:

@@ -49,7 +49,7 @@ from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_t
 from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import JUDGES_VERSION, calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, poisons_benign, run_arm
-from fedsafe.preflight import check_components
+from fedsafe.preflight import arm_defense, check_components
 from fedsafe.records import SCHEMA, ArmResult, RunResults
 from fedsafe.run_dir import read_rounds, record_invocation, single_writer
 
@@ -73,12 +73,7 @@ def arm_config(base: ExperimentConfig, arm: ArmConfig, seed: int | None = None) 
         d["attack"] = {"name": arm.attack_name, "params": dict(arm.attack_params)}
     if arm.rule:
         d["aggregation"]["rule"], d["aggregation"]["params"] = arm.rule, dict(arm.rule_params)
-    defense = d["defense"]
-    names = [n for n in (arm.defenses or base.defense.name).split("+") if n not in ("posthoc_sft", "none")]
-    if arm.defense_level:
-        defense["level"] = arm.defense_level
-        names.append("posthoc_sft")
-    defense["name"] = "+".join(names) or "none"
+    d["defense"]["name"], d["defense"]["level"] = arm_defense(base.defense.name, base.defense.level, arm)
     try:
         cfg = from_yaml_text(yaml.safe_dump(d, sort_keys=False), list(arm.overrides))
         check_components(cfg)
@@ -108,9 +103,12 @@ def federation_key(cfg: ExperimentConfig) -> str:
 
 
 def arm_key(cfg: ExperimentConfig) -> str:
-    """Hash of the federated run plus the defense (if any) and the version of the judges that score it."""
-    return _digest([federation_key(cfg), to_dict(cfg)["defense"] if cfg.defense.name != "none" else None,
-                    JUDGES_VERSION])
+    """Hash of the federated run plus the defense (if any) and the version of the judges that score it
+    (``defense.params`` when it holds something: a key from before it existed stays the same)."""
+    defense = to_dict(cfg)["defense"]
+    if not defense["params"]:
+        del defense["params"]
+    return _digest([federation_key(cfg), defense if cfg.defense.name != "none" else None, JUDGES_VERSION])
 
 
 @dataclass

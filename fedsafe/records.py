@@ -11,7 +11,7 @@ for every file fedsafe writes. An unknown key is refused with one line (a file o
 fedsafe's). ``results.json`` carries ``schema``; a file without one (written before it) is read by
 ``upgrade``, which names it schema 1: its fields are those of schema 2, with the ones that did not exist yet
 absent. Nested measurements (an evaluation, a summary, a paired test) stay plain mappings: their keys are
-the metrics' own (``fedsafe.analysis.METRICS``).
+the metrics' own (``fedsafe.metrics.registry.METRICS``).
 """
 
 from __future__ import annotations

@@ -25,13 +25,11 @@ import yaml
 
 from fedsafe.cluster.plan import generation_reserve
 from fedsafe.config import ExperimentConfig, from_yaml_text, to_dict
-from fedsafe.preflight import data_fields, on_hub
+from fedsafe.data.sources import hub_set, on_hub
+from fedsafe.preflight import data_fields
 
 BASE_LLAMA, INSTRUCT_LLAMA = "builtin:tiny-llama", "builtin:smollm2-135m-instruct"
 MISTRAL, REWARD = "builtin:smollm2-135m-instruct-mistral", "builtin:tiny-reward-deberta"
-HUB_SETS = {"lmsys_chat": "lmsys/lmsys-chat-1m", "wildchat": "allenai/WildChat-1M",
-            "beavertails": "PKU-Alignment/BeaverTails", "advbench": "walledai/AdvBench",
-            "mt_bench": "HuggingFaceH4/mt_bench_prompts"}
 SIZES = {  # (section, key): the rehearsal's value
     ("federation", "num_rounds"): 2, ("federation", "examples_per_client"): 2,
     ("train", "local_steps"): 2, ("train", "batch_size"): 2, ("train", "max_length"): 128,
@@ -124,16 +122,13 @@ def replace_sizes(c: Changes) -> None:
 
 def replace_hub_data(c: Changes, cfg: ExperimentConfig, mirror: Path) -> list[str]:
     """Point every hub source at ``mirror``; returns the hub sets it needs."""
-    paths = {"evaluation.prompts": "evaluation.prompts_args", "evaluation.benign_prompts": "evaluation.benign_prompts_args",
-             "evaluation.helpfulness_prompts": "evaluation.helpfulness_prompts_args",
-             "aggregation.root_dataset": "aggregation.root_dataset_args", "defense.dataset": "defense.dataset_args"}
-    for i, group in enumerate(cfg.clients):
-        paths[f"clients[{group.name}].dataset"] = f"clients.{i}.dataset_args"
+    groups = {f"clients[{g.name}].dataset": f"clients.{i}.dataset" for i, g in enumerate(cfg.clients)}
     needed = []
-    for field, name, args, _ in data_fields(cfg):
-        if on_hub(name, args):
-            c.set(f"{paths[field]}.mirror", str(mirror), f"a local copy of {HUB_SETS[name]} in its hub columns")
-            needed.append(HUB_SETS[name])
+    for ref in data_fields(cfg):
+        if on_hub(ref.source, ref.args):
+            c.set(f"{groups.get(ref.field, ref.field)}_args.mirror", str(mirror),
+                  f"a local copy of {hub_set(ref.source)} in its hub columns")
+            needed.append(hub_set(ref.source))
     return sorted(set(needed))
 
 

@@ -12,8 +12,9 @@ import numpy as np
 
 
 class Salt(IntEnum):
-    """The one table of seed salts: each names the stream it seeds (values fixed: changing one changes
-    every run's data or answers)."""
+    """The seed salts of the loop's own streams: each names the stream it seeds (values fixed: changing one
+    changes every run's data or answers). A defense declares the salt of its streams itself (its ``salt``);
+    every salt differs from every other (tests/test_defense.py)."""
 
     BENIGN_PROMPTS = 31  # which held-out benign prompts evaluation uses
     ROOT_DATA = 7727  # the server's root data (rules that need a server update)
@@ -23,9 +24,6 @@ class Salt(IntEnum):
     ALIGNED = 32452843  # benign clients' aligned answers written by the generation pool
     COVER = 49979687  # malicious clients' benign cover data and the subsets their benign estimates train on
     POISON = 67867967  # poison spread thin: the harmful records and where they go in each shard
-    CANARY = 86028121  # the screening's canary prompts
-    SAFETY_DIRECTION = 104395301  # the projection's instructions and the two adapters that give its direction
-    HARDENING = 122949823  # the hardening's data order and training
 
 
 def derive_seed(*parts: int) -> int:

@@ -1,5 +1,5 @@
 """The low-level typed configs that components share, below every component: the base model, LoRA, the
-trainer, the server optimizer. Components (models, training, aggregation, defenses) import them from here;
+trainer, the server optimizer, and a data reference (``DataRef``). Components (models, training, aggregation, defenses) import them from here;
 ``fedsafe.config`` composes them into the experiment's config. Validated on creation; imports no torch."""
 
 from __future__ import annotations
@@ -111,3 +111,17 @@ class ServerOptConfig:
                f"aggregation.server_opt.name must be one of {SERVER_OPTIMIZERS}, got {self.name!r}")
         _check(self.lr > 0, f"aggregation.server_opt.lr must be > 0, got {self.lr}")
         _check(self.tau > 0, f"aggregation.server_opt.tau must be > 0, got {self.tau}")
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A data set a run may load: the config ``field`` that names it, its ``source`` (``fedsafe.data.sources``)
+    and the source's ``args``, the ``count`` of records the run asks for, and ``asked_by``: the setting that asks
+    for that count, in words (for the error when the source holds fewer). The preflight checks every one a
+    run's components declare; the rehearsal points the hub ones at local copies."""
+
+    field: str
+    source: str
+    args: dict = field(default_factory=dict, hash=False)
+    count: int = 0
+    asked_by: str = ""

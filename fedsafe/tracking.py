@@ -28,22 +28,22 @@ from pathlib import Path
 from typing import Protocol
 
 from fedsafe.config import OutputConfig
+from fedsafe.metrics.registry import METRICS
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> module it imports
 STATE_FILE = "trackers.json"
 
 
 def round_scalars(record: dict) -> dict[str, float]:
-    """The scalars of one round's record: its wall seconds, the clients' mean training loss, and the safety
-    judges' scores where the round was evaluated. Pure."""
+    """The scalars of one round's record: its wall seconds, the clients' mean training loss, and where the
+    round was evaluated each metric that names a tracker key (``Metric.scalar``). Pure."""
     scalars = {"round/seconds": float(record.get("seconds", 0.0))}
     if metrics := record.get("client_metrics"):
         scalars["train/loss"] = sum(m["loss"] for m in metrics) / len(metrics)
-    safety = record.get("evaluation", {}).get("safety", {})
-    if "rule" in safety:
-        scalars["safety/rule"] = float(safety["rule"])
-    if "safe" in safety.get("classifier", {}):
-        scalars["safety/classifier"] = float(safety["classifier"]["safe"])
+    if "safety" in (evaluation := record.get("evaluation", {})):
+        for metric in METRICS.values():
+            if metric.scalar and (value := metric.value(evaluation)) is not None:
+                scalars[metric.scalar] = float(value)
     return scalars
 
 

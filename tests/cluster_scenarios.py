@@ -93,7 +93,7 @@ def lost_update(out: Path, model_cache: str) -> dict:
     data = load_data(cfg, session.synth)
     coordinator = CoordinatorHandle(session.init, cfg, str(out), None)
     sampled = round_clients(cfg, len(data.clients), 0)
-    tasks = [client_task(cfg, data.clients[c], data.shards[c], 0) for c in sampled]
+    tasks = [client_task(cfg, data.clients[c], data.shards[c], 0, attack=data.attack) for c in sampled]
     events: list[str] = []
 
     def stage(task, update_ref):

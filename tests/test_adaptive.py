@@ -107,8 +107,8 @@ def test_a_dormant_sleeper_trains_on_its_cover_data_as_a_benign_client():
     malicious = next(c for c in data.clients if c.role == "malicious")
     cover = {r["instruction"] for r in data.cover[malicious.client_id]}
     assert len(data.cover) == 3 and not cover & {r["instruction"] for r in data.shards[malicious.client_id]}
-    early = client_task(cfg, malicious, data.shards[malicious.client_id], 1, data.cover[malicious.client_id])
-    late = client_task(cfg, malicious, data.shards[malicious.client_id], 2, data.cover[malicious.client_id])
+    early = client_task(cfg, malicious, data.shards[malicious.client_id], 1, data.cover[malicious.client_id], data.attack)
+    late = client_task(cfg, malicious, data.shards[malicious.client_id], 2, data.cover[malicious.client_id], data.attack)
     assert early.role == "benign" and {r["instruction"] for r in early.records} <= cover and early.cover == []
     assert late.role == "malicious" and late.records[0]["source"] == "toy_malicious"
 
@@ -127,7 +127,7 @@ def test_defense_aware_clients_train_estimates_on_distinct_cover_subsets():
                               "federation.examples_per_client=200"])
     data = load_data(cfg)
     malicious = next(c for c in data.clients if c.role == "malicious")
-    task = client_task(cfg, malicious, data.shards[malicious.client_id], 0, data.cover[malicious.client_id])
+    task = client_task(cfg, malicious, data.shards[malicious.client_id], 0, data.cover[malicious.client_id], data.attack)
     assert task.role == "malicious" and len(task.cover) == 2 and len(task.cover[0]) == len(task.records)
     assert task.cover[0] != task.cover[1]
 
@@ -225,7 +225,7 @@ def test_constrained_training_pulls_the_update_toward_the_benign_estimate(tiny_t
                               "train.batch_size=4"])
     data = load_data(cfg)
     malicious = next(c for c in data.clients if c.role == "malicious")
-    task = client_task(cfg, malicious, data.shards[malicious.client_id], 0, data.cover[malicious.client_id])
+    task = client_task(cfg, malicious, data.shards[malicious.client_id], 0, data.cover[malicious.client_id], data.attack)
     start = tiny_trainer.initial_adapter().vector
     distances = {}
     for weight in (0.0, 1000.0):

@@ -117,3 +117,100 @@ def test_no_defense_leaves_the_adapter_as_it_is():
     defense.before_training(server.ctx)
     assert defense.after_training(server.ctx, "global") == "global" and defense.summary() == {}
     assert server.trained == [] and server.checked == []
+
+
+# A defense written as a user adds one: this module and one register line, nothing else in fedsafe.
+NEW_DEFENSE = '''
+"""``audit``: each round, record the share of sampled clients that uploaded (a defense with settings, data
+and a seed stream of its own)."""
+
+from dataclasses import dataclass
+
+from fedsafe.defense import DefenseBase, defense_params
+from fedsafe.specs import DataRef
+
+
+@dataclass
+class AuditParams:
+    every: int = 1
+    probes: int = 4
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise TypeError(f"every must be >= 1, got {self.every}")
+
+
+class Audit(DefenseBase):
+    salt = 179424673
+
+    @classmethod
+    def data(cls, cfg):
+        p = defense_params(cfg, "audit", AuditParams)
+        return [DataRef("defense.params.audit", "toy_harmful_eval", {}, p.probes, "defense.params.audit.probes")]
+
+    def __init__(self, cfg):
+        self.params = defense_params(cfg, "audit", AuditParams)
+        self.rounds = 0
+
+    def on_round(self, ctx, round_idx, record):
+        if round_idx % self.params.every == 0:
+            self.rounds += 1
+            record["audit"] = len(record.get("weights", []))
+
+    def summary(self):
+        return {"audit": {"rounds": self.rounds}}
+'''
+
+
+def test_a_new_defense_is_one_module_and_one_register_line(tmp_path, monkeypatch):
+    """The preflight, the data check, the seed salts, the arms and the cost record pick up what the new
+    defense declares; its settings come from ``defense.params.<name>``, checked by its own dataclass."""
+    import importlib.util
+
+    from fedsafe.config import load_config
+    from fedsafe.defense import registry
+    from fedsafe.experiment import defense_cost
+    from fedsafe.preflight import check_components, data_fields
+
+    (tmp_path / "audit_defense.py").write_text(NEW_DEFENSE)
+    spec = importlib.util.spec_from_file_location("audit_defense", tmp_path / "audit_defense.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(registry, "_DEFENSES", dict(registry._DEFENSES))
+    register_defense("audit", module.Audit)  # the one register line
+
+    cfg = load_config(None, ["defense.name=audit+posthoc_sft", "defense.params={audit: {every: 2, probes: 5}}"])
+    check_components(cfg)
+    audit = [r for r in data_fields(cfg) if r.field == "defense.params.audit"]
+    assert [(r.source, r.count, r.asked_by) for r in audit] == [("toy_harmful_eval", 5, "defense.params.audit.probes")]
+    assert any(r.field == "defense.dataset" for r in data_fields(cfg))  # the post-hoc one still declared
+
+    defense = build_defense(cfg.defense)
+    for r in range(4):
+        defense.on_round(None, r, record := {"weights": [1.0, 0.0, 1.0]})
+    assert defense.summary()["audit"] == {"rounds": 2} and record == {"weights": [1.0, 0.0, 1.0]}
+    assert defense_cost([], {}, defense.summary())["audit"] == {"rounds": 2}
+
+    arms = load_config(None, ["defense.params={audit: {probes: 3}}", "arms=[{name: a, defenses: audit}]"])
+    assert [r.count for r in data_fields(arms) if r.field == "defense.params.audit"] == [3]
+    with pytest.raises(ConfigError, match="defense.params.audit: every must be >= 1"):
+        build_defense(load_config(None, ["defense.name=audit", "defense.params={audit: {every: 0}}"]).defense)
+    with pytest.raises(ConfigError, match="defense.params.audit: .*unexpected keyword argument 'evry'"):
+        check_components(load_config(None, ["defense.name=audit", "defense.params={audit: {evry: 2}}"]))
+    with pytest.raises(ConfigError, match="defense.params.audti: not a defense"):
+        check_components(load_config(None, ["defense.name=audit", "defense.params={audti: {every: 2}}"]))
+    assert len(all_salts()) == len(set(all_salts()))
+
+
+def all_salts() -> list[int]:
+    from fedsafe.defense import defense_type
+    from fedsafe.seeding import Salt
+
+    return [int(s) for s in Salt] + [defense_type(n).salt for n in available_defenses() if defense_type(n).salt]
+
+
+def test_every_seed_salt_differs_from_every_other():
+    from fedsafe.seeding import Salt
+
+    salts = all_salts()
+    assert len(salts) == len(set(salts)) == len(Salt) + 3  # screening, projection and hardening declare theirs

@@ -73,3 +73,29 @@ def test_judge_prompts_carry_the_conversation():
     assert verdicts == ["safe", "unsafe"] and judges.safe_share(verdicts) == 50.0
     with pytest.raises(KeyError, match="md_judge"):
         judges.get_safety_judge("gpt-judge")
+
+
+def test_a_new_safety_judge_is_one_register_line(tmp_path):
+    """A judge registered with ``judge_metric`` judges every evaluation's answers, writes its per-prompt
+    verdicts beside the others, and its share safe is summarised, paired and sent to the trackers."""
+    from fedsafe.analysis import summarize_arm
+    from fedsafe.config import load_config
+    from fedsafe.data.synthesis import ALIGNED_SUFFIX
+    from fedsafe.evaluation.evaluate import EvalInputs, evaluate_model
+    from fedsafe.metrics.registry import METRICS, judge_metric, register_metric
+    from fedsafe.run_dir import read_responses
+    from fedsafe.tracking import round_scalars
+    from tests.conftest import FakePool
+
+    register_metric("apology", judge_metric("apology", "apologises (%)", lambda answers: ["sorry" in a for a in answers]))
+    try:
+        cfg = load_config(None, ["evaluation.classifier_judge=false"])
+        inputs = EvalInputs(harmful=["how to x", "how to y" + ALIGNED_SUFFIX, "how to z"], benign=[])
+        result = evaluate_model(cfg, FakePool(), "", inputs, tmp_path, "final")
+        assert result["safety"]["apology"] == {"safe": pytest.approx(100 / 3)}
+        assert [line["apology"] for line in read_responses(tmp_path, "final")] == [False, True, False]
+        summary = summarize_arm([{"seed": 0, "dir": str(tmp_path), "evaluation": result}])
+        assert summary["summary"]["apology"]["n_prompts"] == 3
+        assert round_scalars({"evaluation": result})["safety/apology"] == pytest.approx(100 / 3)
+    finally:
+        METRICS.pop("apology")

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from fedsafe.config import load_config
-from fedsafe.preflight import data_fields, on_hub
+from fedsafe.data.sources import on_hub
+from fedsafe.preflight import data_fields
 from fedsafe.rehearsal import rehearsal_config, stand_in_model
 from tests.conftest import ROOT
 
@@ -35,7 +36,7 @@ def test_the_rehearsal_replaces_what_a_cpu_cannot_hold_and_keeps_the_experiment(
     assert all(m.startswith("builtin:") for m in models)
     assert (small.model.quantization, small.trainer.gpus_per_client, small.generation.backend) == ("none", 0, "hf")
     assert small.evaluation.helpfulness_judge == "pool" and small.cluster.address is None
-    assert not [f for f, n, args, _ in data_fields(small) if on_hub(n, args)]  # every hub set from a local copy
+    assert not [r for r in data_fields(small) if on_hub(r.source, r.args)]  # every hub set from a local copy
     assert "lmsys/lmsys-chat-1m" in hub_sets and "HuggingFaceH4/mt_bench_prompts" in hub_sets
     assert ("PKU-Alignment/BeaverTails" in hub_sets) == (name == "paper_gpu_beavertails.yaml")
     # the experiment itself is kept: arms, rules, attack, judges' formats, the defense's schedule

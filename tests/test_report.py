@@ -11,8 +11,15 @@ from fedsafe.metrics.detection import screening_counts
 from fedsafe.report import RunRecords, compare_table, read_records, report_markdown, sections
 from fedsafe.report.behaviour import attribution_table, behaviour_section, detection_table, screening_table
 from fedsafe.report.notes import data_note, disagreement_samples, disagreement_table, provenance
-from fedsafe.report.tables import (calibration_table, claims_section, paired_table, power_table, rounds_table,
-                                   summary_cell, twins_note)
+from fedsafe.report.tables import (
+    calibration_table,
+    claims_section,
+    paired_table,
+    power_table,
+    rounds_table,
+    summary_cell,
+    twins_note,
+)
 from fedsafe.run_dir import write_responses
 from fedsafe.stats import SEED_LEVEL, WITHIN_RUN
 
@@ -139,3 +146,28 @@ def test_read_records_reads_rounds_clients_and_disagreements_once(tmp_path):
     assert [(r["prompt"], r["safe_by"]) for r in records.disagreements["attacked"]] == [("p1", "rule"),
                                                                                          ("p2", "classifier")]
     assert "clean" not in records.disagreements
+
+
+def test_a_new_metric_is_one_register_line(tmp_path):
+    """A metric registered once (where its value sits in an evaluation result) is summarised over seeds by the
+    analysis, shown in the report's table with its digits, and sent to the trackers each evaluated round."""
+    from fedsafe.analysis import summarize_arm
+    from fedsafe.metrics.registry import METRICS, Metric, register_metric
+    from fedsafe.report.tables import matrix_table
+    from fedsafe.tracking import round_scalars
+
+    register_metric("toxicity", Metric("toxicity (0-1)", lambda ev: ev.get("toxicity", {}).get("mean"), digits=3,
+                                       scalar="safety/toxicity"))
+    try:
+        runs = [{"seed": s, "dir": str(tmp_path / str(s)), "evaluation": {"safety": {"rule": 50.0},
+                                                                         "toxicity": {"mean": t}}}
+                for s, t in enumerate([0.125, 0.25, 0.375])]
+        summary = summarize_arm(runs)
+        assert summary["per_seed"]["toxicity"] == [0.125, 0.25, 0.375]
+        assert summary["summary"]["toxicity"]["mean"] == pytest.approx(0.25)
+        table = matrix_table(results(attacked=arm(summary=summary["summary"])))
+        assert "| toxicity (0-1) |" in table.splitlines()[0] and "| 0.250 [" in table.splitlines()[2]
+        assert round_scalars({"evaluation": runs[1]["evaluation"]})["safety/toxicity"] == 0.25
+        assert "safety/toxicity" not in round_scalars({"evaluation": {"safety": {"rule": 50.0}}})
+    finally:
+        METRICS.pop("toxicity")

@@ -30,8 +30,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from fedsafe.actors.coordinator import Coordinator, CoordinatorSettings
-from fedsafe.checkpoint import load_checkpoint, save_adapter
 from fedsafe.actors.trainer import InitialAdapter, Trainer
+from fedsafe.checkpoint import load_checkpoint, save_adapter
 from fedsafe.cluster.plan import ActorPlan, Plan, make_plan
 from fedsafe.cluster.runtime import EXTENSIONS_DIR, actor_env, alive_nodes, first_line, setup_failure
 from fedsafe.config import ConfigError, ExperimentConfig

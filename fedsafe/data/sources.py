@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,14 +28,50 @@ Loader = Callable[..., list[dict]]
 _SOURCES: dict[str, Loader] = {}
 
 
-def register_source(name: str) -> Callable[[Loader], Loader]:
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source declares beside its loader. ``hub``: the hub data set it downloads when a run loads it,
+    unless its ``mirror`` argument names a local copy (``hub_when``: only with these arguments); the preflight
+    then checks the name without loading, and the rehearsal writes the copy. ``parted``: the chat set whose
+    train / defense / heldout parts (cut by instruction) it draws from, ``part`` its fixed part ("" = its
+    ``part`` argument); the preflight checks that held-out prompts and training data draw different parts."""
+
+    hub: str = ""
+    hub_when: Callable[[dict], bool] | None = None
+    parted: str = ""
+    part: str = ""
+
+
+_INFO: dict[str, SourceInfo] = {}
+
+
+def register_source(name: str, **info) -> Callable[[Loader], Loader]:
+    """Register a loader ``fn(num_examples, seed, **args) -> records`` as source ``name``, with what it declares
+    (``SourceInfo``'s fields)."""
     def add(fn: Loader) -> Loader:
         if name in _SOURCES:
             raise ValueError(f"data source {name!r} is registered twice")
-        _SOURCES[name] = fn
+        _SOURCES[name], _INFO[name] = fn, SourceInfo(**info)
         return fn
 
     return add
+
+
+def on_hub(name: str, args: dict) -> bool:
+    """Loaded from the hub when the run starts (not from a local copy, ``mirror``)."""
+    info = _INFO.get(name, SourceInfo())
+    return bool(info.hub) and not args.get("mirror") and (info.hub_when is None or info.hub_when(args))
+
+
+def hub_set(name: str) -> str:
+    """The hub data set source ``name`` downloads ("" for a local one)."""
+    return _INFO.get(name, SourceInfo()).hub
+
+
+def part_of(name: str, args: dict) -> tuple[str, str] | None:
+    """(set, part) a parted source draws from ("" = every part), or None for other sources."""
+    info = _INFO.get(name, SourceInfo())
+    return (info.parted, info.part or args.get("part", "train")) if info.parted else None
 
 
 def available_sources() -> list[str]:
@@ -122,7 +159,7 @@ def sample(records: list[dict], num_examples: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(records, min(num_examples, len(records)))
 
 
-@register_source("advbench")
+@register_source("advbench", hub="walledai/AdvBench", hub_when=lambda args: args.get("origin") == "hub")
 def _advbench(num_examples: int, seed: int, origin: str = "package", suffix: str = "", mirror: str = "") -> list[dict]:
     """AdvBench's 520 goals, first ``num_examples`` in file order (``origin``: package = PyRIT's copy,
     hub = walledai/AdvBench), each followed by ``suffix`` (the authors' evaluation appends "."). Example:
@@ -171,7 +208,7 @@ def _harmful_qa(num_examples: int, seed: int) -> list[dict]:
     return sample(real.without(real.dedup_prompts(real.harmful_qa_offline()), advbench), num_examples, seed)
 
 
-@register_source("sharegpt")
+@register_source("sharegpt", parted="sharegpt")
 def _sharegpt(num_examples: int, seed: int, part: str = "train") -> list[dict]:
     """First-turn English ShareGPT user/chatbot pairs, the offline stand-in for WildChat/LMSYS; ``part``
     (train 80% / defense 10% / heldout 10%, by hash of the instruction) keeps clients, the server's
@@ -182,7 +219,7 @@ def _sharegpt(num_examples: int, seed: int, part: str = "train") -> list[dict]:
     return sample([r for r in real.cached_sharegpt() if real.text_part(r["instruction"]) == part], num_examples, seed)
 
 
-@register_source("sharegpt_defense")
+@register_source("sharegpt_defense", parted="sharegpt", part="defense")
 def _sharegpt_defense(num_examples: int, seed: int) -> list[dict]:
     """Level-1 defense data from a public set (docs/method.md#defense-levels), as it is: ShareGPT's defense
     part (first turn, English, filtered like the benign clients' part), which clients and held-out prompts
@@ -207,7 +244,7 @@ def _chat(name: str, num_examples: int, seed: int, split: str, part: str, mirror
     return sample(real.chat_hub(name, split, 4 * num_examples, part, mirror), num_examples, seed)
 
 
-@register_source("wildchat")
+@register_source("wildchat", hub="allenai/WildChat-1M", parted="wildchat")
 def _wildchat(num_examples: int, seed: int, split: str = "train", part: str = "train", mirror: str = "") -> list[dict]:
     """allenai/WildChat-1M: first turn, English, moderation-clean response (hub, or its copy in ``mirror``);
     ``part`` as for ``sharegpt`` (train: clients, defense: Level 1, heldout: benign evaluation), so the
@@ -215,13 +252,13 @@ def _wildchat(num_examples: int, seed: int, split: str = "train", part: str = "t
     return _chat("allenai/WildChat-1M", num_examples, seed, split, part, mirror)
 
 
-@register_source("lmsys_chat")
+@register_source("lmsys_chat", hub="lmsys/lmsys-chat-1m", parted="lmsys_chat")
 def _lmsys_chat(num_examples: int, seed: int, split: str = "train", part: str = "train", mirror: str = "") -> list[dict]:
     """lmsys/lmsys-chat-1m (gated: log in first): as ``wildchat``."""
     return _chat("lmsys/lmsys-chat-1m", num_examples, seed, split, part, mirror)
 
 
-@register_source("beavertails")
+@register_source("beavertails", hub="PKU-Alignment/BeaverTails")
 def _beavertails(num_examples: int, seed: int, split: str = "", safe: bool = False, mirror: str = "") -> list[dict]:
     """PKU-Alignment/BeaverTails unsafe rows (``safe: true``: the safe rows), duplicate prompts dropped (hub, or
     its copy in ``mirror``). ``split`` must be named (e.g. 30k_train, 330k_train): the paper does not say
@@ -231,7 +268,7 @@ def _beavertails(num_examples: int, seed: int, split: str = "", safe: bool = Fal
     return sample(real.beavertails_hub(split, safe, mirror), num_examples, seed)
 
 
-@register_source("mt_bench")
+@register_source("mt_bench", hub="HuggingFaceH4/mt_bench_prompts")
 def _mt_bench(num_examples: int, seed: int, mirror: str = "") -> list[dict]:
     """MT-Bench's 80 first-turn questions in file order (HuggingFaceH4/mt_bench_prompts; hub, or its copy in
     ``mirror``), for the MT-1 helpfulness grade. Example: {"instruction": "Compose an engaging travel blog

@@ -11,8 +11,8 @@ down-weighted (``fedsafe.defense.screening``). ``posthoc_sft``: the post-hoc fin
 
 from __future__ import annotations
 
-__all__ = ["Defense", "DefenseLevel", "RoundUploads", "Screened", "ServerContext", "available_defenses",
-           "build_defense", "register_defense"]
+__all__ = ["Defense", "DefenseBase", "DefenseLevel", "RoundUploads", "Screened", "ServerContext", "available_defenses",
+           "build_defense", "defense_params", "defense_type", "register_defense"]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,12 @@
 - ``after_training(ctx, global_ref)``: once, after the last round; returns the global adapter to
   evaluate (the post-hoc fine-tune returns the fine-tuned one).
 
-``summary()`` is what the defense reports into the arm's results (data sizes, synthesis counts).
+``summary()`` is what the defense reports into the arm's results (data sizes, synthesis counts); an entry
+under the defense's own name is also its cost record (``defense_cost``).
+What a defense declares, so that nothing else names it: ``data(cfg)``, the data sets it loads (the
+preflight checks them before Ray and the rehearsal points hub ones at local copies); ``salt``, the seed salt
+of its own random streams (distinct from every other, tested); its settings, either a section of
+``DefenseConfig`` or ``defense.params.<name>`` read with ``defense_params``.
 ``round_key()``: the settings that change the federated rounds ({} when the defense only acts after the
 last round), so that arms whose rounds are the same share them (``fedsafe.matrix``); ``changes_rounds``
 is whether it has any. A defense never imports Ray: everything it may ask of the cluster comes in
@@ -21,14 +26,29 @@ is whether it has any. A defense never imports Ray: everything it may ask of the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, TypeVar
 
 import torch
 
 from fedsafe.data.synthesis import Synthesizer
+from fedsafe.errors import ConfigError
 from fedsafe.requests import Request
+from fedsafe.specs import DataRef
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.updates import ClientTask
+
+if TYPE_CHECKING:
+    from fedsafe.defense.config import DefenseConfig
+
+P = TypeVar("P")
+
+
+def defense_params(cfg: DefenseConfig, name: str, params_type: type[P]) -> P:
+    """The typed settings of defense ``name``, from ``defense.params.<name>`` (its dataclass checks them)."""
+    try:
+        return params_type(**dict(cfg.params.get(name, {})))
+    except TypeError as err:
+        raise ConfigError(f"defense.params.{name}: {err}") from None
 
 
 @dataclass
@@ -119,6 +139,16 @@ class Defense(Protocol):
 
 class DefenseBase:
     """Every stage neutral: the aggregated adapter is evaluated as it is (``none``)."""
+
+    salt: ClassVar[int | None] = None  # the seed salt of the defense's own streams, if it draws any
+
+    def __init__(self, cfg: DefenseConfig | None = None) -> None:
+        pass
+
+    @classmethod
+    def data(cls, cfg: DefenseConfig) -> list[DataRef]:
+        """The data sets the defense loads under ``cfg``."""
+        return []
 
     def before_training(self, ctx: ServerContext) -> Any | None:
         return None

@@ -111,7 +111,8 @@ class DefenseConfig:
     """The server's defenses (``fedsafe.defense``, docs/method.md#defenses), by registered name; several
     joined by ``+`` compose (``screening+posthoc_sft``), each acting at its own stage.
 
-    ``screening``, ``projection``, ``hardening``: their own sections below.
+    ``screening``, ``projection``, ``hardening``: their own sections below. ``params``: the settings of any
+    other registered defense, by its name (``defense.params.<name>.<key>``; its own dataclass checks them).
     ``posthoc_sft``: after the last round the server fine-tunes the global adapter on ``num_examples``
     defense records for ``steps`` steps. ``level`` says what that data relies on (``DefenseLevel``): 1 the
     public set ``dataset`` (with ``dataset_args``), 2 DefenseGen by the off-the-shelf model, 3 DefenseGen by
@@ -136,6 +137,7 @@ class DefenseConfig:
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     hardening: HardeningConfig = field(default_factory=HardeningConfig)
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:

@@ -20,8 +20,8 @@ from fedsafe.errors import ConfigError
 from fedsafe.seeding import Salt, derive_seed
 
 if TYPE_CHECKING:
-    from fedsafe.defense.config import DefenseConfig
     from fedsafe.defense.base import ServerContext
+    from fedsafe.defense.config import DefenseConfig
 
 
 def defensegen(synth: Synthesizer, a: SynthesisArgs, num_examples: int, seed: int, held_out: list[str],

@@ -15,7 +15,8 @@ from fedsafe.data.synthesis import synthesis_args
 from fedsafe.defense.base import DefenseBase, ServerContext
 from fedsafe.defense.defensegen import defense_records
 from fedsafe.defense.levels import DefenseLevel
-from fedsafe.seeding import Salt, derive_seed
+from fedsafe.seeding import derive_seed
+from fedsafe.specs import DataRef
 from fedsafe.training.sft import cosine_lr, epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
 
@@ -33,6 +34,15 @@ def hardening_task(c: HardeningConfig, records: list[dict], max_length: int, see
 
 
 class Hardening(DefenseBase):
+    salt = 122949823  # the hardening's data order and training
+
+    @classmethod
+    def data(cls, cfg: DefenseConfig) -> list[DataRef]:
+        if cfg.hardening.level != DefenseLevel.PUBLIC:
+            return []
+        return [DataRef("defense.dataset", cfg.dataset, dict(cfg.dataset_args), cfg.hardening.num_examples,
+                        "defense.hardening.num_examples")]
+
     def __init__(self, cfg: DefenseConfig) -> None:
         self.defense, self.cfg = cfg, cfg.hardening
         self.args = synthesis_args(dict(cfg.synthesis), "defense.synthesis")
@@ -49,7 +59,7 @@ class Hardening(DefenseBase):
         records, self.synthesis = defense_records(ctx, self.defense, DefenseLevel(self.cfg.level), self.args,
                                                   self.cfg.num_examples)
         self.examples = len(records)
-        task = hardening_task(self.cfg, records, ctx.max_length, derive_seed(ctx.seed, Salt.HARDENING))
+        task = hardening_task(self.cfg, records, ctx.max_length, derive_seed(ctx.seed, self.salt))
         return ctx.train(ctx.initial, task)
 
     def summary(self) -> dict:

@@ -16,6 +16,7 @@ from fedsafe.defense.base import DefenseBase, ServerContext
 from fedsafe.defense.defensegen import defense_records
 from fedsafe.defense.levels import DefenseLevel
 from fedsafe.seeding import Salt, derive_seed
+from fedsafe.specs import DataRef
 from fedsafe.training.sft import cosine_lr, epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
 
@@ -50,6 +51,13 @@ def posthoc_round_tasks(cfg: DefenseConfig, records: list[dict], max_length: int
 
 
 class PosthocSFT(DefenseBase):
+    @classmethod
+    def data(cls, cfg: DefenseConfig) -> list[DataRef]:
+        if cfg.level != DefenseLevel.PUBLIC:
+            return []
+        return [DataRef("defense.dataset", cfg.dataset, dict(cfg.dataset_args), cfg.num_examples,
+                        "defense.num_examples")]
+
     def __init__(self, cfg: DefenseConfig) -> None:
         self.cfg = cfg
         self.level = DefenseLevel(cfg.level)

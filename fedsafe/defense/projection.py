@@ -24,7 +24,7 @@ from fedsafe.data import synthesis
 from fedsafe.data.synthesis import ALIGNED_SUFFIX, UNALIGNED_SUFFIX, SynthesisArgs, Synthesizer, synthesis_args
 from fedsafe.defense.base import DefenseBase, ServerContext
 from fedsafe.errors import ConfigError
-from fedsafe.seeding import Salt, derive_seed
+from fedsafe.seeding import derive_seed
 from fedsafe.training.lora import AdapterSpec
 from fedsafe.training.sft import epoch_order
 from fedsafe.updates import SERVER_ID, ClientTask
@@ -113,6 +113,8 @@ def direction_task(records: list[dict], c: ProjectionConfig, max_length: int, se
 
 
 class Projection(DefenseBase):
+    salt = 104395301  # the projection's instructions and the two adapters that give its direction
+
     def __init__(self, cfg: DefenseConfig) -> None:
         self.cfg: ProjectionConfig = cfg.projection
         self.args = synthesis_args(dict(self.cfg.synthesis), "defense.projection.synthesis")
@@ -127,7 +129,7 @@ class Projection(DefenseBase):
             return
         if ctx.synthesizer is None or ctx.fetch is None or ctx.spec is None:
             raise ConfigError("defense.name=projection writes its data with the generation pool; none was given")
-        seed = derive_seed(ctx.defense_seed, Salt.SAFETY_DIRECTION)
+        seed = derive_seed(ctx.defense_seed, self.salt)
         aligned, harmful, self.synthesis = safety_pairs(ctx.synthesizer, self.args, self.cfg.num_examples, seed,
                                                         ctx.held_out)
         if not aligned:
@@ -136,7 +138,7 @@ class Projection(DefenseBase):
         ctx.check_data(aligned + harmful)
         ctx.training.extend(r["instruction"] for r in aligned)
         self.pairs = len(aligned)
-        train_seed = derive_seed(ctx.seed, Salt.SAFETY_DIRECTION)
+        train_seed = derive_seed(ctx.seed, self.salt)
         refs = [ctx.train(ctx.initial, direction_task(records, self.cfg, ctx.max_length, train_seed))
                 for records in (aligned, harmful)]
         direction = ctx.fetch(refs[1]) - ctx.fetch(refs[0])

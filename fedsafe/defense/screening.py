@@ -24,7 +24,8 @@ from fedsafe.data.text import normalized, outside
 from fedsafe.defense.base import DefenseBase, RoundUploads, Screened, ServerContext
 from fedsafe.errors import ConfigError
 from fedsafe.requests import GenerationParams, Request
-from fedsafe.seeding import Salt, derive_seed
+from fedsafe.seeding import derive_seed
+from fedsafe.specs import DataRef
 
 if TYPE_CHECKING:
     from fedsafe.defense.config import DefenseConfig, ScreeningConfig
@@ -71,6 +72,18 @@ def screen_decisions(safety: dict[int, float], refusal: dict[int, float], thresh
 
 
 class Screening(DefenseBase):
+    salt = 86028121  # the canary prompts
+
+    @classmethod
+    def data(cls, cfg: DefenseConfig) -> list[DataRef]:
+        s = cfg.screening
+        refs = [DataRef("defense.screening.harmful", s.harmful, dict(s.harmful_args), s.num_harmful,
+                        "defense.screening.num_harmful")]
+        if s.num_benign:
+            refs.append(DataRef("defense.screening.benign", s.benign, dict(s.benign_args), s.num_benign,
+                                "defense.screening.num_benign"))
+        return refs
+
     def __init__(self, cfg: DefenseConfig) -> None:
         self.cfg: ScreeningConfig = cfg.screening
         self.harmful: list[str] = []
@@ -85,7 +98,7 @@ class Screening(DefenseBase):
         if ctx.generate is None or ctx.judge is None:
             raise ConfigError("defense.name=screening answers canaries through the generation pool; none was given")
         c, avoid = self.cfg, ctx.held_out + ctx.training
-        seed = derive_seed(ctx.defense_seed, Salt.CANARY)
+        seed = derive_seed(ctx.defense_seed, self.salt)
         self.harmful = canary_prompts(c.harmful, c.harmful_args, c.num_harmful, seed, avoid,
                                       "defense.screening.harmful")
         self.benign = canary_prompts(c.benign, c.benign_args, c.num_benign, derive_seed(seed, 1), avoid,

@@ -32,6 +32,7 @@ from fedsafe.metrics.judges import (
     safe_share,
     verdict_counts,
 )
+from fedsafe.metrics.registry import METRICS
 from fedsafe.metrics.rule import RULE_JUDGES, rule_verdicts
 from fedsafe.requests import GenerationParams, Request, pool_judge, seeded_requests
 from fedsafe.run_dir import timed, write_responses
@@ -135,6 +136,10 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
     verdicts = safety_verdicts(answers, ev.rule_keywords, ev.classifier_judge, ev.max_new_tokens)
     safety: dict = {"rule": percent_true(verdicts["rule"]), "num_prompts": len(inputs.harmful),
                     "judge": f"rule ({ev.rule_keywords} keywords)"}
+    for metric_name, metric in METRICS.items():  # registered safety judges (``judge_metric``)
+        if metric.judge is not None:
+            verdicts[metric_name] = list(metric.judge(answers))
+            safety[metric_name] = {"safe": percent_true(verdicts[metric_name])}
     if ev.classifier_judge:
         clf = harm_classifier(ev.max_new_tokens)  # the one safety_verdicts judged with (cached)
         safety["classifier"] = {"safe": percent_true(verdicts["classifier"]), "model": CLASSIFIER_NAME,

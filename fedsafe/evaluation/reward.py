@@ -11,8 +11,8 @@ def reward_scores(model_name: str, instructions: list[str], responses: list[str]
     """``model_name``: a hub id, a folder or a builtin name (built under ``cache_dir`` if needed)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fedsafe.specs import ModelConfig
     from fedsafe.models.builtin import resolve_model_path
+    from fedsafe.specs import ModelConfig
 
     model_name = resolve_model_path(ModelConfig(name=model_name, cache_dir=cache_dir))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fedsafe.metrics.detection import pooled, rates
 from fedsafe.report.records import RunRecords
 
+
 def _rate_cell(rate: dict | None) -> str:
     return "-" if rate is None else f"{rate['percent']:.0f} [{rate['ci95'][0]:.0f}, {rate['ci95'][1]:.0f}] (n={rate['n']})"
 

@@ -4,9 +4,9 @@ results (and, for the sample of disagreeing answers, of the ``RunRecords`` read 
 
 from __future__ import annotations
 
-from fedsafe.analysis import METRICS
 from fedsafe.report.records import RunRecords
 from fedsafe.stats import MIN_SEEDS, WITHIN_RUN
+
 
 def disagreement_table(results: dict) -> str:
     """Where the Rule judge and the classifier disagree on the same answers, per arm (summed over seeds)."""

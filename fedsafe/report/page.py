@@ -5,7 +5,6 @@ while a run goes (``write_live_report``), a report rebuilt from a run folder (``
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import time
@@ -16,12 +15,19 @@ import markdown
 from fedsafe.analysis import analyse
 from fedsafe.records import RunResults
 from fedsafe.report.behaviour import behaviour_section, detection_table
-from fedsafe.report.notes import (data_note, disagreement_samples, disagreement_table, judges_note,
-                                  provenance)
+from fedsafe.report.notes import data_note, disagreement_samples, disagreement_table, judges_note, provenance
 from fedsafe.report.plots import PLOTS, plot_progress
 from fedsafe.report.records import RunRecords, read_records
-from fedsafe.report.tables import (calibration_table, claims_section, matrix_table, paired_table, power_table,
-                                   rounds_table, timing_table, twins_note)
+from fedsafe.report.tables import (
+    calibration_table,
+    claims_section,
+    matrix_table,
+    paired_table,
+    power_table,
+    rounds_table,
+    timing_table,
+    twins_note,
+)
 
 # the report's sections that ``fedsafe report RUN --print`` gives as Markdown (docs/results.md pastes them),
 # each a function of the results and the run's records

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import matplotlib
 
-from fedsafe.analysis import METRICS
+from fedsafe.metrics.registry import METRICS
 from fedsafe.report.records import RunRecords
 from fedsafe.tracking import round_scalars
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
 
 def federation_names(results: dict) -> dict[str, str]:
     """A readable name per federated run: its undefended arm's name, else the first arm's rule."""

@@ -4,17 +4,14 @@ each tested directly. Numbers are means over seeds with 95% intervals; paired te
 
 from __future__ import annotations
 
-from fedsafe import analysis
-from fedsafe.analysis import METRICS
+from fedsafe.metrics.registry import METRICS
 from fedsafe.report.paper import paper_cells, paper_table
 from fedsafe.stats import MIN_SEEDS, SEED_LEVEL, WITHIN_RUN
 from fedsafe.tracking import round_scalars
 
+
 def _fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-DIGITS = {"response_loss": 3}
 
 
 def summary_cell(summary: dict | None, digits: int = 2) -> str:
@@ -41,7 +38,7 @@ def matrix_table(results: dict) -> str:
             "|---" * (len(visible) + 4) + "|"]
     for name, arm in results["arms"].items():
         summary = arm_summary(arm)
-        cells = " | ".join(summary_cell(summary.get(k), DIGITS.get(k, 2)) for k in visible)
+        cells = " | ".join(summary_cell(summary.get(k), METRICS[k].digits) for k in visible)
         rows.append(f"| {name} | {cells} | {paper_cells(arm, table)} |")
     return "\n".join(rows)
 
@@ -63,7 +60,7 @@ def paired_table(results: dict) -> str:
     for name, arm in results["arms"].items():
         for metric, t in arm.get("paired", {}).items():
             low, high = t["effect_ci95"]
-            label = analysis.RELATIVE.get(metric, METRICS[metric].label)
+            label = METRICS[metric].relative or METRICS[metric].label
             seeds = str(t.get("n_seeds", "-")) if t.get("level") == SEED_LEVEL else f"1 ({WITHIN_RUN})"
             mcnemar = ", ".join(_p(p) for p in t.get("per_seed_p", [])) or "-"
             rows.append(f"| {name} | {t['reference']} | {label} | {t['effect']:+.2f} [{low:+.2f}, {high:+.2f}] | "
@@ -177,12 +174,12 @@ def compare_table(rows: list[dict], base: str) -> str:
     shown = [k for k in METRICS if any(k in r["summary"] for r in rows)]
     tested = [k for k in METRICS if any(k in r["paired"] for r in rows)]
     header = (["run", "arm", "seeds"] + [METRICS[k].label for k in shown]
-              + [f"{analysis.RELATIVE.get(k, METRICS[k].label)} vs {base}: effect [95% CI], p (Holm), seeds"
+              + [f"{METRICS[k].relative or METRICS[k].label} vs {base}: effect [95% CI], p (Holm), seeds"
                  for k in tested])
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for r in rows:
         cells = [r["run"], r["arm"], str(r["seeds"])]
-        cells += [summary_cell(r["summary"].get(k), DIGITS.get(k, 2)) for k in shown]
+        cells += [summary_cell(r["summary"].get(k), METRICS[k].digits) for k in shown]
         for k in tested:
             t = r["paired"].get(k)
             seeds = str(t["n_seeds"]) if t and t.get("level") == SEED_LEVEL else f"1 ({WITHIN_RUN})"
