@@ -77,13 +77,13 @@ def summarize_arm(runs: list[dict]) -> dict:
 
 
 def defended(arm: dict) -> bool:
-    """Whether any defense acted on the arm (results before composed defenses name only ``defense_level``)."""
-    return bool(arm["defense_level"]) or arm.get("defense", "none") != "none"
+    """Whether any defense acted on the arm."""
+    return bool(arm["defense_level"]) or arm["defense"] != "none"
 
 
 def attacked(arm: dict) -> bool:
     """Whether the arm has malicious clients or an attack that poisons benign ones (``attacked``)."""
-    return bool(arm.get("attacked", arm["num_malicious"]))
+    return bool(arm["attacked"])
 
 
 def same_attack(a: dict, b: dict) -> bool:
@@ -176,10 +176,11 @@ def compare(ref_runs: list[dict], arm_runs: list[dict], metric_name: str) -> dic
                    "", "per-seed relative change (%); paired t over seeds")
 
 
-def paired_tests(arms: dict) -> None:
-    """Adds ``paired: {metric: {reference, p, p_holm, effect, effect_ci95, level, n_seeds, per_seed,
-    per_seed_p, discordant, n_pairs, power, ...}}`` to every arm with a reference, Holm-corrected per metric
-    across the arms."""
+def paired_tests(arms: dict) -> dict[str, dict]:
+    """Arm -> ``{metric: {reference, p, p_holm, effect, effect_ci95, level, n_seeds, per_seed, per_seed_p,
+    discordant, n_pairs, power, ...}}`` for every arm with a reference, Holm-corrected per metric across the
+    arms."""
+    paired: dict[str, dict] = {}
     for metric_name in METRICS:
         tests = {}
         for name, arm in arms.items():
@@ -188,7 +189,8 @@ def paired_tests(arms: dict) -> None:
             if t is not None:
                 tests[name] = {**t, "reference": ref}
         for (name, t), p_holm in zip(tests.items(), holm([t["p"] for t in tests.values()])):
-            arms[name].setdefault("paired", {})[metric_name] = {**t, "p_holm": p_holm}
+            paired.setdefault(name, {})[metric_name] = {**t, "p_holm": p_holm}
+    return paired
 
 
 # --- arms whose models are the same ------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def disagreement_sample(arm: dict, per_side: int = 4) -> list[dict]:
 
 def posthoc_only(arm: dict, level: int) -> bool:
     """The arm has the post-hoc defense of ``level`` (0: none) and no other defense."""
-    return arm["defense_level"] == level and arm.get("defense", "none") in ("none", "posthoc_sft")
+    return arm["defense_level"] == level and arm["defense"] in ("none", "posthoc_sft")
 
 
 @dataclass(frozen=True)
@@ -506,21 +508,22 @@ def power_rows(arms: dict, metric: str = "rule") -> list[dict]:
     return rows
 
 
-def analyse(arms: dict) -> dict:
-    """Fills in every arm's ``per_seed``, ``summary``, ``paired``, ``judges_agree`` and ``same_model_as``;
-    returns the run-level analysis: the claims per safety judge, the seed-level power and the minimum
-    seeds for a verdict."""
+def analyse(arms: dict) -> tuple[dict, dict]:
+    """(the arms, each with its ``per_seed``, ``summary``, ``paired``, ``judges_agree`` and ``same_model_as``
+    computed afresh; the run-level analysis: the claims per safety judge, the seed-level power and the minimum
+    seeds for a verdict). ``arms`` is left as it is."""
+    arms = {name: {**{k: v for k, v in arm.items() if k != "paired"}, **summarize_arm(arm["runs"])}
+            for name, arm in arms.items()}
     for arm in arms.values():
-        arm.update(summarize_arm(arm["runs"]))
         arm["judges_agree"] = judge_disagreement(arm)
-        arm.pop("paired", None)
-    paired_tests(arms)
+    for name, tests in paired_tests(arms).items():
+        arms[name]["paired"] = tests
     twins = same_models(arms)
     for name, arm in arms.items():
         arm["same_model_as"] = twins.get(name)
     judged = [m for m, metric in METRICS.items() if metric.safety and all(m in a["summary"] for a in arms.values())]
-    return {"claims": {m: claims(arms, m, twins) for m in judged}, "power": {m: power_rows(arms, m) for m in judged},
-            "alpha": ALPHA, "min_seeds": MIN_SEEDS}
+    return arms, {"claims": {m: claims(arms, m, twins) for m in judged},
+                  "power": {m: power_rows(arms, m) for m in judged}, "alpha": ALPHA, "min_seeds": MIN_SEEDS}
 
 
 def results_frame(results: dict):
@@ -534,7 +537,7 @@ def results_frame(results: dict):
     rows = []
     for name, arm in results["arms"].items():
         row = {"arm": name, "aggregation": arm["rule"], "attack": arm.get("attack") if attacked(arm) else "none",
-               "malicious": arm["num_malicious"], "defense": arm.get("defense", "none"),
+               "malicious": arm["num_malicious"], "defense": arm["defense"],
                "defense_level": arm["defense_level"], "seeds": len(arm.get("runs", [arm])),
                "same_model_as": arm.get("same_model_as")}
         for metric, s in arm.get("summary", {}).items():

@@ -256,7 +256,7 @@ class Progress:
                 self.trackers.log_round(self.series[fed_dir], record)
         arms = collect_arms(done)
         if arms:
-            analyse(arms)
+            arms = analyse(arms)[0]
         with self.lock:
             self.finished = {**self.finished, "arms": arms}
 
@@ -385,7 +385,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
             "calibration": calibration(cfg.evaluation.rule_keywords, cfg.evaluation.max_new_tokens),
             "invocations": invocations,
         }
-        results["analysis"] = analyse(results["arms"])
+        results["arms"], results["analysis"] = analyse(results["arms"])
         (run_dir / "results.json").write_text(RunResults.from_dict(results).to_json())
         results["table"] = write_report(run_dir, results)
     except BaseException:

@@ -167,6 +167,14 @@ class ArmResult(_Record):
     judges_agree: dict | None = _absent()
     same_model_as: str | None = _absent()
 
+    def __post_init__(self) -> None:
+        """An arm written before composed defenses and poison spread thin names neither: its defense is the
+        post-hoc one at ``defense_level`` (if any), and it is attacked when it has malicious clients."""
+        if self.defense is ABSENT:
+            self.defense = "posthoc_sft" if self.defense_level else "none"
+        if self.attacked is ABSENT:
+            self.attacked = bool(self.num_malicious)
+
     @classmethod
     def load(cls, path: Path) -> ArmResult:
         return cls.from_dict(_read_json(path), str(path))

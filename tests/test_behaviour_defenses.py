@@ -284,7 +284,8 @@ def test_arms_compose_their_defenses_and_share_rounds_where_only_the_post_hoc_di
 def test_a_behaviourally_defended_arm_is_compared_with_the_undefended_arm_under_the_same_attack():
     def arm(rule, defense, level, federation, malicious=3):
         return {"rule": rule, "defense": defense, "defense_level": level, "federation": federation,
-                "num_malicious": malicious, "attack": "data_poisoning", "attack_params": {}, "benign_clients": 7}
+                "num_malicious": malicious, "attacked": malicious > 0, "attack": "data_poisoning", "attack_params": {},
+                "benign_clients": 7}
 
     arms = {"clean": arm("fedavg", "none", 0, "f0", 0), "none": arm("fedavg", "none", 0, "f1"),
             "L2": arm("fedavg", "posthoc_sft", 2, "f1"), "screening": arm("fedavg", "screening", 0, "f2"),

@@ -112,9 +112,10 @@ def finished_run(folder: Path, arms: dict[str, list[list[int]]]) -> Path:
                             {"rule": [bool(v) for v in verdicts]})
             runs.append({"seed": seed, "dir": str(arm_dir),
                          "evaluation": {"safety": {"rule": 100.0 * sum(verdicts) / len(verdicts)}}})
-        results["arms"][name] = {"rule": "fedavg", "num_malicious": 3, "defense_level": 0, "federation": name,
+        results["arms"][name] = {"rule": "fedavg", "num_malicious": 3, "attacked": True, "defense": "none",
+                                 "defense_level": 0, "federation": name,
                                  "attack": "data_poisoning", "evaluation": runs[0]["evaluation"], "runs": runs}
-    results["analysis"] = analysis.analyse(results["arms"])
+    results["arms"], results["analysis"] = analysis.analyse(results["arms"])
     (folder / "config.yaml").write_text("seed: 0\n")
     (folder / "results.json").write_text(json.dumps(results))
     return folder

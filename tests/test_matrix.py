@@ -72,18 +72,18 @@ def test_bad_arms_fail_with_the_arm_named(arm, message):
 
 
 def test_paper_rows_and_table():
-    arm = {"num_malicious": 3, "rule": "fedavg", "defense_level": 0, "federation": "f",
+    arm = {"num_malicious": 3, "attacked": True, "rule": "fedavg", "defense_level": 0, "defense": "none", "federation": "f",
            "evaluation": {"safety": {"rule": 12.5}, "over_refusal": {"rate": 5.0}}}
     assert paper_row(arm) == "FedAvg, attacked"
-    assert paper_row({**arm, "defense_level": 2}) == "Level 2"
-    assert paper_row({**arm, "rule": "krum", "defense_level": 2}) is None  # Table 3 has no per-rule Rule figure
-    assert paper_row({**arm, "num_malicious": 0}) == "FedAvg, no attack"
+    assert paper_row({**arm, "defense_level": 2, "defense": "posthoc_sft"}) == "Level 2"
+    assert paper_row({**arm, "rule": "krum", "defense_level": 2, "defense": "posthoc_sft"}) is None  # Table 3 has no per-rule Rule figure
+    assert paper_row({**arm, "num_malicious": 0, "attacked": False}) == "FedAvg, no attack"
     table = matrix_table({"arms": {"FedAvg": arm}})
     assert "| FedAvg | 12.50 | 5.00 | 49.81 | 25.96 | 4.14 |" in table and "paper Rule (Table 1)" in table
     # MaliciousGen attack data: the paper's Table 2, also for the no-attack row
     gen = {**arm, "attack": "maliciousgen", "summary": {"rule": {"mean": 12.5, "ci95": [10.0, 15.0]}}}
-    clean = {**gen, "num_malicious": 0}
-    table = matrix_table({"arms": {"FedAvg": gen, "clean": clean, "L3": {**gen, "defense_level": 3}}})
+    clean = {**gen, "num_malicious": 0, "attacked": False}
+    table = matrix_table({"arms": {"FedAvg": gen, "clean": clean, "L3": {**gen, "defense_level": 3, "defense": "posthoc_sft"}}})
     assert "paper Rule (Table 2)" in table and "| FedAvg | 12.50 [10.00, 15.00] | 43.27 | 11.35 | 4.19 |" in table
     assert "| clean | 12.50 [10.00, 15.00] | 82.88 | 66.15 | 4.19 |" in table
     assert "| L3 | 12.50 [10.00, 15.00] | 75.96 | 72.69 | 3.89 |" in table

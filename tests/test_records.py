@@ -29,6 +29,10 @@ def test_records_round_trip_key_for_key_and_hold_absent_fields_as_absent():
     assert RoundRecord.from_dict({"round": 3, "recovered": "lost"}).to_dict() == {"round": 3, "recovered": "lost"}
     arm = ArmResult.from_dict(ARM)
     assert arm.to_dict() == ARM and arm.summary is ABSENT
+    old = {k: v for k, v in ARM.items() if k not in ("defense", "attacked")}  # before composed defenses
+    assert ArmResult.from_dict({**old, "defense_level": 2}).to_dict() == {**ARM, "defense_level": 2,
+                                                                          "defense": "posthoc_sft"}
+    assert ArmResult.from_dict({**old, "num_malicious": 0}).attacked is False
     results = {"schema": SCHEMA, "name": "quickstart", "arms": {"FedAvg, attacked": {**ARM, "runs": [{"seed": 0}]}},
                "seeds": [0], "analysis": {"claims": {}}}
     typed = RunResults.from_dict(results)

@@ -31,7 +31,7 @@ PAIRED = {"reference": "clean", "effect": -31.25, "effect_ci95": [-40.5, -22.0],
 def arm(**extra) -> dict:
     base = {"rule": "fedavg", "num_malicious": 3, "defense_level": 0, "attack": "data_poisoning", "federation": "f1",
             "federation_dir": "/nowhere", "defense": "none", "summary": {"rule": {"mean": 50.0, "ci95": [45.0, 55.0]}}}
-    return {**base, **extra}
+    return {**base, "attacked": extra.get("num_malicious", 3) > 0, **extra}
 
 
 def results(**arms) -> dict:

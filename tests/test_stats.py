@@ -198,6 +198,7 @@ def _arm(tmp_path, name, verdict_sets, num_malicious=3, rule="fedavg", level=0, 
             ev["helpfulness"] = {"response_loss": loss[seed]}
         runs.append({"seed": seed, "dir": str(folder), "evaluation": ev})
     return {"rule": rule, "num_malicious": num_malicious, "defense_level": level, "attack": attack,
+            "defense": "posthoc_sft" if level else "none", "attacked": num_malicious > 0,
             "federation": f"{federation}-{rule}-{num_malicious}-{attack}",
             "evaluation": runs[0]["evaluation"], "runs": runs}
 
@@ -237,8 +238,9 @@ def _matrix(tmp_path, seeds: int, clean=0.8, attacked=0.3, krum=0.6, level2=0.85
 
 
 def test_claims_supported_and_not_supported_on_clear_data(tmp_path):
-    arms = _matrix(tmp_path, seeds=5)
-    out = analysis.analyse(arms)
+    given = _matrix(tmp_path, seeds=5)
+    arms, out = analysis.analyse(given)
+    assert "summary" not in given["FedAvg, attacked"]  # the arms given are left as they are
     rule = {c["claim"]: c["verdict"] for c in out["claims"]["rule"]}
     assert rule == {1: "supported", 2: "not supported", 3: "supported", 4: "not tested"}
     claim = out["claims"]["rule"][0]
@@ -263,10 +265,10 @@ def test_claims_supported_and_not_supported_on_clear_data(tmp_path):
 
 
 def test_no_verdict_from_fewer_than_five_seeds(tmp_path):
-    claims = analysis.analyse(_matrix(tmp_path, seeds=3))["claims"]["rule"]
+    claims = analysis.analyse(_matrix(tmp_path, seeds=3))[1]["claims"]["rule"]
     assert [c["verdict"] for c in claims[:3]] == ["not tested: 3 seeds, a verdict needs 5"] * 3
-    one = _matrix(tmp_path / "one", seeds=1)
-    claims = analysis.analyse(one)["claims"]["rule"]
+    one, out = analysis.analyse(_matrix(tmp_path / "one", seeds=1))
+    claims = out["claims"]["rule"]
     assert claims[0]["verdict"] == "not tested: 1 seed, a verdict needs 5"
     assert one["FedAvg, attacked"]["summary"]["rule"]["method"].startswith(WITHIN_RUN)
     assert one["FedAvg, attacked"]["paired"]["rule"]["level"] == WITHIN_RUN
@@ -275,7 +277,7 @@ def test_no_verdict_from_fewer_than_five_seeds(tmp_path):
 def test_a_recovery_needs_the_drop_established(tmp_path):
     # the attack moves nothing; Level 2 is far above both: claim 3 cannot hold
     arms = _matrix(tmp_path, seeds=5, clean=0.5, attacked=0.5, level2=0.9)
-    claims = {c["claim"]: c for c in analysis.analyse(arms)["claims"]["rule"]}
+    claims = {c["claim"]: c for c in analysis.analyse(arms)[1]["claims"]["rule"]}
     assert claims[1]["verdict"] == "not supported"  # the drop is at most 5 points, at the seed level
     assert claims[3]["verdict"] == "inconclusive" and any("not established" in e for e in claims[3]["evidence"])
 
@@ -286,7 +288,8 @@ def test_interval_not_point_decides_a_few_points(tmp_path):
     arms = _matrix(tmp_path, seeds=5)
     arms["Krum, attacked"] = _arm(tmp_path, "k2", [_verdicts(r, 400, 50 + i) for i, r in zip(s, (0.3, 0.6, 0.3, 0.45, 0.35))],
                                   rule="krum")
-    claims = {c["claim"]: c for c in analysis.analyse(arms)["claims"]["rule"]}
+    arms, out = analysis.analyse(arms)
+    claims = {c["claim"]: c for c in out["claims"]["rule"]}
     assert arms["Krum, attacked"]["paired"]["rule"]["effect"] > 5 and claims[2]["verdict"] == "inconclusive"
 
 
@@ -295,7 +298,7 @@ def test_arms_with_the_same_model_are_reported_and_not_counted(tmp_path):
     twin = _arm(tmp_path, "fg", [_verdicts(0.3, 400, 10 + i) for i in range(5)], rule="foolsgold", answers="a")
     arms["FedAvg, attacked"] = _arm(tmp_path, "a2", [_verdicts(0.3, 400, 10 + i) for i in range(5)], answers="a")
     arms["FoolsGold, attacked"] = twin
-    out = analysis.analyse(arms)
+    arms, out = analysis.analyse(arms)
     assert arms["FoolsGold, attacked"]["same_model_as"] == "FedAvg, attacked" and arms["Krum, attacked"]["same_model_as"] is None
     claim2 = out["claims"]["rule"][1]
     assert claim2["arms"] == ["FedAvg, attacked", "Krum, attacked"]
@@ -305,7 +308,7 @@ def test_arms_with_the_same_model_are_reported_and_not_counted(tmp_path):
 def test_claims_are_judged_per_attack(tmp_path):
     arms = _matrix(tmp_path, seeds=5)
     arms["Sleeper, FedAvg"] = _arm(tmp_path, "s", [_verdicts(0.7, 400, 60 + i) for i in range(5)], attack="sleeper")
-    claims = analysis.analyse(arms)["claims"]["rule"]
+    claims = analysis.analyse(arms)[1]["claims"]["rule"]
     assert [c["attack"] for c in claims] == ["maliciousgen"] * 4 + ["sleeper"] * 4
     assert claims[4]["arms"] == ["FedAvg, no attack", "Sleeper, FedAvg"] and claims[4]["verdict"] == "supported"
     assert any("helpfulness not measured" in e for e in claims[4]["evidence"])  # the sleeper arm has none

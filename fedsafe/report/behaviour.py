@@ -77,7 +77,7 @@ def defense_cost_table(results: dict) -> str:
     keys = ("setup_seconds", "screening_answers", "screening_seconds", "posthoc_seconds")
     for name, arm in results["arms"].items():
         costs = [r["defense_cost"] for r in arm.get("runs", []) if r.get("defense_cost")]
-        if not costs or arm.get("defense", "none") == "none":
+        if not costs or arm["defense"] == "none":
             continue
         means = " | ".join(f"{sum(c[k] for c in costs) / len(costs):.0f}" for k in keys)
         rows.append(f"| {name} | {arm['defense']} | {means} |")

@@ -138,6 +138,6 @@ def rebuild(run_dir: Path) -> str:
     it points to, rewrite ``results.json`` and the report; returns the table."""
     path = Path(run_dir) / "results.json"
     results = RunResults.load(path).to_dict()
-    results["analysis"] = analyse(results["arms"])
+    results["arms"], results["analysis"] = analyse(results["arms"])
     path.write_text(RunResults.from_dict(results).to_json())
     return write_report(run_dir, results)
