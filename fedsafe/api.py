@@ -119,10 +119,12 @@ class RunLifecycle:
     def execute(self) -> dict:
         """Check the inputs, then run the config in a new run folder (or continue ``resume``'s); returns the
         results (with ``table``, the Markdown table)."""
+        from fedsafe.files import refuse_links_under
         from fedsafe.matrix import run_experiment
         from fedsafe.run_dir import create_run_dir, single_writer
 
         if self.resume is not None:
+            refuse_links_under(self.resume)  # before its writer record is written
             with single_writer(self.resume):  # read and checked by its one writer
                 self._check()
                 return run_experiment(self.cfg, self.resume)

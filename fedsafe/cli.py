@@ -282,6 +282,7 @@ def report_command(run_dir: str, print_sections: str | None) -> None:
     """Rebuild a run folder's report from its files: a finished run's analysis (results.json and the
     per-prompt verdicts it points to), report.md and report.html; for a run that stopped before the end,
     report.html with its rounds so far and the arms it finished."""
+    from fedsafe.files import refuse_links_under
     from fedsafe.run_dir import single_writer
 
     with bad_input():
@@ -292,6 +293,7 @@ def report_command(run_dir: str, print_sections: str | None) -> None:
 
             if unknown := [n for n in names if n not in SECTIONS]:
                 raise ConfigError(f"--print: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        refuse_links_under(folder)
         with single_writer(folder):  # not while a run writes it (its report.html updates itself)
             write_report_of(folder, names)
 
@@ -334,6 +336,16 @@ def compare_command(run_dirs: tuple[str, ...], out: str | None) -> None:
             if label in runs:
                 raise ConfigError(f"{path} is given twice")
             runs[label] = finished_results(path)
+        folders = [Path(p).resolve() for p in run_dirs]
+        if len(set(folders)) < len(folders):
+            raise ConfigError(f"one run folder is given twice ({', '.join(run_dirs)}): a run compared with itself")
+        if out:
+            target = Path(out).resolve()
+            if any(target.is_relative_to(f) for f in folders):
+                raise ConfigError(f"--markdown {out} lies inside a run folder being compared; write the table "
+                                  "elsewhere (a command never writes over its own inputs)")
+            if not target.parent.is_dir():
+                raise ConfigError(f"--markdown {out}: the folder {target.parent} does not exist; make it first")
         table = compare_table(compare_runs(runs), next(iter(runs)))
     lines = [f"- {label}: {Path(p)} ({r['name']}, model {r['model']}, {r['rounds']} rounds, seeds {r.get('seeds')})"
              for (label, r), p in zip(runs.items(), run_dirs)]

@@ -24,12 +24,12 @@ from fedsafe.aggregation.config import AggregationConfig
 from fedsafe.attack.config import AttackConfig
 from fedsafe.data.config import ClientGroupConfig, FederationConfig
 from fedsafe.defense.config import DefenseConfig
-from fedsafe.errors import ConfigError
+from fedsafe.errors import ConfigError, check_label
 from fedsafe.errors import check as _check
 from fedsafe.metrics.config import EvaluationConfig
 from fedsafe.specs import ENGINES, QUANTIZATIONS, ZERO_STAGES, LoRAConfig, ModelConfig, ServerOptConfig, TrainerConfig
 from fedsafe.training.config import TrainConfig
-from fedsafe.yamlfile import non_finite, parse_yaml, yaml_layers, yaml_problem
+from fedsafe.yamlfile import first_key, non_finite, parse_yaml, reads_environment, yaml_layers, yaml_problem
 
 __all__ = ["ENGINES", "QUANTIZATIONS", "ZERO_STAGES", "ConfigError", "ExperimentConfig", "LoRAConfig", "ModelConfig",
            "ServerOptConfig", "TrainerConfig", "load_config", "from_yaml_text", "to_yaml"]
@@ -212,6 +212,7 @@ class ArmConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "arms: every arm needs a name")
+        check_label(self.name, "arms[].name")
         _check("posthoc_sft" not in self.defenses.split("+"),
                f"arms[{self.name}].defenses: the post-hoc fine-tune is set by defense_level, not by name")
         _check(self.defense_level in (0, 1, 2, 3),
@@ -254,7 +255,8 @@ class ExperimentConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.data_seed >= -1, f"data_seed must be >= 0 (or -1 = the seed), got {self.data_seed}")
         arm_names = [a.name for a in self.arms]
-        _check(len(set(arm_names)) == len(arm_names), f"arms: names must be unique, got {arm_names}")
+        folded = [n.casefold() for n in arm_names]
+        _check(len(set(folded)) == len(folded), f"arms: names must be unique (ignoring case), got {arm_names}")
         names = [g.name for g in self.clients]
         _check(len(set(names)) == len(names), f"clients: group names must be unique, got {names}")
         _check(self.num_clients >= 1, "clients: the groups hold no client; give at least one group count >= 1")
@@ -364,8 +366,12 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err) + "; the allowed keys are the fields of fedsafe/config.py's sections "
                           "(each component's config.py)") from None
-    bad = non_finite(OmegaConf.to_container(merged))
-    if bad is not None:
+    given = OmegaConf.to_container(merged)
+    if (bad := first_key(given, reads_environment)) is not None:
+        raise ConfigError(f"{bad}: a config may not read environment variables (${{oc.env:...}}): the resolved "
+                          "config is saved in the run folder and sent to the trackers; give the value itself, or for "
+                          "an API key the variable's name (evaluation.helpfulness_key_env)")
+    if (bad := first_key(given, non_finite)) is not None:
         raise ConfigError(f"{bad} must be a finite number, got {OmegaConf.select(merged, bad)}")
     return _from_omegaconf(merged)
 

@@ -49,6 +49,7 @@ from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_t
 from fedsafe.defense import build_defense
 from fedsafe.evaluation.evaluate import JUDGES_VERSION, calibration, judge_model_name
 from fedsafe.experiment import Session, cache_counts, poisons_benign, run_arm
+from fedsafe.files import write_whole
 from fedsafe.preflight import arm_defense, check_components
 from fedsafe.records import SCHEMA, ArmResult, RunResults
 from fedsafe.run_dir import read_rounds, record_invocation, single_writer
@@ -300,7 +301,7 @@ def finish_arm(session: Session, arm: Arm, on_round, in_cache: bool, progress: P
     """Run one arm (``run_arm``) and write its result beside it (``in_cache``: and its config beside its
     federated run); ``progress`` sees each round (before ``on_round``) and the finished arm."""
     if in_cache:
-        (arm.fed_dir / "config.yaml").write_text(to_yaml(arm.cfg))
+        write_whole(arm.fed_dir / "config.yaml", to_yaml(arm.cfg))
     tqdm.write(f"arm {arm.spec.name!r}, seed {arm.seed}: federated run {arm.federation} in {arm.fed_dir}")
 
     def round_done(record: dict) -> None:
@@ -312,7 +313,7 @@ def finish_arm(session: Session, arm: Arm, on_round, in_cache: bool, progress: P
     result = run_arm(session, arm.cfg, arm.fed_dir, arm.dir, round_done)
     result = ArmResult.from_dict({"arm": dataclasses.asdict(arm.spec), "seed": arm.seed, "federation": arm.federation,
                                   **result})
-    arm.result_path.write_text(json.dumps(result.to_dict(), indent=2))
+    write_whole(arm.result_path, json.dumps(result.to_dict(), indent=2))
     if progress is not None:
         progress.arm_finished()
 
@@ -386,7 +387,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
             "invocations": invocations,
         }
         results["arms"], results["analysis"] = analyse(results["arms"])
-        (run_dir / "results.json").write_text(RunResults.from_dict(results).to_json())
+        write_whole(run_dir / "results.json", RunResults.from_dict(results).to_json(run_dir))
         results["table"] = write_report(run_dir, results)
     except BaseException:
         progress.close()

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from fedsafe.errors import ConfigError
 
-SCHEMA = 2
+SCHEMA = 3  # 3: the folders an arm names are relative to the run folder (2: to where the run started)
+PATH_KEYS = ("adapter", "federation_dir", "dir")  # the fields of an arm (and of its runs) that name a folder
 
 
 class _Absent:
@@ -213,18 +215,39 @@ class RunResults(_Record):
 
     @classmethod
     def load(cls, path: Path) -> RunResults:
-        """``results.json`` at ``path``, upgraded if older; one ``ConfigError`` line if it cannot be read."""
-        return cls.from_dict(upgrade(_read_json(path), str(path)), str(path))
+        """``results.json`` at ``path``, upgraded if older, the folders its arms name as absolute paths (read
+        from any working directory); one ``ConfigError`` line if it cannot be read."""
+        data = _read_json(path)
+        relative = isinstance(data, dict) and isinstance(data.get("schema"), int) and data["schema"] >= 3
+        data = upgrade(data, str(path))
+        if relative and isinstance(data.get("arms"), dict):
+            folder = Path(path).resolve().parent
+            data["arms"] = _with_paths(data["arms"], lambda p: str((folder / p).resolve()))
+        return cls.from_dict(data, str(path))
 
-    def to_json(self) -> str:
+    def to_json(self, run_dir: Path) -> str:
+        """``results.json`` of the run folder ``run_dir``: the folders its arms name relative to it."""
         out = self.to_dict()
         out.pop("table", None)
+        base = Path(run_dir).resolve()
+        out["arms"] = _with_paths(out["arms"], lambda p: os.path.relpath(Path(p).resolve(), base))
         return json.dumps(out, indent=2)
+
+
+def _with_paths(arms: dict, convert) -> dict:
+    """``arms`` (as dicts) with every folder they and their runs name (``PATH_KEYS``) passed through ``convert``."""
+    def one(entry: dict) -> dict:
+        return {k: convert(v) if k in PATH_KEYS and isinstance(v, str) and v else v for k, v in entry.items()}
+
+    return {name: {**one(arm), **({"runs": [one(r) for r in arm["runs"]]} if isinstance(arm.get("runs"), list) else {})}
+            for name, arm in arms.items()}
 
 
 def upgrade(data: dict, where: str = "results file") -> dict:
     """A ``results.json`` of any schema fedsafe wrote, as schema ``SCHEMA``: schema 1 (no ``schema`` key) has
-    schema 2's fields with the newer ones absent, so it only gets its number; a newer schema is refused."""
+    schema 2's fields with the newer ones absent, and schema 2 names folders relative to where the run started
+    (kept so; ``RunResults.load`` resolves schema 3's against the run folder), so each only gets its number; a
+    newer schema is refused."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     schema = data.get("schema", 1)

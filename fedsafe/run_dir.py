@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from fedsafe.config import ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
+from fedsafe.files import write_whole
 from fedsafe.records import RoundRecord
 
 RUN_README = """# fedsafe run folder
@@ -72,8 +73,8 @@ def create_run_dir(cfg: ExperimentConfig) -> Path:
 def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     """``config.yaml`` and its digest (``config.sha256``), which ``resume_config`` checks."""
     text = to_yaml(cfg)
-    (Path(run_dir) / CONFIG_FILE).write_text(text)
-    (Path(run_dir) / DIGEST_FILE).write_text(_sha256(text) + "\n")
+    write_whole(Path(run_dir) / CONFIG_FILE, text)
+    write_whole(Path(run_dir) / DIGEST_FILE, _sha256(text) + "\n")
 
 
 def _sha256(text: str) -> str:
@@ -143,7 +144,7 @@ def single_writer(folder: Path) -> Iterator[None]:
                           "it, then run again") from None
     if lock.lock_counter == 1:
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (folder / WRITER_FILE).write_text(json.dumps(owner))
+        write_whole(folder / WRITER_FILE, json.dumps(owner))
     try:
         yield
     finally:

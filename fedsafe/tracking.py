@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fedsafe.config import OutputConfig
+from fedsafe.files import write_whole
 from fedsafe.metrics.registry import METRICS
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # tracker -> module it imports
@@ -207,7 +208,7 @@ class Trackers:
             self._save()
 
     def _save(self) -> None:
-        self.path.write_text(json.dumps({**self.run.state, "logged": self.logged}, indent=1))
+        write_whole(self.path, json.dumps({**self.run.state, "logged": self.logged}, indent=1))
 
     def log_round(self, series: str, record: dict) -> None:
         if not self.trackers or "round" not in record:

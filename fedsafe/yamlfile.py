@@ -4,6 +4,7 @@ problem one ``ConfigError`` line."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -66,13 +67,26 @@ def yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     return yaml_layers(parent, seen + (path.resolve(),)) + [data]
 
 
-def non_finite(value, key: str = "") -> str | None:
-    """The dotted key of the first NaN or infinite number in a nested config value, else None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return key
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+def first_key(value, test, key: str = "") -> str | None:
+    """The dotted key of the first leaf of a nested config value (unresolved) that ``test`` accepts, else None."""
+    if not isinstance(value, (dict, list)):
+        return key if test(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
     for k, v in items:
-        found = non_finite(v, f"{key}.{k}" if key else str(k))
+        found = first_key(v, test, f"{key}.{k}" if key else str(k))
         if found is not None:
             return found
     return None
+
+
+def non_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.(env|decode)\s*:")
+
+
+def reads_environment(value) -> bool:
+    """An interpolation that would copy an environment variable into the config (and so into config.yaml and
+    the trackers' parameters, where a secret must never go)."""
+    return isinstance(value, str) and ENV_INTERPOLATION.search(value) is not None

@@ -5,6 +5,7 @@ DataFrame, the trackers' bookkeeping. A whole run through them: tests/test_api.p
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,21 @@ def test_each_round_reaches_tensorboard_once_also_after_a_restart(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("fedavg/seed0/train/loss")] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert json.loads((tmp_path / "trackers.json").read_text())["logged"] == {"fedavg/seed0": [0, 1, 2]}
+
+
+def test_compare_never_writes_over_its_inputs_and_a_report_without_its_verdicts_keeps_its_analysis(tmp_path, capsys):
+    a = finished_run(tmp_path / "a", {"fedavg": [[1, 0, 1]]})
+    b = finished_run(tmp_path / "b", {"fedavg": [[1, 1, 1]]})
+    before = (a / "results.json").read_text()
+    cases = [(["compare", str(a), str(b), "--markdown", str(a / "results.json")], "lies inside a run folder"),
+             (["compare", str(a), str(b), "--markdown", str(tmp_path / "no" / "t.md")], "does not exist; make it"),
+             (["compare", str(a), str(b / ".." / "a")], "given twice")]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    shutil.rmtree(a / "arms")  # the per-prompt verdicts are gone
+    assert main(["report", str(a)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keeps the analysis it has" in err
+    assert (a / "results.json").read_text() == before

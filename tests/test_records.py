@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_records_round_trip_key_for_key_and_hold_absent_fields_as_absent():
                "seeds": [0], "analysis": {"claims": {}}}
     typed = RunResults.from_dict(results)
     assert isinstance(typed.arms["FedAvg, attacked"], ArmResult) and typed.to_dict() == results
-    assert json.loads(typed.to_json()) == results
+    assert json.loads(typed.to_json(Path.cwd())) == results  # its folders relative to the working directory
     assert pickle.loads(pickle.dumps(typed)).to_dict() == results  # ABSENT survives a process boundary
     assert pickle.loads(pickle.dumps(ABSENT)) is ABSENT
 
@@ -69,3 +70,22 @@ def test_an_older_results_file_loads_through_upgrade(tmp_path):
     path.write_text(json.dumps(older))
     loaded = RunResults.load(path)
     assert loaded.schema == SCHEMA and loaded.arms["a"].to_dict() == ARM and loaded.seeds is ABSENT
+
+
+def test_the_folders_an_arm_names_are_relative_to_the_run_folder(tmp_path, monkeypatch):
+    """Written relative to the run folder, read back as absolute paths from any working directory."""
+    run_dir, arm_dir = tmp_path / "runs" / "r1", tmp_path / "runs" / "r1" / "arms" / "a-0"
+    fed_dir = tmp_path / "runs" / "cache" / "federations" / "f1"
+    arm = {**ARM, "federation_dir": str(fed_dir), "adapter": str(arm_dir / "adapter"),
+           "runs": [{"seed": 0, "dir": str(arm_dir), "federation_dir": str(fed_dir)}]}
+    run_dir.mkdir(parents=True)
+    text = RunResults.from_dict({"schema": SCHEMA, "name": "r1", "arms": {"a": arm}}).to_json(run_dir)
+    saved = json.loads(text)["arms"]["a"]
+    assert saved["runs"][0] == {"seed": 0, "dir": "arms/a-0", "federation_dir": "../cache/federations/f1"}
+    assert saved["adapter"] == "arms/a-0/adapter" and saved["federation_dir"] == "../cache/federations/f1"
+    (run_dir / "results.json").write_text(text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = RunResults.load(Path("..") / "runs" / "r1" / "results.json").arms["a"]
+    assert loaded.runs[0]["dir"] == str(arm_dir.resolve()) and loaded.federation_dir == str(fed_dir.resolve())

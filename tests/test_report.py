@@ -4,6 +4,7 @@ inputs, exact cells), and ``read_records`` reading a run folder once."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from fedsafe.report.notes import data_note, disagreement_samples, disagreement_t
 from fedsafe.report.tables import (
     calibration_table,
     claims_section,
+    matrix_table,
     paired_table,
     power_table,
     rounds_table,
@@ -171,3 +173,44 @@ def test_a_new_metric_is_one_register_line(tmp_path):
         assert "safety/toxicity" not in round_scalars({"evaluation": {"safety": {"rule": 50.0}}})
     finally:
         METRICS.pop("toxicity")
+
+
+HOSTILE = ["<script>window.__pwned = 1</script>", '<img src=x onerror="window.__pwned = 2">',
+           "[click](javascript:window.__pwned=3)", "<svg onload=window.__pwned=4>", "</title><script>window.__pwned=5</script>"]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="no /usr/bin/chromium: make setup installs "
+                    "Debian's chromium where it may run apt-get (as root)")
+def test_a_report_of_hostile_names_and_answers_is_inert_in_the_browser(tmp_path):
+    """Arm names, a run name and generated answers that hold HTML or script: the page runs none of it, shows
+    each as text, and every table sits under its heading with one row per arm."""
+    from playwright.sync_api import sync_playwright
+
+    from fedsafe.report.page import write_html
+    from tests.test_api import CHROMIUM_FLAGS
+
+    arms = {name: arm(paired={"rule": {**PAIRED, "reference": "clean"}}) for name in HOSTILE}
+    res = results(clean=arm(num_malicious=0), **arms)
+    sample = [{"seed": 0, "safe_by": "rule", "prompt": HOSTILE[1], "answer": HOSTILE[0] + " " + HOSTILE[3]}]
+    body = (f"# fedsafe report: {HOSTILE[4]}\n\n## Results\n\n{matrix_table(res)}\n\n## Paired tests\n\n"
+            f"{paired_table(res)}\n\n{disagreement_samples(RunRecords(disagreements={HOSTILE[2]: sample}))}")
+    path = write_html(tmp_path, f"fedsafe {HOSTILE[4]}", body)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            page.locator("body").click()  # a click on the page follows no hostile link either
+            assert page.evaluate("window.__pwned") is None and dialogs == []
+            assert page.locator("script, svg, iframe, [onerror], [onload], a[href^=javascript]").count() == 0
+            headings = page.locator("h2").all_inner_texts()
+            assert headings[:2] == ["Results", "Paired tests"] and "Answers the judges disagree on" in headings
+            tables = page.locator("table")
+            shown = tables.nth(0).locator("tbody tr td:first-child").all_inner_texts()
+            assert shown == ["clean", *[h.replace("[click](javascript:window.__pwned=3)", "click") for h in HOSTILE]]
+            assert tables.nth(1).locator("tbody tr").count() == len(HOSTILE)
+            assert HOSTILE[4] in page.title()
+        finally:
+            browser.close()

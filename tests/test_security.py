@@ -101,3 +101,49 @@ def test_the_dashboard_and_job_server_listen_on_loopback_only():
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     on_port = [ip for ip, port in seen["listening"] if port == seen["port"]]
     assert on_port == ["127.0.0.1"]
+
+
+# --- a run folder is written only through its own regular files, whole --------------------------------------
+
+def test_a_full_disk_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from fedsafe.files import write_whole
+
+    target = tmp_path / "results.json"
+    write_whole(target, '{"old": true}')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_whole(target, '{"new": true}' * 1000)
+    assert target.read_text() == '{"old": true}' and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("link", ["report.md", "plots", "plots/safety_by_arm.png", ".writer.json", "results.json",
+                                  "arms/fedavg-0/evaluation"])
+def test_fedsafe_report_refuses_a_link_in_the_run_folder_and_writes_nothing_through_it(tmp_path, capsys, link):
+    import shutil
+
+    from fedsafe.cli import main
+    from tests.test_cli import finished_run
+
+    run = finished_run(tmp_path / "run", {"fedavg": [[1, 0, 1]], "median": [[1, 1, 1]]})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me")
+    (run / "plots").mkdir()
+    source = run / link
+    if source.is_dir():
+        shutil.rmtree(source)
+    source.unlink(missing_ok=True)
+    source.symlink_to(outside / "victim" if "." in source.name else outside)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{source} is a symbolic link" in err and "Traceback" not in err, err
+    assert (outside / "victim").read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.is_symlink()} == before

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedsafe.errors import check as _check
+from fedsafe.errors import check_label
 
 ROLES = ("benign", "malicious")
 ALIGNED_ANSWERS = ("generated", "templates")
@@ -32,6 +33,7 @@ class ClientGroupConfig:
     aligned_answers: str = "templates"
 
     def __post_init__(self) -> None:
+        check_label(self.name, "clients[].name")
         _check(self.role in ROLES, f"clients[{self.name}].role must be one of {ROLES}, got {self.role!r}")
         _check(self.aligned_answers in ALIGNED_ANSWERS, f"clients[{self.name}].aligned_answers must be one of "
                                                         f"{ALIGNED_ANSWERS}, got {self.aligned_answers!r}")

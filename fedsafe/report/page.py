@@ -5,14 +5,18 @@ while a run goes (``write_live_report``), a report rebuilt from a run folder (``
 from __future__ import annotations
 
 import base64
-import os
 import re
 import time
+from html import escape
 from pathlib import Path
 
 import markdown
+import nh3
+from markdown.extensions import Extension
 
 from fedsafe.analysis import analyse
+from fedsafe.errors import ConfigError
+from fedsafe.files import refuse_links, write_whole
 from fedsafe.records import RunResults
 from fedsafe.report.behaviour import behaviour_section, detection_table
 from fedsafe.report.notes import data_note, disagreement_samples, disagreement_table, judges_note, provenance
@@ -77,33 +81,62 @@ def report_markdown(results: dict, records: RunRecords, plots: list[tuple[str, s
     )
 
 
+def plots_folder(run_dir: Path) -> Path:
+    """``run_dir/plots``, made if missing; a link there or in it is refused (the plots are written over)."""
+    plots = run_dir / "plots"
+    refuse_links(plots, run_dir)
+    plots.mkdir(exist_ok=True)
+    for plot in plots.iterdir():
+        refuse_links(plot, run_dir)
+    return plots
+
+
 def write_report(run_dir: Path, results: dict) -> str:
     """Write report.md, report.html and plots/; returns the result table."""
     run_dir = Path(run_dir)
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    plots = plots_folder(run_dir)
     records = read_records(results)
     made = [(name, title) for name, plot, title in PLOTS if plot(results, records, plots / f"{name}.png")]
     body = report_markdown(results, records, made)
-    (run_dir / "report.md").write_text(body)
+    write_whole(run_dir / "report.md", body)
     write_html(run_dir, f"fedsafe {results['name']}", body)
     return matrix_table(results)
 
 
+class _TextOnly(Extension):
+    """Markdown with raw HTML off: a ``<`` in an arm name, a config value or a data record is shown as text,
+    never parsed."""
+
+    def extendMarkdown(self, md) -> None:
+        md.preprocessors.deregister("html_block")
+        md.inlinePatterns.deregister("html")
+
+
+def page_html(run_dir: Path, body: str) -> str:
+    """The Markdown ``body`` as inert HTML: raw HTML shown as text, then sanitized (nh3: no script, no event
+    handler, links and images only to http(s) or relative addresses), then the report's own plots (regular
+    files under ``plots/``, never a link) inlined as data."""
+    html = nh3.clean(markdown.markdown(body, extensions=["tables", _TextOnly()]), url_schemes={"http", "https"})
+
+    def inline(match: re.Match) -> str:
+        plot = run_dir / "plots" / match.group(1)
+        if plot.is_symlink() or not plot.is_file():
+            return 'src=""'
+        return f'src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}"'
+
+    return re.sub(r'src="plots/([A-Za-z0-9_-]+\.png)"', inline, html)
+
+
 def write_html(run_dir: Path, title: str, body: str, refresh_s: int | None = None) -> Path:
-    """``report.html``: the Markdown ``body`` as one self-contained page (its plots inlined), written whole
+    """``report.html``: the Markdown ``body`` as one self-contained, inert page (``page_html``), written whole
     (a reader never sees half a page); ``refresh_s``: the page reloads itself that often (a live report)."""
-    html = markdown.markdown(body, extensions=["tables"])
-    html = re.sub(r'src="(plots/[^"]+\.png)"', lambda m: 'src="data:image/png;base64,'
-                  + base64.b64encode((run_dir / m.group(1)).read_bytes()).decode() + '"', html)
+    html = page_html(run_dir, body)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #999;padding:3px 8px;text-align:right}td:first-child{text-align:left}")
     reload = f"<meta http-equiv='refresh' content='{refresh_s}'>" if refresh_s else ""
     path = run_dir / "report.html"
-    partial = path.with_name(".report.html.partial")
-    partial.write_text(f"<!doctype html><html><head><meta charset='utf-8'>{reload}<title>{title}</title>"
-                       f"<style>{style}</style></head><body>{html}</body></html>")
-    os.replace(partial, path)
+    write_whole(path, f"<!doctype html><html><head><meta charset='utf-8'>{reload}<title>{escape(title)}</title>"
+                      f"<style>{style}</style></head><body>{html}</body></html>")
     return path
 
 
@@ -116,8 +149,7 @@ def write_live_report(run_dir: Path, results: dict, rounds: dict[str, list[dict]
     seconds) or after it stopped: every federated run's rounds so far (``rounds``: its records by label) and
     the table of the arms finished so far (``results``: the run's results with those arms, analysed)."""
     run_dir = Path(run_dir)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    plotted = plot_progress(rounds, run_dir / "plots" / "progress.png")
+    plotted = plot_progress(rounds, plots_folder(run_dir) / "progress.png")
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     status = (f"Running: {runs_done} of {runs_total} arm-seed runs finished (updated {when}; this page reloads "
               f"every {LIVE_REFRESH_S} s until the run ends)." if state == "running" else
@@ -138,6 +170,12 @@ def rebuild(run_dir: Path) -> str:
     it points to, rewrite ``results.json`` and the report; returns the table."""
     path = Path(run_dir) / "results.json"
     results = RunResults.load(path).to_dict()
+    gone = [r["dir"] for arm in results["arms"].values() for r in arm.get("runs", []) if not Path(r["dir"]).is_dir()]
+    if gone:
+        raise ConfigError(f"{len(gone)} arm folder(s) that {path} names are missing (e.g. {gone[0]}): their per-prompt "
+                          "verdicts are what the analysis rests on, so the report was not rebuilt and results.json "
+                          "keeps the analysis it has; restore the folders (a run folder moves whole, with the cache "
+                          "beside it)")
     results["arms"], results["analysis"] = analyse(results["arms"])
-    path.write_text(RunResults.from_dict(results).to_json())
+    write_whole(path, RunResults.from_dict(results).to_json(run_dir))
     return write_report(run_dir, results)
