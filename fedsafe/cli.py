@@ -52,6 +52,9 @@ class RunArgs:
     overrides: list[str]
 
 
+MAX_NODES = 10_000  # nodes --nodes may describe
+
+
 def parse_nodes(spec: str) -> list[dict[str, float]]:
     """``"1x16:0,4x96:8:80G"`` -> one node of 16 CPUs and four of 96 CPUs with 8 GPUs of 80 GiB each (the
     GPU memory is optional; with it the plan checks its memory estimates)."""
@@ -65,12 +68,13 @@ def parse_nodes(spec: str) -> list[dict[str, float]]:
             if mem:
                 node["gpu_memory_gib"] = float(mem.upper().removesuffix("GIB").removesuffix("GB").removesuffix("G"))
             values = [int(count or 1), *node.values()]
-            if not all(math.isfinite(v) and v >= 0 for v in values) or int(count or 1) < 1:
+            if not all(math.isfinite(v) and v >= 0 for v in values) or not 1 <= int(count or 1) <= MAX_NODES \
+                    or node["CPU"] < 1:
                 raise ValueError
             nodes += [node] * int(count or 1)
         except ValueError:
-            raise ConfigError(f"--nodes {spec!r}: {part!r} is not COUNTxCPUS:GPUS[:GPU_MEMORY] (e.g. 4x96:8 or "
-                              "4x96:8:80G)") from None
+            raise ConfigError(f"--nodes {spec!r}: {part!r} is not COUNTxCPUS:GPUS[:GPU_MEMORY] with 1 to "
+                              f"{MAX_NODES} nodes of at least one CPU (e.g. 4x96:8 or 4x96:8:80G)") from None
     return nodes
 
 
@@ -96,7 +100,7 @@ def load_run_config(args: RunArgs):
     """The run's config: the file and overrides, or a run folder's own config (checked) for --resume."""
     from fedsafe.run_dir import resume_config
 
-    if args.nodes and not args.dry_run:
+    if args.nodes is not None and not args.dry_run:
         raise ConfigError("--nodes plans for a cluster you describe and runs nothing; use it with --dry-run (a run "
                           "reads the resources of the cluster it joins)")
     if args.resume:
@@ -136,12 +140,12 @@ def dry_run(cfg, nodes_spec: str | None) -> None:
     from fedsafe.matrix import describe_arms, planned_federations, planning_arms
     from fedsafe.preflight import check_inputs
 
-    nodes = parse_nodes(nodes_spec) if nodes_spec else None
+    nodes = parse_nodes(nodes_spec) if nodes_spec is not None else None
     notes = check_inputs(cfg, plan_only=True, nodes=nodes)
     address = runtime.target_address(cfg.cluster)
     arms = planning_arms(cfg)
     federations = planned_federations(cfg, arms)
-    if nodes:  # planned before anything is printed: a plan that does not fit is one line
+    if nodes is not None:  # planned before anything is printed: a plan that does not fit is one line
         plan = f"plan for {nodes_spec}:\n" + make_plan(cfg, nodes, federations, runtime.model_shapes(cfg)).describe()
     elif address:
         plan = (f"plan: resources are read from the cluster at {address} when the run starts "

@@ -11,6 +11,7 @@ fail with ``ConfigError`` naming the field, the value seen and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,17 @@ from fedsafe.errors import check as _check
 from fedsafe.metrics.config import EvaluationConfig
 from fedsafe.specs import ENGINES, QUANTIZATIONS, ZERO_STAGES, LoRAConfig, ModelConfig, ServerOptConfig, TrainerConfig
 from fedsafe.training.config import TrainConfig
-from fedsafe.yamlfile import first_key, non_finite, parse_yaml, reads_environment, yaml_layers, yaml_problem
+from fedsafe.yamlfile import (
+    clear_stale_params,
+    first_key,
+    load_bounded,
+    non_finite,
+    parse_yaml,
+    reads_environment,
+    upgraded,
+    yaml_layers,
+    yaml_problem,
+)
 
 __all__ = ["ENGINES", "QUANTIZATIONS", "ZERO_STAGES", "ConfigError", "ExperimentConfig", "LoRAConfig", "ModelConfig",
            "ServerOptConfig", "TrainerConfig", "load_config", "from_yaml_text", "to_yaml"]
@@ -184,6 +195,7 @@ class OutputConfig:
                f"output.name must be one folder name (letters, digits, '.', '_', '-', starting with a letter or "
                f"digit), got {self.name!r}; the run folder goes under output.root")
         _check(bool(self.root.strip()), "output.root must be a folder (e.g. runs), got an empty string")
+        self.root = os.path.expanduser(self.root)  # "~/runs" is the home folder's, not a folder named "~"
 
 
 @dataclass
@@ -219,6 +231,9 @@ class ArmConfig:
                f"arms[{self.name}].defense_level must be 0 (none), 1, 2 or 3; got {self.defense_level}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds take 32 bits
+
+
 @dataclass
 class ExperimentConfig:
     """``seeds``: run every arm once per seed (empty = ``seed`` alone); the seed drives shards, LoRA init,
@@ -251,9 +266,10 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
-        _check(all(s >= 0 for s in self.seeds), f"seeds must be >= 0, got {self.seeds}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(self.data_seed >= -1, f"data_seed must be >= 0 (or -1 = the seed), got {self.data_seed}")
+        _check(all(0 <= s <= MAX_SEED for s in self.seeds), f"seeds must be in [0, {MAX_SEED}], got {self.seeds}")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
+        _check(-1 <= self.data_seed <= MAX_SEED,
+               f"data_seed must be in [0, {MAX_SEED}] (or -1 = the seed), got {self.data_seed}")
         arm_names = [a.name for a in self.arms]
         folded = [n.casefold() for n in arm_names]
         _check(len(set(folded)) == len(folded), f"arms: names must be unique (ignoring case), got {arm_names}")
@@ -324,30 +340,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_yaml_text("", overrides, layers)
 
 
-NAMED_PARAMS = (("attack", "name", "params"), ("aggregation", "rule", "params"))
-
-
-def clear_stale_params(merged, layer: dict) -> None:
-    """Empty ``params`` in ``merged`` (an OmegaConf config) where ``layer`` names another attack or rule without
-    giving its params: parameters belong to the attack or rule they were written for, not to the next one."""
-    for section, name_key, params_key in NAMED_PARAMS:
-        given = layer.get(section)
-        if isinstance(given, dict) and name_key in given and params_key not in given \
-                and given[name_key] != merged[section][name_key]:
-            merged[section][params_key] = {}
-
-
-def upgraded(layer: dict) -> dict:
-    """A config mapping written before ``output.trackers`` (a run folder's config.yaml): its
-    ``output.tensorboard`` flag becomes the tracker list."""
-    output = layer.get("output")
-    if isinstance(output, dict) and isinstance(output.get("tensorboard"), bool) and "trackers" not in output:
-        output = {k: v for k, v in output.items() if k != "tensorboard"}
-        output["trackers"] = ["tensorboard"] if layer["output"]["tensorboard"] else []
-        return {**layer, "output": output}
-    return layer
-
-
 def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[dict] = ()) -> ExperimentConfig:
     """The defaults merged with ``layers`` (YAML mappings, in order), YAML ``text`` and dotted overrides;
     inverse of ``to_yaml``."""
@@ -360,7 +352,7 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ConfigError(f"override {item!r} must look like key.sub=value (list items: clients.0.count=5)")
-            OmegaConf.update(merged, key.strip(), yaml.safe_load(value), merge=True)
+            OmegaConf.update(merged, key.strip(), load_bounded(value, f"override {item!r}"), merge=True)
     except yaml.YAMLError as err:
         raise ConfigError(f"config is not valid YAML: {yaml_problem(err)}") from None
     except OmegaConfBaseException as err:

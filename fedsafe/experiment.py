@@ -37,6 +37,7 @@ from fedsafe.config import ClientGroupConfig, ConfigError, ExperimentConfig
 from fedsafe.data.federation import (
     ClientSpec,
     build_clients,
+    check_partition_key,
     dirichlet_shards,
     make_shards,
     round_subset,
@@ -165,10 +166,7 @@ def group_shards(cfg: ExperimentConfig, group: str, records: list[dict], num_cli
     records' ``federation.partition_key``."""
     f = cfg.federation
     if f.dirichlet_alpha > 0:
-        missing = sum(f.partition_key not in r for r in records)
-        if missing:
-            raise ConfigError(f"federation.partition_key={f.partition_key!r}: {missing} record(s) of clients[{group}] "
-                              "have no such field; use source (every data source sets it) or a field the records hold")
+        check_partition_key(f.partition_key, group, records)
         categories = [str(r[f.partition_key]) for r in records]
         split = dirichlet_shards(categories, num_clients, f.examples_per_client, f.dirichlet_alpha, seed)
     else:

@@ -272,28 +272,41 @@ def check_models(cfg: ExperimentConfig, notes: list[str] | None = None) -> Path 
     return base_config
 
 
-def module_names(config_file: Path) -> set[str]:
-    """The last name component of every module of the model a config.json describes (built on the meta
-    device: no weights are read or allocated)."""
+def module_sizes(config_file: Path) -> dict[str, int | None]:
+    """The last name component of every module of the model a config.json describes, with the smallest
+    dimension of its weight where it has in and out features (None otherwise); built on the meta device: no
+    weights are read or allocated."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     conf = AutoConfig.from_pretrained(str(config_file.parent))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(conf)
-    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    sizes: dict[str, int | None] = {}
+    for name, module in model.named_modules():
+        if name:
+            short = name.rsplit(".", 1)[-1]
+            dims = [getattr(module, "in_features", None), getattr(module, "out_features", None)]
+            size = min(dims) if None not in dims else None
+            sizes[short] = size if sizes.get(short) is None or size is None else min(sizes[short], size)
+    return sizes
 
 
 def check_lora_targets(cfg: ExperimentConfig, config_file: Path) -> None:
     wanted = list(cfg.lora.target_modules)
     if not wanted:
         return
-    names = module_names(config_file)
+    names = module_sizes(config_file)
     missing = [m for m in wanted if m not in names]
     if missing:
         linear = sorted(n for n in names if n.endswith("_proj") or n in ("c_attn", "c_proj", "query_key_value"))
         raise ConfigError(f"lora.target_modules: {missing} are not modules of {cfg.model.name} (its projections: "
                           f"{', '.join(linear) or 'see model.named_modules()'})")
+    narrow = {m: names[m] for m in wanted if names[m] is not None and cfg.lora.r > names[m]}
+    if narrow:
+        module, size = min(narrow.items(), key=lambda kv: kv[1])
+        raise ConfigError(f"lora.r={cfg.lora.r} exceeds the size of {module} in {cfg.model.name} ({size}); a LoRA "
+                          f"rank must be at most the layer's smaller dimension: lower lora.r to {size} or less")
 
 
 def check_max_length(cfg: ExperimentConfig, config_file: Path | None,
@@ -413,7 +426,16 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
     check_plan(cfg, nodes)
     base_config = check_models(cfg, notes)
     records = check_data(cfg)
+    if cfg.federation.dirichlet_alpha > 0:  # Dirichlet shards: the key each record is grouped by
+        from fedsafe.data.federation import check_partition_key
+
+        for g in cfg.clients:
+            check_partition_key(cfg.federation.partition_key, g.name, records.get(f"clients[{g.name}].dataset", []))
     check_max_length(cfg, base_config, records)
     check_trackers(cfg, notes)
+    ev = cfg.evaluation
+    _check(ev.helpfulness_judge != "endpoint" or bool(os.environ.get(ev.helpfulness_key_env)),
+           f"evaluation.helpfulness_judge=endpoint reads its API key from the environment variable "
+           f"{ev.helpfulness_key_env}, which is not set here; export it before the run")
     check_address(cfg)
     return notes or []

@@ -120,6 +120,10 @@ def resume_config(run_dir: Path, overrides: list[str] = ()) -> ExperimentConfig:
     if changed.federation.num_rounds < cfg.federation.num_rounds:
         raise ConfigError(f"--resume may add rounds, not remove them: federation.num_rounds "
                           f"{cfg.federation.num_rounds} -> {changed.federation.num_rounds}")
+    if changed.federation.num_rounds > cfg.federation.num_rounds and (run_dir / "results.json").is_file():
+        raise ConfigError(f"{run_dir} is finished (it holds results.json): its arms were evaluated after round "
+                          f"{cfg.federation.num_rounds}, so more rounds need a new run (fedsafe run --config "
+                          f"{saved} federation.num_rounds={changed.federation.num_rounds})")
     if diff:
         write_config(run_dir, changed)
         with (run_dir / CHANGES_FILE).open("a") as f:

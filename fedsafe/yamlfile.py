@@ -1,5 +1,6 @@
-"""Reading config YAML: one mapping per file, a repeated key an error, ``base:`` chains followed, every
-problem one ``ConfigError`` line."""
+"""Reading config YAML: one mapping per file, a repeated key an error, ``base:`` chains followed, sizes and
+alias expansion bounded, every problem one ``ConfigError`` line; and what merging the layers needs (a layer
+written by an older fedsafe ``upgraded``, an attack's or rule's params cleared when a layer names another)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,40 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def parse_yaml(text: str, what: str) -> dict:
-    """The mapping a config's YAML ``text`` holds ({} when empty); ``what`` names it in errors."""
+MAX_CONFIG_BYTES = 1 << 20  # a config file (configs/ hold a few KiB)
+MAX_NODES = 100_000  # YAML nodes once aliases are expanded (configs/ hold a few hundred)
+
+
+def expanded_nodes(node: yaml.Node | None) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (an alias is the node it names), counted
+    without expanding: a few hundred bytes of nested aliases can stand for billions."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) not in sizes:
+            sizes[id(n)] = 0  # a recursive alias counts once
+            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+                n.value if isinstance(n, yaml.SequenceNode) else []
+            sizes[id(n)] = min(1 + sum(size(c) for c in children), MAX_NODES + 1)
+        return sizes[id(n)]
+
+    return size(node) if node is not None else 0
+
+
+def load_bounded(text: str, what: str):
+    """The value YAML ``text`` holds, refused with one line when it is not valid YAML or its aliases expand past
+    ``MAX_NODES`` nodes; ``what`` names it in errors."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        if expanded_nodes(yaml.compose(text, Loader=_UniqueKeyLoader)) > MAX_NODES:
+            raise ConfigError(f"{what}: its aliases expand to more than {MAX_NODES} values; write the values out")
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{what} is not valid YAML: {yaml_problem(err)}") from None
+
+
+def parse_yaml(text: str, what: str) -> dict:
+    """The mapping a config's YAML ``text`` holds ({} when empty); ``what`` names it in errors."""
+    data = load_bounded(text, what)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -49,7 +78,12 @@ def yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
     """The YAML mappings of ``path`` and its ``base`` chain, base first."""
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; pass a YAML file")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file (a device, a pipe or a socket); pass a YAML file")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} holds {path.stat().st_size} bytes, more than a config's "
+                              f"{MAX_CONFIG_BYTES}; pass a YAML config file")
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
@@ -83,10 +117,34 @@ def non_finite(value) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
 
-ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.(env|decode)\s*:")
+ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.env\s*:")
 
 
 def reads_environment(value) -> bool:
     """An interpolation that would copy an environment variable into the config (and so into config.yaml and
     the trackers' parameters, where a secret must never go)."""
     return isinstance(value, str) and ENV_INTERPOLATION.search(value) is not None
+
+
+NAMED_PARAMS = (("attack", "name", "params"), ("aggregation", "rule", "params"))
+
+
+def clear_stale_params(merged, layer: dict) -> None:
+    """Empty ``params`` in ``merged`` (an OmegaConf config) where ``layer`` names another attack or rule without
+    giving its params: parameters belong to the attack or rule they were written for, not to the next one."""
+    for section, name_key, params_key in NAMED_PARAMS:
+        given = layer.get(section)
+        if isinstance(given, dict) and name_key in given and params_key not in given \
+                and given[name_key] != merged[section][name_key]:
+            merged[section][params_key] = {}
+
+
+def upgraded(layer: dict) -> dict:
+    """A config mapping written before ``output.trackers`` (a run folder's config.yaml): its
+    ``output.tensorboard`` flag becomes the tracker list."""
+    output = layer.get("output")
+    if isinstance(output, dict) and isinstance(output.get("tensorboard"), bool) and "trackers" not in output:
+        output = {k: v for k, v in output.items() if k != "tensorboard"}
+        output["trackers"] = ["tensorboard"] if layer["output"]["tensorboard"] else []
+        return {**layer, "output": output}
+    return layer

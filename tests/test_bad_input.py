@@ -38,6 +38,13 @@ def files(tmp_path) -> dict[str, str]:
         "scalar.yaml": "42\n",
         "twice.yaml": "federation: {num_rounds: 2}\ntrain: {lr: 1.0e-3}\nfederation: {num_rounds: 9}\n",
         "base_dir.yaml": "base: a_folder\n",
+        "bomb.yaml": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+        "device_base.yaml": "base: /dev/zero\n",
+        "big.yaml": "# padding\n" * 120_000,
+        "env.yaml": f"base: {SMOKE}\nmodel: {{cache_dir: '${{oc.env:HOME}}/models'}}\n",
+        "huge_record.jsonl": json.dumps({"instruction": "a" * 250_000, "response": "b"}) + "\n",
+        "blank_instruction.jsonl": '{"instruction": "  ", "response": "b"}\n' * 3,
     }
     for name, text in made.items():
         path = tmp_path / name
@@ -141,8 +148,8 @@ CASES = [
     ("negative temperature for defense data", ["defense.name=posthoc_sft", "defense.level=2",
                                                "defense.synthesis={temperature: -1}"],
      "defense.synthesis.temperature must be >= 0"),
-    ("negative seed", ["seed=-1"], "seed must be >= 0"),
-    ("data seed below -1", ["data_seed=-2"], "data_seed must be >= 0 (or -1"),
+    ("negative seed", ["seed=-1"], "seed must be in [0,"),
+    ("data seed below -1", ["data_seed=-2"], "data_seed must be in [0, 4294967295] (or -1"),
     ("max_length leaves no response token", ["train.max_length=30"], "train.max_length=30: no record of clients[benign]"),
     ("LoRA target the model lacks", ["lora.target_modules=[q_proj, qkv_proj]"],
      "lora.target_modules: ['qkv_proj'] are not modules of builtin:tiny-llama"),
@@ -169,6 +176,42 @@ CASES = [
     ("int8 base on CPU trainers", ["model.quantization=int8"], "needs trainers on CUDA GPUs"),
     ("int8 base under deepspeed", ["model.quantization=int8", "trainer.gpus_per_client=1", "trainer.engine=deepspeed"],
      "trains with trainer.engine=torch"),
+    # hostile: reads without bound, secrets, names that would break a table, values that fail late
+    ("config of nested aliases", ["--config", "{bomb.yaml}"], "aliases expand to more than 100000 values"),
+    ("override of nested aliases", ["federation={a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]" + "".join(
+        f", {n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")) + "}"],
+     "aliases expand to more than"),
+    ("config file is a device", ["--config", "/dev/zero"], "/dev/zero is not a regular file"),
+    ("config base is a device", ["--config", "{device_base.yaml}"], "/dev/zero is not a regular file"),
+    ("config file of a megabyte", ["--config", "{big.yaml}"], "more than a config's 1048576"),
+    ("config reads the environment", ["--config", "{env.yaml}"], "model.cache_dir: a config may not read environment"),
+    ("override reads the environment", ["output.wandb.entity=${oc.env:HOME}"], "output.wandb.entity: a config may not"),
+    ("override that is not YAML", ["train.lr=[1"], "override 'train.lr=[1' is not valid YAML"),
+    ("seed past 64 bits", ["seed=18446744073709551617"], "seed must be in [0, 4294967295]"),
+    ("seeds past 32 bits", ["seeds=[0, 4294967296]"], "seeds must be in [0, 4294967295]"),
+    ("data seed past 32 bits", ["data_seed=99999999999"], "data_seed must be in [0, 4294967295]"),
+    ("arm name with a table separator", ['arms=[{name: "FedAvg | Krum"}]'], "must not hold '|'"),
+    ("arm name with a tab", ['arms=[{name: "a\\tb"}]'], "must not hold '\\t'"),
+    ("arm name with a line break", ['arms=[{name: "a\\nb"}]'], "must not hold '\\n'"),
+    ("arm name ending in a space", ['arms=[{name: "FedAvg "}]'], "must not start or end with a space"),
+    ("arm names that differ only in case", ["arms=[{name: FedAvg}, {name: fedavg}]"], "unique (ignoring case)"),
+    ("client group named with a separator", ['clients.0.name="benign|x"'], "clients[].name must not hold '|'"),
+    ("data record of 250k characters", jsonl("{huge_record.jsonl}"), "line 1 holds 250"),
+    ("data record with a blank instruction", jsonl("{blank_instruction.jsonl}"), "record 0 has an empty 'instruction'"),
+    ("partition key no record has", ["federation.dirichlet_alpha=0.5", "federation.partition_key=topic"],
+     "record(s) of clients[benign] have no such field"),
+    ("endpoint judge without its key", ["evaluation.helpfulness_judge=endpoint", "evaluation.helpfulness_model=m",
+                                        "evaluation.helpfulness_endpoint=http://127.0.0.1:9/v1",
+                                        "evaluation.helpfulness_key_env=FEDSAFE_NO_SUCH_KEY"],
+     "FEDSAFE_NO_SUCH_KEY, which is not set here"),
+    ("LoRA rank beyond the layer", ["lora.r=4096"], "lora.r=4096 exceeds the size of"),
+    ("--nodes given empty", ["--config", str(SMOKE), "--dry-run", "--nodes", ""], "is not COUNTxCPUS"),
+    ("--nodes of a hundred million", ["--config", str(SMOKE), "--dry-run", "--nodes", "100000000x8:0"],
+     "with 1 to 10000 nodes"),
+    ("--nodes without a CPU", ["--config", str(SMOKE), "--dry-run", "--nodes", "2x0:0"], "of at least one CPU"),
+    ("--nodes of NaN CPUs", ["--config", str(SMOKE), "--dry-run", "--nodes", "2xnan:0"], "is not COUNTxCPUS"),
+    ("defense params for no defense", ["defense.params={screenign: {threshold: 0.1}}"],
+     "defense.params.screenign: not a defense"),
 ]
 if not torch.cuda.is_available():  # a local run cannot load 8 bits here (a plan is for other machines)
     CASES.append(("int8 base on a machine without CUDA", ["model.quantization=int8", "trainer.gpus_per_client=1"],
@@ -252,9 +295,12 @@ def test_a_run_folder_whose_config_is_empty_or_edited_does_not_resume(tmp_path, 
     ("train.lr=0.1", "--resume cannot change train.lr"),
     ("aggregation.rule=median", "--resume cannot change aggregation.rule"),
     ("federation.num_rounds=2", "may add rounds, not remove them"),
+    ("federation.num_rounds=9", "is finished (it holds results.json)"),  # a finished run: more rounds, a new run
 ])
 def test_resume_refuses_overrides_that_change_what_ran(override, expected, tmp_path, capsys):
     run_dir = made_run_dir(tmp_path)
+    if "finished" in expected:
+        (run_dir / "results.json").write_text("{}")
     before = (run_dir / "config.yaml").read_text()
     assert launch.main(["--resume", str(run_dir), override]) == 2
     assert_one_line_error(capsys.readouterr().err, expected)

@@ -147,3 +147,23 @@ def test_fedsafe_report_refuses_a_link_in_the_run_folder_and_writes_nothing_thro
     assert len(err.splitlines()) == 1 and f"{source} is a symbolic link" in err and "Traceback" not in err, err
     assert (outside / "victim").read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == ["victim"]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.is_symlink()} == before
+
+
+def test_adapter_folders_of_replicas_that_are_gone_are_removed(tmp_path, monkeypatch):
+    """A replica killed without closing leaves its adapters in the temp folder; the next one on the machine
+    removes them, and never a living replica's."""
+    import os
+    import tempfile
+
+    import psutil
+
+    from fedsafe.actors.generator import ADAPTERS_PREFIX, remove_orphan_adapters
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = max(psutil.pids()) + 100_000
+    gone, alive, other = (tmp_path / f"{ADAPTERS_PREFIX}{dead}-x1", tmp_path / f"{ADAPTERS_PREFIX}{os.getpid()}-x2",
+                          tmp_path / "unrelated-123-x")
+    for folder in (gone, alive, other):
+        (folder / "k").mkdir(parents=True)
+    remove_orphan_adapters()
+    assert not gone.exists() and alive.exists() and other.exists()

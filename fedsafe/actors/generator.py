@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
 import torch
 
 from fedsafe.actors import placement
@@ -169,6 +171,17 @@ class VLLMBackend:
         return [o.outputs[0].text for o in outputs]
 
 
+ADAPTERS_PREFIX = "fedsafe-adapters-"  # + the replica's PID: the temp folder of the adapters it serves
+
+
+def remove_orphan_adapters() -> None:
+    """Remove the adapter folders of replicas on this machine that are gone (killed without closing)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{ADAPTERS_PREFIX}*-*"):
+        pid = folder.name[len(ADAPTERS_PREFIX):].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class Generator:
     def __init__(self, model_cfg: ModelConfig, cfg: GenerationConfig, lora_rank: int = 0, seed: int = 0,
                  threads: int = 1) -> None:
@@ -182,8 +195,13 @@ class Generator:
             self.backend = VLLMBackend(path, model_cfg, self.dtype, cfg, lora_rank, seed)
         else:
             self.backend = HFBackend(path, model_cfg, self.dtype, cfg.hf_batch_size, self.tokenizer)
-        self.adapter_dir = Path(tempfile.mkdtemp(prefix="fedsafe-adapters-"))
+        remove_orphan_adapters()
+        self.adapter_dir = Path(tempfile.mkdtemp(prefix=f"{ADAPTERS_PREFIX}{os.getpid()}-"))
         self.adapters: set[str] = set()
+
+    def close(self) -> None:
+        """Remove the adapters this replica wrote (the pool calls it before it kills the replica)."""
+        shutil.rmtree(self.adapter_dir, ignore_errors=True)
 
     def ready(self) -> str:
         return self.dtype

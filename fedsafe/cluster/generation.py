@@ -263,8 +263,12 @@ class GenerationPool:
 
     def shutdown(self) -> None:
         self.closed = True
-        for actors in list(self.groups.values()):
-            for actor in actors:
-                ray.kill(actor)
+        actors = [a for group in self.groups.values() for a in group]
+        try:  # each replica removes its adapters; one that does not answer is killed all the same
+            ray.get([a.close.remote() for a in actors], timeout=5)
+        except Exception:  # noqa: BLE001 (a dead or hung replica; the next replica's start sweeps its folder)
+            pass
+        for actor in actors:
+            ray.kill(actor)
         self.groups.clear()
         remove_placement_group(self.pg)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsafe.errors import ConfigError
 from fedsafe.seeding import Salt, derive_seed
 
 
@@ -149,3 +150,11 @@ def round_subset(shard: list[int], size: int, seed: int | None, round_idx: int, 
     if size <= len(shard):
         return rng.sample(shard, size)
     return [rng.choice(shard) for _ in range(size)]
+
+
+def check_partition_key(key: str, group: str, records: list[dict]) -> None:
+    """With Dirichlet shards, every record of a client group must hold the field ``key``
+    (``federation.partition_key``)."""
+    if missing := sum(key not in r for r in records):
+        raise ConfigError(f"federation.partition_key={key!r}: {missing} record(s) of clients[{group}] have no such "
+                          "field; use source (every data source sets it) or a field the records hold")

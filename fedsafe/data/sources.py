@@ -276,6 +276,9 @@ def _mt_bench(num_examples: int, seed: int, mirror: str = "") -> list[dict]:
     return real.mt_bench_hub(mirror)[:num_examples]
 
 
+MAX_RECORD_CHARS = 200_000  # one record of a local data file (far beyond any train.max_length)
+
+
 @register_source("jsonl")
 def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "instruction",
            response_field: str = "response") -> list[dict]:
@@ -286,9 +289,17 @@ def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "in
     if not file.is_file():
         raise ConfigError(f"data file {file} does not exist; fix the source's path argument")
     try:
-        text = file.read_text()
-        rows = json.loads(text) if file.suffix == ".json" else \
-            [json.loads(line) for line in text.splitlines() if line.strip()]
+        if file.suffix == ".json":
+            rows = json.loads(file.read_text())
+        else:
+            rows = []
+            with file.open() as f:
+                for number, line in enumerate(f, 1):
+                    if len(line) > MAX_RECORD_CHARS:
+                        raise ConfigError(f"data file {file} line {number} holds {len(line)} characters, more than a "
+                                          f"record may ({MAX_RECORD_CHARS}); cut or drop it")
+                    if line.strip():
+                        rows.append(json.loads(line))
     except UnicodeDecodeError:
         raise ConfigError(f"data file {file} is not UTF-8 text; give a .json list or .jsonl file") from None
     except json.JSONDecodeError as err:
@@ -307,7 +318,12 @@ def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "in
                               "source's instruction_field argument")
         for name in (instruction_field, response_field):
             if not isinstance(row.get(name, ""), str):
-                raise ConfigError(f"data file {file} record {i} field {name!r} is {json.dumps(row[name])}, not "
+                raise ConfigError(f"data file {file} record {i} field {name!r} is {json.dumps(row[name])[:80]}, not "
                                   "text; fix or drop the record")
+        if not row[instruction_field].strip():
+            raise ConfigError(f"data file {file} record {i} has an empty {instruction_field!r}; drop the record")
+        if len(row[instruction_field]) + len(row.get(response_field, "")) > MAX_RECORD_CHARS:
+            raise ConfigError(f"data file {file} record {i} holds more than {MAX_RECORD_CHARS} characters; cut or "
+                              "drop it")
         records.append({"instruction": row[instruction_field], "response": row.get(response_field, "")})
     return records[:num_examples]
