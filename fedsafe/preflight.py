@@ -354,6 +354,19 @@ def check_plan(cfg: ExperimentConfig, nodes: list[dict[str, float]] | None = Non
     make_plan(cfg, runtime.local_resources(cfg.cluster, gen_cpus))
 
 
+def check_judge_key(cfg: ExperimentConfig, notes: list[str] | None) -> None:
+    """An endpoint helpfulness judge's API key is in the environment: an error for a run, a note for a dry run
+    (``notes``; it may plan for machines that have it)."""
+    ev = cfg.evaluation
+    if ev.helpfulness_judge != "endpoint" or os.environ.get(ev.helpfulness_key_env):
+        return
+    problem = (f"evaluation.helpfulness_judge=endpoint reads its API key from the environment variable "
+               f"{ev.helpfulness_key_env}, which is not set here")
+    if notes is None:
+        raise ConfigError(problem + "; export it before the run")
+    notes.append(problem + "; the run will need it")
+
+
 def check_trackers(cfg: ExperimentConfig, notes: list[str] | None) -> None:
     """Every tracker of ``output.trackers`` must have its package installed (``notes``: listed there instead,
     for --dry-run)."""
@@ -433,9 +446,6 @@ def check_inputs(cfg: ExperimentConfig, plan_only: bool = False, nodes: list[dic
             check_partition_key(cfg.federation.partition_key, g.name, records.get(f"clients[{g.name}].dataset", []))
     check_max_length(cfg, base_config, records)
     check_trackers(cfg, notes)
-    ev = cfg.evaluation
-    _check(ev.helpfulness_judge != "endpoint" or bool(os.environ.get(ev.helpfulness_key_env)),
-           f"evaluation.helpfulness_judge=endpoint reads its API key from the environment variable "
-           f"{ev.helpfulness_key_env}, which is not set here; export it before the run")
+    check_judge_key(cfg, notes if plan_only else None)
     check_address(cfg)
     return notes or []

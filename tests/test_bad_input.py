@@ -228,7 +228,7 @@ def argv_for(args: list[str], paths: dict[str, str], tmp_path, model_cache: str)
 
 
 # no --dry-run twin: a plan notes a hub it cannot reach (a cluster's machines may reach it)
-RUN_ONLY = {"--nodes without --dry-run", "resume folder without config", "no seeds", "hub model that cannot be fetched",
+RUN_ONLY = {"--nodes without --dry-run", "endpoint judge without its key", "resume folder without config", "no seeds", "hub model that cannot be fetched",
             "a million replicas planned for a cluster", "int8 base on a machine without CUDA"}
 DRY_RUN_TOO = [(c[0] + " (--dry-run)", c[1] + ["--dry-run"], c[2]) for c in CASES if c[0] not in RUN_ONLY]
 

@@ -76,7 +76,7 @@ def test_smoke_run_end_to_end_and_pinned(ray_cluster, smoke_cfg, model_cache):
     assert all(torch.equal(loaded[k], saved_tensors[k]) for k in saved_tensors)
     assert any(float(v.abs().sum()) > 0 for k, v in saved_tensors.items() if "lora_B" in k)  # it trained
     # the arm's final adapter is a PEFT folder beside its result, equal to the last round's
-    assert saved["arms"][name]["adapter"] == str(arm_dir / "adapter")
+    assert saved["arms"][name]["adapter"] == "arms/fedavg/adapter"  # results.json: relative to the run folder
     assert adapter_digest(arm_dir / "adapter") == adapter_digest(ckpt)
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(f"{model_cache}/models/tiny-llama"),
                               arm_dir / "adapter")

@@ -17,6 +17,7 @@ import gpu_resolve  # noqa: E402
 
 
 @pytest.mark.integration
+@pytest.mark.registry
 def test_the_gpu_install_resolves_to_a_set_that_works_together():
     with ThreadPoolExecutor(2) as pool:
         found = dict(zip(("3.10", "3.11"), pool.map(gpu_resolve.resolve, ["3.10", "3.11"])))
