@@ -35,6 +35,7 @@ from fedsafe.yamlfile import (
     first_key,
     load_bounded,
     non_finite,
+    omegaconf_problem,
     parse_yaml,
     reads_environment,
     upgraded,
@@ -160,6 +161,9 @@ class WandbConfig:
                f"output.wandb.mode must be online, offline, disabled or null (W&B's default), got {self.mode!r}")
 
 
+MLFLOW_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
 @dataclass
 class MlflowConfig:
     """MLflow (``output.trackers`` has ``mlflow``). ``tracking_uri``: a tracking server or store (``null``: a
@@ -168,6 +172,11 @@ class MlflowConfig:
 
     tracking_uri: str | None = None
     experiment: str = "fedsafe"
+
+    def __post_init__(self) -> None:
+        scheme = self.tracking_uri.split("://")[0].lower() if self.tracking_uri and "://" in self.tracking_uri else ""
+        _check(not scheme or scheme in MLFLOW_SCHEMES, f"output.mlflow.tracking_uri: {scheme!r} is not a scheme "
+               f"MLflow stores to; use one of {', '.join(MLFLOW_SCHEMES)}, a folder, or null (the run folder)")
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -323,13 +332,7 @@ def _from_omegaconf(node) -> ExperimentConfig:
     except ConfigError:
         raise
     except OmegaConfBaseException as err:  # type errors found while building the dataclasses
-        raise ConfigError(_describe(err)) from None
-
-
-def _describe(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None)
-    first = str(err).splitlines()[0]
-    return f"{key}: {first}" if key else first
+        raise ConfigError(omegaconf_problem(err)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -356,8 +359,7 @@ def from_yaml_text(text: str, overrides: list[str] | None = None, layers: list[d
     except yaml.YAMLError as err:
         raise ConfigError(f"config is not valid YAML: {yaml_problem(err)}") from None
     except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err) + "; the allowed keys are the fields of fedsafe/config.py's sections "
-                          "(each component's config.py)") from None
+        raise ConfigError(omegaconf_problem(err)) from None
     given = OmegaConf.to_container(merged)
     if (bad := first_key(given, reads_environment)) is not None:
         raise ConfigError(f"{bad}: a config may not read environment variables (${{oc.env:...}}): the resolved "

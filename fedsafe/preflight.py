@@ -389,19 +389,21 @@ def check_address(cfg: ExperimentConfig) -> None:
     address = runtime.target_address(cfg.cluster)
     if not address or address in ("auto", "local"):
         return
+    source = "cluster.address" if cfg.cluster.address else "the environment variable RAY_ADDRESS"
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     try:
         host, port = parsed.hostname, parsed.port
     except ValueError:
         host = port = None
     if not host or not port:
-        raise ConfigError(f"cluster.address {address!r} is not host:port (e.g. 10.0.0.5:6379, ray://head:10001 or "
-                          "auto)")
+        raise ConfigError(f"{source} {address!r} is not host:port (e.g. 10.0.0.5:6379, ray://head:10001 or auto)"
+                          + ("" if cfg.cluster.address else "; unset it for a local Ray"))
     try:
         socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT_S).close()
     except OSError as err:
-        raise ConfigError(f"cluster.address {address!r} does not answer ({err}); start the cluster (ray start "
-                          "--head) or fix the address") from None
+        raise ConfigError(f"{source} {address!r} does not answer ({err}); start the cluster (ray start --head) or "
+                          f"fix the address{'' if cfg.cluster.address else ', or unset RAY_ADDRESS for a local Ray'}"
+                          ) from None
 
 
 def head_size(config_file: Path) -> int | None:

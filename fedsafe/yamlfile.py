@@ -31,6 +31,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                     node.start_mark)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_bool(self, node):
+        """Only ``true`` and ``false``: YAML 1.1 also reads yes/no/on/off (a name ``no`` would become False)."""
+        if node.value.lower() not in ("true", "false"):
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} reads as a boolean in YAML 1.1; "
+                                                    "write true or false, or quote it as text", node.start_mark)
+        return super().construct_yaml_bool(node)
+
+    def construct_yaml_int(self, node):
+        """Plain decimal integers: YAML 1.1 reads 010 as 8, 1_000 as 1000 and 1:30 as 90."""
+        text = node.value.lstrip("+-")
+        if (len(text) > 1 and text[0] == "0" and text[1:2] not in ("x", "o", "b")) or "_" in text or ":" in text:
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is a YAML 1.1 integer form (octal, "
+                                                    "digit groups or base 60); write the decimal number, or quote "
+                                                    "it as text", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:bool", _UniqueKeyLoader.construct_yaml_bool)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file (configs/ hold a few KiB)
 MAX_NODES = 100_000  # YAML nodes once aliases are expanded (configs/ hold a few hundred)
@@ -148,3 +168,30 @@ def upgraded(layer: dict) -> dict:
         output["trackers"] = ["tensorboard"] if layer["output"]["tensorboard"] else []
         return {**layer, "output": output}
     return layer
+
+
+_KINDS = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false", "String": "text"}
+
+
+def omegaconf_problem(err: Exception) -> str:
+    """An OmegaConf error as one line in fedsafe's words: the key, what it must be, and how to write it."""
+    key = getattr(err, "full_key", None) or ""
+    first = str(err).splitlines()[0]
+    if match := re.search(r"Key '([^']+)' not in '(\w+)'", first):
+        section = key.rsplit(".", 1)[0] if "." in key else "the config"
+        return (f"{key or match.group(1)} is not a setting of {section} (each section's settings are the fields of "
+                "its config class: fedsafe/config.py and each component's config.py)")
+    if "is not Optional" in first:
+        return f"{key} must be given a value (null is not allowed here)"
+    if match := re.search(r"could not be converted to (\w+)", first):
+        return f"{key} must be {_KINDS.get(match.group(1), match.group(1))}, got {getattr(err, 'value', None)!r}"
+    if "is not a valid bool" in first:
+        return f"{key} must be true or false, got {getattr(err, 'value', None)!r}"
+    if "is not a ListConfig" in first:
+        return f"{key} must be a list (e.g. {key}=[a, b])"
+    if re.fullmatch(r"clients\[\d+\]", key) and "is not a subclass of" in first:
+        return (f"{key}: there is no client group {key[8:-1]} to change; the groups are a list (clients.0, clients.1, "
+                "...): give the whole list to add one (clients=[{name: ..., role: ..., count: ...}, ...])")
+    if "is not a subclass of" in first or "Cannot merge incompatible container types" in first:
+        return f"{key} is a section: give its settings as a mapping ({key}: {{setting: value}}) or as {key}.setting=value"
+    return f"{key}: {first}" if key else first

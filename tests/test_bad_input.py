@@ -205,6 +205,15 @@ CASES = [
                                         "evaluation.helpfulness_key_env=FEDSAFE_NO_SUCH_KEY"],
      "FEDSAFE_NO_SUCH_KEY, which is not set here"),
     ("LoRA rank beyond the layer", ["lora.r=4096"], "lora.r=4096 exceeds the size of"),
+    ("YAML 1.1 octal", ["seed=010"], "'010' is a YAML 1.1 integer form"),
+    ("YAML 1.1 boolean as a name", ["arms=[{name: no}]"], "'no' reads as a boolean in YAML 1.1"),
+    ("a billion rounds", ["federation.num_rounds=1000000000"], "federation.num_rounds must be in [1, 100000]"),
+    ("tracking URI of no store", ["output.mlflow.tracking_uri=ftp://host/x"], "'ftp' is not a scheme MLflow"),
+    ("null where a value is needed", ["output.name=null"], "output.name must be given a value"),
+    ("a list where a section goes", ["federation=[1, 2]"], "federation is a section: give its settings"),
+    ("a client group past the list", ["clients.7.count=3"], "there is no client group 7 to change"),
+    ("a word where a flag goes", ["evaluation.classifier_judge=maybe"], "must be true or false, got 'maybe'"),
+    ("one name where a list goes", ["output.trackers=tensorboard"], "output.trackers must be a list"),
     ("--nodes given empty", ["--config", str(SMOKE), "--dry-run", "--nodes", ""], "is not COUNTxCPUS"),
     ("--nodes of a hundred million", ["--config", str(SMOKE), "--dry-run", "--nodes", "100000000x8:0"],
      "with 1 to 10000 nodes"),
@@ -367,3 +376,11 @@ def test_a_second_writer_of_a_run_folder_is_refused_and_the_lock_dies_with_its_h
     with single_writer(run_dir), single_writer(run_dir):  # free again, and re-entrant in one process
         assert json.loads((run_dir / ".writer.json").read_text())["pid"] != holder.pid
     assert not (run_dir / ".writer.json").exists()
+
+
+def test_a_ray_address_from_the_environment_is_named_as_such(tmp_path, capsys, model_cache, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    assert launch.main(argv_for(["--dry-run"], {}, tmp_path, model_cache)) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "the environment variable RAY_ADDRESS '127.0.0.1:9' does not answer")
+    assert "unset RAY_ADDRESS for a local Ray" in err and "cluster.address" not in err

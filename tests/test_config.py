@@ -115,3 +115,8 @@ def test_every_shipped_config_resolves_as_pinned():
         for (section, key), value in ADDED_SINCE_PIN.items():
             assert resolved[section].pop(key) == value, f"{name}: {section}.{key}"
         assert resolved == pinned[name], name
+
+
+def test_output_root_under_the_home_folder_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config(None, ["output.root=~/runs"]).output.root == str(tmp_path / "runs")  # not a folder named "~"

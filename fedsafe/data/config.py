@@ -12,6 +12,7 @@ from fedsafe.errors import check_label
 ROLES = ("benign", "malicious")
 ALIGNED_ANSWERS = ("generated", "templates")
 SAMPLING = ("seeded", "paper", "balanced")
+MAX_ROUNDS = 100_000  # far beyond any federated instruction tuning (the paper runs 100)
 
 
 @dataclass
@@ -60,7 +61,8 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         _check(self.sampling in SAMPLING, f"federation.sampling must be one of {SAMPLING}, got {self.sampling!r}")
-        _check(self.num_rounds >= 1, f"federation.num_rounds must be >= 1, got {self.num_rounds}")
+        _check(1 <= self.num_rounds <= MAX_ROUNDS,
+               f"federation.num_rounds must be in [1, {MAX_ROUNDS}], got {self.num_rounds}")
         _check(self.clients_per_round >= 1,
                f"federation.clients_per_round must be >= 1, got {self.clients_per_round}")
         _check(self.examples_per_client >= 1,

