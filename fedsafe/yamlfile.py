@@ -187,6 +187,8 @@ def omegaconf_problem(err: Exception) -> str:
         return f"{key} must be {_KINDS.get(match.group(1), match.group(1))}, got {getattr(err, 'value', None)!r}"
     if "is not a valid bool" in first:
         return f"{key} must be true or false, got {getattr(err, 'value', None)!r}"
+    if re.search(r"Cannot assign \w+ to Dict", first):
+        return f"{key} must be a mapping (e.g. {key}: {{name: value}})"
     if "is not a ListConfig" in first:
         return f"{key} must be a list (e.g. {key}=[a, b])"
     if re.fullmatch(r"clients\[\d+\]", key) and "is not a subclass of" in first:

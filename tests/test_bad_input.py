@@ -7,6 +7,7 @@ continues from. (Interrupting a real run and resuming it: tests/test_faults.py.)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -55,8 +56,9 @@ def files(tmp_path) -> dict[str, str]:
             path.write_text(text)
     for folder in ("no_config_model", "not_a_run", "a_folder", "data_folder.jsonl"):
         (tmp_path / folder).mkdir()
+    os.mkfifo(tmp_path / "pipe.yaml")  # reading it would wait for a writer forever
     return {name: str(tmp_path / name) for name in [*made, "odd_heads", "no_config_model", "not_a_run", "a_folder",
-                                                    "data_folder.jsonl"]}
+                                                    "data_folder.jsonl", "pipe.yaml"]}
 
 
 def jsonl(path: str) -> list[str]:
@@ -214,6 +216,12 @@ CASES = [
     ("a client group past the list", ["clients.7.count=3"], "there is no client group 7 to change"),
     ("a word where a flag goes", ["evaluation.classifier_judge=maybe"], "must be true or false, got 'maybe'"),
     ("one name where a list goes", ["output.trackers=tensorboard"], "output.trackers must be a list"),
+    ("a fraction where a seed goes", ["seed=1.5"], "seed must be a whole number, got 1.5"),
+    ("a number where parameters go", ["attack.params=5"], "attack.params must be a mapping"),
+    ("a number where a defense's settings go", ["defense.params={screening: 3}"],
+     "defense.params.screening must be a mapping"),
+    ("data file that is a device", jsonl("/dev/zero"), "data file /dev/zero is not a regular file"),
+    ("config file that is a pipe", ["--config", "{pipe.yaml}"], "pipe.yaml is not a regular file"),
     ("--nodes given empty", ["--config", str(SMOKE), "--dry-run", "--nodes", ""], "is not COUNTxCPUS"),
     ("--nodes of a hundred million", ["--config", str(SMOKE), "--dry-run", "--nodes", "100000000x8:0"],
      "with 1 to 10000 nodes"),

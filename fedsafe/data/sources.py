@@ -286,6 +286,9 @@ def _jsonl(num_examples: int, seed: int, path: str, instruction_field: str = "in
     file = Path(path).expanduser()
     if file.is_dir():
         raise ConfigError(f"data file {file} is a folder; give a .json list or .jsonl file")
+    if file.exists() and not file.is_file():
+        raise ConfigError(f"data file {file} is not a regular file (a device, a pipe or a socket); give a .json list "
+                          "or .jsonl file")
     if not file.is_file():
         raise ConfigError(f"data file {file} does not exist; fix the source's path argument")
     try:

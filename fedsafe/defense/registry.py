@@ -58,6 +58,10 @@ def build_defense(cfg: DefenseConfig) -> Defense:
                           f"got {cfg.name!r}")
     if len(set(names)) < len(names):
         raise ConfigError(f"defense.name names a defense twice: {cfg.name!r}")
+    flat = sorted(k for k, v in cfg.params.items() if not isinstance(v, dict))
+    if flat:
+        raise ConfigError(f"defense.params.{flat[0]} must be a mapping of that defense's settings "
+                          f"(defense.params: {{{flat[0]}: {{setting: value}}}})")
     stray = sorted(set(cfg.params) - set(_DEFENSES))
     if stray:
         raise ConfigError(f"defense.params.{stray[0]}: not a defense; the keys of defense.params are defense names "
