@@ -8,6 +8,7 @@ the traceback instead. Ctrl-C or SIGTERM stops a run at its last completed round
 from __future__ import annotations
 
 import math
+import re
 import signal
 import sys
 import threading
@@ -94,6 +95,27 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, ConfigError):
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+OOM_TITLE = "killed due to the node running low on memory"
+
+
+def memory_kill(err: BaseException) -> str | None:
+    """Ray's memory-monitor kill behind ``err`` (itself, or its cause) in one line: what was killed, on which
+    node, how full its memory was, and what to change; None for any other failure."""
+    seen = err
+    while seen is not None and not (type(seen).__name__ == "OutOfMemoryError" or OOM_TITLE in str(seen)):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    text = " ".join(str(seen).split())
+    what = re.search(r"name=([^,)]+)", text)
+    node = re.search(r"\(IP: ([^,)]+)", text)
+    usage = re.search(r"was running was ([\d.]+GB / [\d.]+GB)", text)
+    return (f"Ray's memory monitor killed {what.group(1) if what else 'a worker'}"
+            f"{' on ' + node.group(1) if node else ''}: the machine's memory ran short"
+            f"{' (' + usage.group(1) + ' in use)' if usage else ''}; free memory (another process may hold it) or "
+            "lower cluster.num_trainers, generation.replicas or train.batch_size")
 
 
 def load_run_config(args: RunArgs):
@@ -189,6 +211,11 @@ def execute_run(args: RunArgs, prog: str) -> int:
     except Exception as err:  # every failure ends with one line; --debug shows the traceback
         if args.debug:
             raise
+        if (oom := memory_kill(err)) is not None:
+            kept = life is not None and life.run_dir is not None and life.run_dir.is_dir()
+            print(f"error: {oom}" + (f"; continue with: {prog} --resume {life.run_dir}" if kept else ""),
+                  file=sys.stderr)
+            return 2
         hint = "" if isinstance(err, ConfigError) else f" ({prog} ... --debug shows the traceback)"
         print("error: " + one_line(err) + hint, file=sys.stderr)
         return 2

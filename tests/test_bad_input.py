@@ -392,3 +392,34 @@ def test_a_ray_address_from_the_environment_is_named_as_such(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert_one_line_error(err, "the environment variable RAY_ADDRESS '127.0.0.1:9' does not answer")
     assert "unset RAY_ADDRESS for a local Ray" in err and "cluster.address" not in err
+
+
+def test_a_memory_kill_by_ray_ends_with_one_readable_line_and_the_resume_command(tmp_path, capsys, model_cache,
+                                                                                  monkeypatch):
+    """Ray's memory monitor kills a worker (here its error, raised where the run would meet it): one line
+    naming what was killed, where, how full the memory was and what to change, then the --resume command."""
+    from ray.exceptions import OutOfMemoryError
+
+    from fedsafe.api import RunLifecycle
+    from fedsafe.run_dir import create_run_dir
+
+    message = ("Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.5, ID: 8c5a) "
+               "where the task (actor ID: f9cc, name=Trainer.__init__, pid=4331, memory used=2.22GB) was running was "
+               "22.80GB / 24.00GB (0.95), which exceeds the memory usage threshold of 0.95. Ray killed this worker "
+               "(ID: d98a) because it was the most recently scheduled task; " + "Top 10 memory users: ... " * 100)
+
+    def execute(self):
+        self.run_dir = create_run_dir(self.cfg)
+        (self.run_dir / "metrics.jsonl").write_text("{}\n")  # a round ran: the folder is kept for --resume
+        try:
+            raise OutOfMemoryError(message)
+        except OutOfMemoryError as err:
+            raise RuntimeError("client 3 failed on every trainer") from err
+
+    monkeypatch.setattr(RunLifecycle, "execute", execute)
+    assert launch.main(argv_for([], {}, tmp_path, model_cache)) == 2
+    err = capsys.readouterr().err
+    (run_dir,) = (tmp_path / "runs").glob("smoke-*")
+    assert_one_line_error(err, "Ray's memory monitor killed Trainer.__init__ on 10.0.0.5: the machine's memory ran "
+                               "short (22.80GB / 24.00GB in use); free memory")
+    assert err.strip().endswith(f"continue with: python launch.py --resume {run_dir}") and len(err) < 400
