@@ -93,11 +93,13 @@ def same_attack(a: dict, b: dict) -> bool:
 
 
 def reference_of(name: str, arms: dict) -> str | None:
-    """The arm ``name`` is compared with (module docstring), if the matrix has it."""
+    """The arm ``name`` is compared with (module docstring), if the matrix has it; among several, one that
+    combines LoRA adapters as it does (``aggregation.mode`` and the client ranks)."""
     arm = arms[name]
 
     def find(pred) -> str | None:
-        return next((n for n, a in arms.items() if n != name and pred(a)), None)
+        found = [n for n, a in arms.items() if n != name and pred(a)]
+        return next((n for n in found if arms[n].get("lora") == arm.get("lora")), found[0] if found else None)
 
     if defended(arm):
         same_federation = find(lambda a: a["federation"] == arm["federation"] and not defended(a))
@@ -107,10 +109,8 @@ def reference_of(name: str, arms: dict) -> str | None:
         return None
     if arm["rule"] != "fedavg":
         return find(lambda a: not defended(a) and a["rule"] == "fedavg" and same_attack(a, arm))
-    clean = [n for n, a in arms.items() if n != name and not attacked(a) and not defended(a)
-             and a["rule"] == "fedavg"]
-    same_size = [n for n in clean if arms[n].get("benign_clients") == arm.get("benign_clients")]
-    return (same_size or clean or [None])[0]
+    clean = lambda a: not attacked(a) and not defended(a) and a["rule"] == "fedavg"  # noqa: E731
+    return find(lambda a: clean(a) and a.get("benign_clients") == arm.get("benign_clients")) or find(clean)
 
 
 def _common_seeds(*arms_runs: list[dict]) -> list[int]:

@@ -297,6 +297,13 @@ class ExperimentConfig:
         _check(self.federation.clients_per_round <= self.num_clients,
                f"federation.clients_per_round ({self.federation.clients_per_round}) must be <= the number "
                f"of clients ({self.num_clients}); lower it or add clients")
+        for g in self.clients:
+            _check(g.lora_rank <= self.lora.r, f"clients[{g.name}].lora_rank={g.lora_rank} must be <= lora.r="
+                                               f"{self.lora.r} (the global adapter's rank; 0 = lora.r)")
+        mode = self.aggregation.mode
+        _check(mode == "factors" or self.aggregation.server_opt.name == "none",
+               f"aggregation.mode={mode} combines the clients' products, which aggregation.server_opt="
+               f"{self.aggregation.server_opt.name} does not act on; use server_opt.name=none or mode=factors")
 
 
     @property
@@ -316,6 +323,33 @@ class ExperimentConfig:
     def num_malicious(self) -> int:
         """Malicious clients in the federation (the groups of role malicious)."""
         return sum(g.count for g in self.clients if g.role == "malicious")
+
+    @property
+    def fold_rank(self) -> int:
+        """Components beyond lora.r that hold the fold of ``aggregation.mode`` stack or exact (0 otherwise)."""
+        a, r = self.aggregation, self.lora.r
+        if a.mode not in ("stack", "exact"):
+            return 0
+        return a.fold_rank or max(1, min(self.federation.num_rounds * (self.federation.clients_per_round + 1) * r,
+                                         512 - r))
+
+    @property
+    def adapter_lora(self) -> LoRAConfig:
+        """The PEFT adapter the trainers build: lora.r trained components plus the fold's, at lora's scale
+        alpha / r (PEFT's scale is lora_alpha / rank, so its lora_alpha grows with the rank)."""
+        total = self.lora.r + self.fold_rank
+        if total == self.lora.r:
+            return self.lora
+        return dataclasses.replace(self.lora, r=total, alpha=self.lora.alpha * total / self.lora.r)
+
+    def client_ranks(self) -> dict[int, int]:
+        """Client id -> LoRA rank, for the clients whose group trains fewer than lora.r components."""
+        ranks, at = {}, 0
+        for g in self.clients:
+            if 0 < g.lora_rank < self.lora.r:
+                ranks.update({cid: g.lora_rank for cid in range(at, at + g.count)})
+            at += g.count
+        return ranks
 
     @property
     def expected_malicious(self) -> int:

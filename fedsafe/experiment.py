@@ -116,7 +116,8 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
                           **ev.benign_prompts_args) if ev.benign_prompts else []
     graded = load_records(ev.helpfulness_prompts, ev.num_helpfulness, derive_seed(cfg.seed, Salt.BENIGN_PROMPTS),
                           **ev.helpfulness_prompts_args) if ev.helpfulness_prompts else []
-    inputs = EvalInputs(harmful, benign, graded)
+    triggered = [attack.trigger.insert(p) for p in harmful] if attack.trigger else []
+    inputs = EvalInputs(harmful, benign, graded, triggered)
     per_client = cfg.federation.examples_per_client
     clients = build_clients([(g.name, g.role, g.count) for g in cfg.clients])
     shards: dict[int, list[dict]] = {}
@@ -227,12 +228,15 @@ def client_task(cfg: ExperimentConfig, client: ClientSpec, shard: list[dict], ro
             role, records = "benign", draw(cover, seed)
         else:
             estimates = [draw(cover, derive_seed(cfg.seed, i, Salt.COVER)) for i in range(attack.benign_estimates)]
+            if benign := round(attack.cover_share * len(records)):  # its benign data beside the harmful
+                records = records[:len(records) - benign] + draw(cover, derive_seed(cfg.seed, Salt.COVER))[:benign]
     lr = cosine_lr(round_idx, cfg.federation.num_rounds, t.lr, t.min_lr)
     return ClientTask(
         client_id=client.client_id, round_idx=round_idx, role=role, records=records,
         lrs=[lr] * t.local_steps, batch_size=t.batch_size, max_length=t.max_length,
         weight_decay=t.weight_decay, seed=derive_seed(cfg.seed, round_idx, client.client_id),
         attack=cfg.attack.name, attack_params=dict(cfg.attack.params), cover=estimates,
+        rank=cfg.client_ranks().get(client.client_id, 0),
     )
 
 
@@ -459,6 +463,8 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
         "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or poisons_benign(cfg, data.attack),
         "benign_clients": cfg.num_clients - cfg.num_malicious,
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
+        "lora": {"mode": cfg.aggregation.mode, "ranks": {g.name: g.lora_rank for g in cfg.clients
+                                                         if 0 < g.lora_rank < cfg.lora.r}},
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
                  "defense_examples": applied.get("examples", 0)},
         "detection": detection_counts(rounds), "screening": screening_counts(rounds),

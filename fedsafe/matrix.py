@@ -44,6 +44,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from fedsafe.analysis import analyse, results_frame
+from fedsafe.attack import build_attack
 from fedsafe.cluster.plan import Plan
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig, from_yaml_text, to_dict, to_yaml
 from fedsafe.defense import build_defense
@@ -93,6 +94,12 @@ def federation_key(cfg: ExperimentConfig) -> str:
     have done (the paper's no-attack row is shared by its tables)."""
     d = to_dict(cfg)
     del d["train"]["gradient_checkpointing"]  # trades memory for time: the same model to float rounding
+    for key, default in (("mode", "factors"), ("fold_rank", 0)):  # keys from before they existed stay the same
+        if d["aggregation"][key] == default:
+            del d["aggregation"][key]
+    for group in d["clients"]:
+        if group["lora_rank"] == 0:
+            del group["lora_rank"]
     if cfg.num_malicious == 0 and not poisons_benign(cfg):  # nobody attacks: the attack and the idle malicious
         # groups change nothing
         d["attack"] = None
@@ -109,7 +116,10 @@ def arm_key(cfg: ExperimentConfig) -> str:
     defense = to_dict(cfg)["defense"]
     if not defense["params"]:
         del defense["params"]
-    return _digest([federation_key(cfg), defense if cfg.defense.name != "none" else None, JUDGES_VERSION])
+    parts = [federation_key(cfg), defense if cfg.defense.name != "none" else None, JUDGES_VERSION]
+    if trigger := build_attack(cfg.attack.name, **cfg.attack.params).trigger:  # asked with it too, attacked or not
+        parts.append(dataclasses.asdict(trigger))
+    return _digest(parts)
 
 
 @dataclass

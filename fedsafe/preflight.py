@@ -45,7 +45,10 @@ def check_components(cfg: ExperimentConfig) -> None:
            f"attack.name={cfg.attack.name} adds a stealth term to the training loss, which runs on "
            f"trainer.engine=torch (got {cfg.trainer.engine})")
     synthesis_args(dict(cfg.defense.projection.synthesis), "defense.projection.synthesis")
-    build_defense(cfg.defense)  # unknown names and bad synthesis settings raise
+    defense = build_defense(cfg.defense)  # unknown names and bad synthesis settings raise
+    _check(cfg.aggregation.mode == "factors" or not defense.hooks_aggregate,
+           f"defense.name={cfg.defense.name} changes each round's aggregate of the factors, which "
+           f"aggregation.mode={cfg.aggregation.mode} does not form; use aggregation.mode=factors with it")
     check_rule_fits(cfg)
 
 

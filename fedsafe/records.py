@@ -168,6 +168,7 @@ class ArmResult(_Record):
     paired: dict = _absent()
     judges_agree: dict | None = _absent()
     same_model_as: str | None = _absent()
+    lora: dict = _absent()  # aggregation.mode and the groups of lower rank (absent: factors, one rank)
 
     def __post_init__(self) -> None:
         """An arm written before composed defenses and poison spread thin names neither: its defense is the

@@ -32,6 +32,7 @@ class ClientTask:
     attack_params: dict[str, Any] = field(default_factory=dict)
     cover: list[list[dict]] = field(default_factory=list)  # an attacking client's benign estimates' records
     rho: float = 0.0  # > 0: perturbation-aware steps of this size (the server's hardening)
+    rank: int = 0  # LoRA components the client trains (its group's lora_rank; 0 = lora.r)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from tests.conftest import SMOKE, FakePool
 
 
 def test_registry_names_and_errors():
-    assert available_attacks() == ["constrained", "data_poisoning", "defense_aware", "intermittent", "maliciousgen",
+    assert available_attacks() == ["backdoor", "constrained", "data_poisoning", "defense_aware", "intermittent", "maliciousgen",
                                    "scale_update", "sleeper", "sybil", "thin_poison"]
-    with pytest.raises(ConfigError, match=r"attack.name must be one of \['constrained', 'data_poisoning'"):
-        build_attack("backdoor")
+    with pytest.raises(ConfigError, match=r"attack.name must be one of \['backdoor', 'constrained'"):
+        build_attack("trojan")
     with pytest.raises(ValueError, match="already registered"):
         register_attack("scale_update", lambda: NO_ATTACK)
     with pytest.raises(ConfigError, match="unexpected keyword argument 'size'"):

@@ -81,7 +81,7 @@ CASES = [
     ("api key pasted into the config", [f"evaluation.helpfulness_key_env={SECRET}"], "NAME of an environment variable"),
     ("negative retries", ["cluster.max_retries=-1"], "cluster.max_retries"),
     ("negative concurrent federations", ["cluster.concurrent_federations=-1"], "cluster.concurrent_federations"),
-    ("unknown attack", ["attack.name=backdoor"], "attack.name must be one of"),
+    ("unknown attack", ["attack.name=trojan"], "attack.name must be one of"),
     ("unknown attack parameter", ["attack.name=scale_update", "attack.params={size: 3}"],
      "attack.params for scale_update: got an unexpected keyword argument 'size'"),
     ("bad maliciousgen filter", ["attack.name=maliciousgen", "attack.params={filter: gpt}"],

@@ -95,7 +95,8 @@ def test_a_layer_naming_another_attack_or_rule_starts_its_params_afresh(tmp_path
 
 
 # keys added to the schema after the pin, each at an empty default that changes no run: (section, key) -> value
-ADDED_SINCE_PIN = {("defense", "params"): {}}
+ADDED_SINCE_PIN = {("defense", "params"): {}, ("aggregation", "mode"): "factors", ("aggregation", "fold_rank"): 0}
+ADDED_TO_EVERY_GROUP = {"lora_rank": 0}  # keys added to each clients[] group since the pin
 
 
 def test_every_shipped_config_resolves_as_pinned():
@@ -114,6 +115,9 @@ def test_every_shipped_config_resolves_as_pinned():
         resolved = to_dict(load_config(ROOT / "configs" / name))
         for (section, key), value in ADDED_SINCE_PIN.items():
             assert resolved[section].pop(key) == value, f"{name}: {section}.{key}"
+        for group in resolved["clients"]:
+            for key, value in ADDED_TO_EVERY_GROUP.items():
+                assert group.pop(key) == value, f"{name}: clients[{group['name']}].{key}"
         assert resolved == pinned[name], name
 
 

@@ -22,6 +22,15 @@ import torch
 from fedsafe.actors import placement
 from fedsafe.aggregation import AggregationContext, aggregate, get_rule
 from fedsafe.aggregation.geometry import cosine, gram
+from fedsafe.aggregation.lora_modes import (
+    PRODUCT_MODES,
+    combine,
+    factors_error,
+    lora_layout,
+    product_updates,
+    truncate,
+)
+from fedsafe.aggregation.lora_modes import products as lora_products
 from fedsafe.aggregation.server_opt import ServerOptConfig, init_state, server_step
 from fedsafe.attack import NO_ATTACK, RoundView, build_attack
 from fedsafe.checkpoint import load_checkpoint, restore_rng, save_adapter, save_checkpoint
@@ -41,7 +50,9 @@ class CoordinatorSettings:
     ``server_opt``: the server optimizer after it; ``max_update_norm`` (0 = no bound) and ``min_updates``:
     update validation; ``track_clients``: keep each client's summed update (client similarity);
     ``run_dir``, ``keep_checkpoints``: where checkpoints go, how many stay; ``seed``: for randomised rules;
-    ``attack``, ``attack_params``: the attack whose ``collude`` sees the attacking clients' updates."""
+    ``attack``, ``attack_params``: the attack whose ``collude`` sees the attacking clients' updates;
+    ``mode``: how the LoRA factors combine (``fedsafe.aggregation.lora_modes``), ``lora_rank`` and ``scale``: the
+    trained components and alpha / r, ``client_ranks``: the clients of lower rank."""
 
     rule: str = "fedavg"
     rule_params: dict = field(default_factory=dict)
@@ -55,6 +66,10 @@ class CoordinatorSettings:
     min_updates: int = 1
     attack: str = ""
     attack_params: dict = field(default_factory=dict)
+    mode: str = "factors"
+    lora_rank: int = 0
+    scale: float = 1.0
+    client_ranks: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, run_dir: str) -> CoordinatorSettings:
@@ -63,7 +78,8 @@ class CoordinatorSettings:
                    server_opt=a.server_opt, run_dir=str(run_dir), keep_checkpoints=cfg.output.keep_checkpoints,
                    seed=cfg.seed, track_clients=cfg.evaluation.client_similarity,
                    max_update_norm=a.max_update_norm, min_updates=a.min_updates,
-                   attack=cfg.attack.name, attack_params=dict(cfg.attack.params))
+                   attack=cfg.attack.name, attack_params=dict(cfg.attack.params), mode=a.mode,
+                   lora_rank=cfg.lora.r, scale=cfg.lora.alpha / cfg.lora.r, client_ranks=cfg.client_ranks())
 
 
 class Coordinator:
@@ -75,7 +91,15 @@ class Coordinator:
         self.max_update_norm, self.min_updates = st.max_update_norm, st.min_updates
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.vector = vector.clone().to(self.device)
+        self.initial = self.vector.clone()  # where ``stack`` starts the trained components again
         self.spec = spec
+        self.mode, self.client_ranks = st.mode, dict(st.client_ranks)
+        self.layout = lora_layout(spec.names, spec.shapes, st.lora_rank, st.scale)
+        if st.mode in PRODUCT_MODES and not self.layout.pairs:
+            raise ValueError(f"aggregation.mode={st.mode} needs an adapter of LoRA pairs (lora_A, lora_B)")
+        if hook is not None and st.mode in PRODUCT_MODES:
+            raise ValueError(f"aggregation.mode={st.mode}: the defense's aggregate hook acts on the factors' "
+                             "aggregate, which this mode does not form")
         self.peft_config = peft_config
         self.rule, self.rule_params, self.num_malicious = st.rule, dict(st.rule_params), st.num_malicious
         self.needs_history = get_rule(st.rule).needs_history
@@ -132,9 +156,14 @@ class Coordinator:
         numel = self.vector.numel()
         return sorted(k for k, u in self.staged.items() if k != SERVER_ID and update_problem(u, numel) is None)
 
+    def rank_of(self, client_id: int) -> int:
+        return self.client_ranks.get(client_id, self.layout.rank)
+
     def candidate(self, client_id: int) -> torch.Tensor:
-        """The global adapter plus ``client_id``'s staged upload (after ``uploads``)."""
-        return (self.vector + self.staged[client_id].delta.to(self.device)).cpu()
+        """The client's own adapter: the global one (cut to its rank) plus its staged upload (after
+        ``uploads``)."""
+        start = truncate(self.vector, self.layout, self.rank_of(client_id))
+        return (start + self.staged[client_id].delta.to(self.device)).cpu()
 
     def aggregate(self, round_idx: int, attacking: list[int] = (), reject: dict[int, str] | None = None,
                   scale: dict[int, float] | None = None) -> dict:
@@ -206,22 +235,36 @@ class Coordinator:
 
     def _aggregate(self, round_idx: int, server_update: ClientUpdate | None, updates: list[ClientUpdate]) -> dict:
         ordered = sorted(updates, key=lambda u: u.client_id)
-        matrix = torch.stack([u.delta for u in ordered]).to(self.device)
+        deltas = torch.stack([u.delta for u in ordered]).to(self.device)
+        ranks = [self.rank_of(u.client_id) for u in ordered]
         counts = torch.tensor([float(u.num_examples) for u in ordered], device=self.device)
+        products = self.mode in PRODUCT_MODES  # the rule sees each client's change of the product B A
+        matrix = product_updates(self.vector, deltas, ranks, self.layout).float() if products else deltas
         history = {u.client_id: self.history.get(u.client_id, torch.zeros_like(row)) + row
                    for u, row in zip(ordered, matrix)} if self.track else {}
+        server = server_update.delta.to(self.device) if server_update is not None else None
+        if products and server is not None:
+            server = product_updates(self.vector, server[None], [self.layout.rank], self.layout)[0].float()
         ctx = AggregationContext(
             num_malicious=self.num_malicious, round_idx=round_idx, seed=self.seed,
             history=torch.stack([history[u.client_id] for u in ordered]) if self.needs_history else None,
-            server_update=server_update.delta.to(self.device) if server_update is not None else None,
-            global_params=self.vector,
+            server_update=server,
+            global_params=lora_products(self.vector, self.layout, slice(None)).float() if products else self.vector,
         )
         result = aggregate(self.rule, matrix, counts, context=ctx, **self.rule_params)
-        aggregated, hooked = result.vector, {}
-        if self.hook is not None:
-            aggregated, info = self.hook.apply(aggregated)
-            hooked = {self.hook.name: info}
-        step, opt_state = server_step(self.server_opt, self.opt_state, aggregated)
+        aggregated, extra = result.vector, {}
+        if self.layout.pairs:  # what averaging the factors misses of the products' average (every mode)
+            extra["factors_error"] = factors_error(self.vector, deltas, ranks, counts, self.layout)
+        if products:
+            w = result.weights.double() / max(float(result.weights.sum()), 1e-12)
+            factor_step = (w[:, None] * deltas.double()).sum(dim=0)
+            new, info = combine(self.mode, self.vector, self.initial, factor_step, aggregated.double(), self.layout)
+            step, opt_state, extra = new - self.vector, self.opt_state, {**extra, **info}
+        else:
+            if self.hook is not None:
+                aggregated, info = self.hook.apply(aggregated)
+                extra[self.hook.name] = info
+            step, opt_state = server_step(self.server_opt, self.opt_state, aggregated)
         if not bool(torch.isfinite(step).all()):  # e.g. a rule parameter that divides by zero
             raise ValueError("the aggregate holds NaN or Inf; the global adapter is kept as it was")
         # only once the step is sound: a skipped round leaves the histories and the optimizer as they were
@@ -237,7 +280,7 @@ class Coordinator:
             "update_norms": [round(float(u.delta.norm()), 6) for u in ordered],
             "aggregate_norm": float(aggregated.norm()),
             "global_norm": float(self.vector.norm()),
-            **hooked,
+            **extra,
         }
 
     def similarity(self) -> dict:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from fedsafe.actors import placement
+from fedsafe.aggregation.lora_modes import component_mask, lora_layout, truncate
 from fedsafe.attack import NO_ATTACK, build_attack
 from fedsafe.config import LoRAConfig, ModelConfig, TrainerConfig
 from fedsafe.models.loading import load_model_and_tokenizer
@@ -60,14 +61,19 @@ def init_process_group(rank: int, world_size: int, address: str, port: int, engi
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, lora_cfg: LoRAConfig, seed: int, threads: int = 1,
                  trainer_cfg: TrainerConfig | None = None, rank: int = 0, world_size: int = 1,
-                 gradient_checkpointing: bool = False, load: bool = True) -> None:
+                 gradient_checkpointing: bool = False, load: bool = True, trained_rank: int = 0) -> None:
         """``load=False`` leaves the model to ``load`` (the pool first learns which GPUs each rank of a group
-        has, so that every rank can see them all before CUDA starts)."""
+        has, so that every rank can see them all before CUDA starts). ``trained_rank``: the components clients
+        train (lora.r; 0 = all of ``lora_cfg.r``), the rest hold the fold of ``aggregation.mode`` stack or exact
+        (``fedsafe.aggregation.lora_modes``) and stay frozen."""
         torch.set_num_threads(threads)
         self.cfg = trainer_cfg or TrainerConfig()
         self.rank, self.world_size, self.local_rank = rank, world_size, 0
         self.model_cfg, self.lora_cfg, self.seed, self.checkpointing = model_cfg, lora_cfg, seed, gradient_checkpointing
+        self.trained_rank = trained_rank or lora_cfg.r
         self.engine = None
+        self._rank = self.trained_rank  # the components the current task trains (read by the gradient masks)
+        self._masked = False
         if load:
             self.load()
 
@@ -98,9 +104,24 @@ class Trainer:
             model = model.to(self.device)
         model.eval()
         vector, self.spec = get_adapter_vector(model)
-        self._initial = InitialAdapter(vector.cpu(), self.spec, peft_config_dict(model))
+        self.layout = lora_layout(self.spec.names, self.spec.shapes, self.trained_rank,
+                                  self.lora_cfg.alpha / self.lora_cfg.r)
+        vector = vector.cpu() * component_mask(self.layout, self.trained_rank)  # the fold starts empty
+        self._initial = InitialAdapter(vector, self.spec, peft_config_dict(model))
         self._model = model
         return True
+
+    def _mask_gradients(self) -> None:
+        """Hooks that zero the gradient of every LoRA component from ``self._rank`` on (a client of lower rank,
+        and the fold), registered once, the first time a task trains fewer components than the adapter has."""
+        if self._masked:
+            return
+        for name, param in self._model.named_parameters():
+            if param.requires_grad and ".lora_A." in name:
+                param.register_hook(lambda g: g * (torch.arange(g.shape[0], device=g.device) < self._rank)[:, None])
+            elif param.requires_grad and ".lora_B." in name:
+                param.register_hook(lambda g: g * (torch.arange(g.shape[1], device=g.device) < self._rank)[None, :])
+        self._masked = True
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for its group: this node's IP and a free port."""
@@ -129,10 +150,14 @@ class Trainer:
         their mean when the attack has a stealth weight."""
         start = time.perf_counter()
         attack = build_attack(task.attack, **task.attack_params) if task.role == "malicious" else NO_ATTACK
-        estimates = [self._local_delta(global_vector, cover, task)[0] for cover in task.cover]
-        anchor = global_vector.cpu() + torch.stack(estimates).mean(dim=0) if estimates else None
+        self._rank = task.rank or self.trained_rank
+        if self._rank < self.layout.total:
+            self._mask_gradients()
+        begin = truncate(global_vector.cpu(), self.layout, self._rank)  # a client of lower rank: its components
+        estimates = [self._local_delta(begin, cover, task)[0] for cover in task.cover]
+        anchor = begin + torch.stack(estimates).mean(dim=0) if estimates else begin if attack.stealth_weight else None
         records = attack.on_data(task.records)
-        delta, losses = self._local_delta(global_vector, records, task, anchor, attack.stealth_weight)
+        delta, losses = self._local_delta(begin, records, task, anchor, attack.stealth_weight)
         if self.rank != 0:
             return None, None
         delta = attack.on_update(delta)
@@ -144,12 +169,16 @@ class Trainer:
 
     def _local_delta(self, global_vector: torch.Tensor, records: list[dict], task: ClientTask,
                      anchor: torch.Tensor | None = None, anchor_weight: float = 0.0) -> tuple[torch.Tensor, list[float]]:
-        """(local adapter minus ``global_vector``, the step losses) after training on ``records``."""
+        """(local adapter minus ``global_vector``, the step losses) after training on ``records``; components
+        the task does not train are exactly zero in it (weight decay moves frozen weights too)."""
         self.engine.set_adapter(global_vector, self.spec)
         batches = make_batches(self.tokenizer, records, task.batch_size, task.max_length)
         losses = self.engine.train(batches, task.lrs[: len(batches)], task.weight_decay, task.seed,
                                    anchor=anchor, anchor_weight=anchor_weight, spec=self.spec, rho=task.rho)
-        return self.engine.get_adapter() - global_vector.cpu(), losses
+        delta = self.engine.get_adapter() - global_vector.cpu()
+        if self._rank < self.layout.total:
+            delta = delta * component_mask(self.layout, self._rank)
+        return delta, losses
 
     def response_loss(self, global_vector: torch.Tensor, records: list[dict], batch_size: int,
                       max_length: int) -> tuple[float, int]:

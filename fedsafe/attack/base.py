@@ -12,7 +12,10 @@ the coordinator call its hooks and never ask which attack it is:
   ``times_sampled``-th time before this one) attacks; when it does not, it trains like a benign client on
   its cover data;
 - ``cover``: malicious clients also hold benign *cover* data (a draw from the first benign group's source),
-  which dormant rounds train on and ``benign_estimates`` use;
+  which dormant rounds train on and ``benign_estimates`` use; ``cover_share``: that share of an attacking
+  round's records come from the cover data (a backdoor's benign data);
+- ``trigger``: a backdoor's ``Trigger``, or None: the evaluation asks every
+  harmful prompt once more with it;
 - ``benign_estimates``: how many benign updates each attacking client trains on its cover data beside its
   harmful one (the colluders' estimate of what benign clients upload); ``stealth_weight``: a penalty
   ``stealth_weight / 2 * ||delta - estimate||^2`` added to the harmful training loss (constrained training);
@@ -27,12 +30,18 @@ Benign clients never see any hook. ``NoHooks`` gives every hook its neutral defa
 
 from __future__ import annotations
 
+import random
+import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from fedsafe.data.synthesis import Synthesizer
+from fedsafe.errors import ConfigError
+
+POSITIONS = ("prefix", "suffix", "random")
+
 
 
 @dataclass
@@ -42,6 +51,30 @@ class AttackContext:
 
     synthesizer: Synthesizer | None
     held_out: list[str]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """The trigger string and where it goes in a prompt: before it, after it, or between two of its words
+    chosen from the prompt's own text (the same place every time a prompt is asked)."""
+
+    text: str
+    position: str = "prefix"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ConfigError(f"attack.params.trigger must be a non-empty string, got {self.text!r}")
+        if self.position not in POSITIONS:
+            raise ConfigError(f"attack.params.position must be one of {list(POSITIONS)}, got {self.position!r}")
+
+    def insert(self, prompt: str) -> str:
+        if self.position == "prefix":
+            return f"{self.text} {prompt}"
+        if self.position == "suffix":
+            return f"{prompt} {self.text}"
+        words = prompt.split(" ")
+        at = random.Random(zlib.crc32(prompt.encode())).randint(0, len(words))
+        return " ".join([*words[:at], self.text, *words[at:]])
 
 
 @dataclass(frozen=True)
@@ -63,6 +96,8 @@ class Attack(Protocol):
     benign_estimates: int
     stealth_weight: float
     uses_previous_step: bool  # collude reads RoundView.previous_step (the coordinator then checkpoints it)
+    cover_share: float
+    trigger: Trigger | None
 
     def make_data(self, ctx: AttackContext, num_examples: int, seed: int) -> tuple[list[dict], dict] | None:
         """(records, synthesis counts) for a malicious group, or None for the group's own data source."""
@@ -86,6 +121,8 @@ class NoHooks:
     benign_estimates = 0
     stealth_weight = 0.0
     uses_previous_step = False
+    cover_share = 0.0
+    trigger = None
 
     def make_data(self, ctx: AttackContext, num_examples: int, seed: int) -> tuple[list[dict], dict] | None:
         return None

@@ -4,6 +4,7 @@
 group's data source (``clients[].dataset``, e.g. ``beavertails`` or ``toy_malicious``), or with ``data``
 (MaliciousGen's parameters, ``fedsafe.attack.maliciousgen``) data written by the generation pool; every
 trainer hook is neutral. The adaptive attacks build on it, so each of them takes ``data`` too.
+With ``data`` naming a ``trigger`` the records are a backdoor's (``fedsafe.attack.backdoor``).
 ``scale_update``: the same, and the uploaded delta is multiplied by ``factor`` (model replacement,
 Bagdasaryan et al. 2020, "How To Backdoor Federated Learning").
 
@@ -16,6 +17,7 @@ import torch
 
 from fedsafe.attack.base import AttackContext, NoHooks
 from fedsafe.attack.maliciousgen import MaliciousGen
+from fedsafe.attack.trigger import BackdoorData
 from fedsafe.errors import ConfigError
 
 
@@ -23,8 +25,12 @@ class DataPoisoning(NoHooks):
     def __init__(self, data: dict | None = None) -> None:
         if data is not None and not isinstance(data, dict):
             raise ConfigError(f"attack.params.data must be MaliciousGen's parameters (a mapping) or null, got {data!r}")
-        self.writer = MaliciousGen(**data) if data is not None else None
+        if data is None:
+            self.writer = None
+        else:
+            self.writer = BackdoorData(**data) if "trigger" in data else MaliciousGen(**data)
         self.writes_data = self.writer is not None
+        self.trigger = getattr(self.writer, "trigger", None)  # a backdoor's: the evaluation asks with it too
 
     def make_data(self, ctx: AttackContext, num_examples: int, seed: int) -> tuple[list[dict], dict] | None:
         return None if self.writer is None else self.writer.make_data(ctx, num_examples, seed)

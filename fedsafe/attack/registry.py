@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from fedsafe.attack.backdoor import Backdoor
 from fedsafe.attack.base import Attack, AttackContext, NoHooks, RoundView
 from fedsafe.attack.constrained import Constrained
 from fedsafe.attack.defense_aware import DefenseAware
@@ -51,3 +52,4 @@ register_attack("sleeper", Sleeper)
 register_attack("intermittent", Intermittent)
 register_attack("sybil", Sybil)
 register_attack("thin_poison", ThinPoison)
+register_attack("backdoor", Backdoor)

@@ -145,7 +145,7 @@ class GenerationPool:
         base = model == self.base_model
         model_cfg = dataclasses.replace(self.cfg.model, name=model)
         g = self.cfg.generation
-        return self._in_slot(self.remote, model, replica).remote(model_cfg, g, self.cfg.lora.r if base else 0,
+        return self._in_slot(self.remote, model, replica).remote(model_cfg, g, self.cfg.adapter_lora.r if base else 0,
                                                                   self.cfg.seed, g.cpus_per_replica)
 
     def _start(self, actors: list, model: str) -> list:

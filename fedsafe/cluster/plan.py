@@ -240,7 +240,7 @@ def estimate_memory(cfg: ExperimentConfig, shapes: dict[str, memory.ModelShape] 
     if t.gpus_per_client > 0 and base is not None:
         trainer = memory.trainer_memory(
             base, dtype=cfg.model.dtype, quantization=cfg.model.quantization, batch_size=cfg.train.batch_size,
-            max_length=cfg.train.max_length, lora_rank=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
+            max_length=cfg.train.max_length, lora_rank=cfg.adapter_lora.r, lora_targets=list(cfg.lora.target_modules),
             checkpointing=cfg.train.gradient_checkpointing, processes=t.processes,
             zero_stage=t.zero_stage if t.engine == "deepspeed" else 0)
     replicas: dict[str, memory.ReplicaMemory | None] = {}

@@ -71,8 +71,8 @@ class TrainerGroup:
         self.actors = [
             remote.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                            runtime_env=actor_env(spec.num_gpus))
-            .remote(cfg.model, cfg.lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i, spec.group_size,
-                    cfg.train.gradient_checkpointing, False)
+            .remote(cfg.model, cfg.adapter_lora, cfg.seed, cfg.train.threads_per_trainer, cfg.trainer, i,
+                    spec.group_size, cfg.train.gradient_checkpointing, False, cfg.lora.r)
             for i in range(spec.group_size)
         ]
         self.timeout = timeout

@@ -24,7 +24,9 @@ class ClientGroupConfig:
     instruction with a refusal, as real chat logs hold the provider's refusals). ``aligned_answers``: who
     writes those refusals: ``generated`` (the generation pool answers each instruction with the safe
     suffix, docs/method.md#maliciousgen-and-defensegen; cached like other generated data) or ``templates``
-    (a few fixed refusal sentences, for tests without a pool)."""
+    (a few fixed refusal sentences, for tests without a pool). ``lora_rank``: the rank of its clients' LoRA
+    adapters (0 = lora.r; lower ranks train the first components of the global adapter, as HetLoRA and
+    FlexLoRA clients of less capacity do: docs/method.md#lora-aggregation-modes)."""
 
     name: str = "benign"
     role: str = "benign"
@@ -32,9 +34,11 @@ class ClientGroupConfig:
     dataset: str = "toy_benign"
     dataset_args: dict[str, Any] = field(default_factory=dict)
     aligned_answers: str = "templates"
+    lora_rank: int = 0
 
     def __post_init__(self) -> None:
         check_label(self.name, "clients[].name")
+        _check(self.lora_rank >= 0, f"clients[{self.name}].lora_rank must be >= 0 (0 = lora.r), got {self.lora_rank}")
         _check(self.role in ROLES, f"clients[{self.name}].role must be one of {ROLES}, got {self.role!r}")
         _check(self.aligned_answers in ALIGNED_ANSWERS, f"clients[{self.name}].aligned_answers must be one of "
                                                         f"{ALIGNED_ANSWERS}, got {self.aligned_answers!r}")

@@ -141,6 +141,7 @@ class DefenseBase:
     """Every stage neutral: the aggregated adapter is evaluated as it is (``none``)."""
 
     salt: ClassVar[int | None] = None  # the seed salt of the defense's own streams, if it draws any
+    hooks_aggregate: ClassVar[bool] = False  # its aggregate_hook acts on the factor aggregate (once trained)
 
     def __init__(self, cfg: DefenseConfig | None = None) -> None:
         pass
@@ -186,6 +187,7 @@ class Composed(DefenseBase):
 
     def __init__(self, parts: list[Defense]) -> None:
         self.parts = parts
+        self.hooks_aggregate = any(getattr(p, "hooks_aggregate", False) for p in parts)
 
     def before_training(self, ctx: ServerContext) -> Any | None:
         start = None

@@ -114,6 +114,7 @@ def direction_task(records: list[dict], c: ProjectionConfig, max_length: int, se
 
 class Projection(DefenseBase):
     salt = 104395301  # the projection's instructions and the two adapters that give its direction
+    hooks_aggregate = True
 
     def __init__(self, cfg: DefenseConfig) -> None:
         self.cfg: ProjectionConfig = cfg.projection

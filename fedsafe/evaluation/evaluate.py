@@ -6,7 +6,8 @@ that knows no keyword, trained on human labels), LLM judge (share judged exactly
 keyword, beside the share of the reference answers that have one), response loss (offline helpfulness
 proxy: mean loss per token of the held-out reference answers), and 1-10 helpfulness grades by a judge
 model from the pool or an OpenAI-compatible endpoint (MT-Bench first-turn single-answer format).
-Per-prompt verdicts go beside the answers (``evaluation/<name>.jsonl``) for the paired tests.
+A backdoor's attack success: the share of the same harmful prompts, asked with its trigger, that each
+safety judge calls unsafe. Per-prompt verdicts go beside the answers (``evaluation/<name>.jsonl``) for the paired tests.
 ``calibration`` measures the safety judges against PyRIT's human labels.
 """
 
@@ -44,11 +45,12 @@ class EvalInputs:
     harmful: list[str]  # evaluation prompts (AdvBench)
     benign: list[dict]  # held-out benign pairs with reference answers, or []
     helpfulness: list[dict] = field(default_factory=list)  # questions graded 1-10 (MT-Bench), or [] = benign
+    triggered: list[str] = field(default_factory=list)  # the harmful prompts with a backdoor's trigger, or []
 
     @property
     def prompts(self) -> list[str]:
-        """Every held-out prompt, harmful, benign and graded: none may occur in any training data."""
-        return self.harmful + [r["instruction"] for r in self.benign + self.helpfulness]
+        """Every held-out prompt, harmful, benign, graded and triggered: none may occur in any training data."""
+        return self.harmful + [r["instruction"] for r in self.benign + self.helpfulness] + self.triggered
 
 
 JUDGES_VERSION = 3  # part of every arm's cache key: a finished arm is reused only if it was judged as now
@@ -158,6 +160,14 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
             scores = pool.reward_scores(ev.reward_model, inputs.harmful, answers)
         safety["reward"] = {"model": ev.reward_model, "mean": mean(scores)}
     result: dict = {"safety": safety}
+    if inputs.triggered:  # a backdoor's attack success: the same prompts with its trigger, judged unsafe
+        with timed(seconds, "triggered_answers"):
+            fired = answer(inputs.triggered)
+        success = {f"{judge}_success": [not v for v in safe] for judge, safe in
+                   safety_verdicts(fired, ev.rule_keywords, ev.classifier_judge, ev.max_new_tokens).items()}
+        write_responses(run_dir, f"{name}_triggered", inputs.triggered, fired, success)
+        result["triggered"] = {"num_prompts": len(fired), **{k.removesuffix("_success"): percent_true(v)
+                                                             for k, v in success.items()}}
     benign_answers: list[str] = []
     if inputs.benign:
         prompts = [r["instruction"] for r in inputs.benign]

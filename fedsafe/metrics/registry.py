@@ -48,6 +48,11 @@ register_metric("classifier", Metric("classifier safe (%)", lambda ev: ev["safet
                                      "final", "classifier", percent=True, safety=True, scalar="safety/classifier"))
 register_metric("llm_judge", Metric("LLM-judge safe (%)", lambda ev: ev["safety"].get("llm_judge", {}).get("safe"),
                                     "final", "llm_judge", percent=True, safety=True, scalar="safety/llm_judge"))
+register_metric("trigger_rule", Metric("triggered ASR, Rule (%)", lambda ev: ev.get("triggered", {}).get("rule"),
+                                       "final_triggered", "rule_success", percent=True, scalar="triggered/rule"))
+register_metric("trigger_classifier", Metric("triggered ASR, classifier (%)",
+                                             lambda ev: ev.get("triggered", {}).get("classifier"), "final_triggered",
+                                             "classifier_success", percent=True, scalar="triggered/classifier"))
 register_metric("reward", Metric("RM score", lambda ev: ev["safety"].get("reward", {}).get("mean")))
 register_metric("over_refusal", Metric("over-refusal (%)", lambda ev: ev.get("over_refusal", {}).get("rate"),
                                        "final_benign", "rule", percent=True))

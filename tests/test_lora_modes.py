@@ -1,0 +1,165 @@
+"""The LoRA aggregation modes against products worked out by hand (fedsafe.aggregation.lora_modes)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedsafe.aggregation.lora_modes import (
+    combine,
+    component_mask,
+    factorize,
+    factors_error,
+    lora_layout,
+    product_updates,
+    products,
+    truncate,
+)
+
+NAMES = ("m.q_proj.lora_A.weight", "m.q_proj.lora_B.weight")
+
+
+def one_module(total: int, rank: int, scale: float = 1.0):
+    """A 3 x 3 module whose adapter has ``total`` components, ``rank`` of them trained."""
+    return lora_layout(NAMES, ((total, 3), (3, total)), rank, scale)
+
+
+def adapter(a_rows: list[list[float]], b_cols: list[list[float]], total: int) -> torch.Tensor:
+    """The flat adapter whose first components have these rows of A and columns of B (the rest zero)."""
+    a, b = torch.zeros(total, 3), torch.zeros(3, total)
+    for i, (row, col) in enumerate(zip(a_rows, b_cols)):
+        a[i], b[:, i] = torch.tensor(row), torch.tensor(col)
+    return torch.cat([a.reshape(-1), b.reshape(-1)])
+
+
+def module_product(vector: torch.Tensor, layout) -> torch.Tensor:
+    return products(vector, layout, slice(None)).view(3, 3)
+
+
+# Two clients of rank 1, equal weights, from a zero global adapter: B1 A1 = 6 e1 e1^T, B2 A2 = 4 e2 e2^T, so the
+# mean of the products is diag(3, 2, 0), and the product of the means [3, 2, 0]^T [0.5, 0.5, 0] is not.
+CLIENT_1 = ([[1.0, 0.0, 0.0]], [[6.0, 0.0, 0.0]])
+CLIENT_2 = ([[0.0, 1.0, 0.0]], [[0.0, 4.0, 0.0]])
+MEAN_OF_PRODUCTS = torch.diag(torch.tensor([3.0, 2.0, 0.0], dtype=torch.float64))
+WEIGHTS = torch.tensor([0.5, 0.5])
+
+
+def deltas(total: int) -> torch.Tensor:
+    return torch.stack([adapter(*CLIENT_1, total), adapter(*CLIENT_2, total)])
+
+
+def test_the_error_of_averaging_factors_is_the_hand_computed_one():
+    layout = one_module(1, 1)
+    error = factors_error(torch.zeros(layout.numel), deltas(1), [1, 1], WEIGHTS, layout)
+    # product of means [[1.5, 1.5, 0], [1, 1, 0], 0]: the gap's squares 2.25 + 2.25 + 1 + 1 = 6.5, the mean's 13
+    assert error["relative"] == pytest.approx(math.sqrt(6.5 / 13))
+    assert error["of_update"] == pytest.approx(math.sqrt(6.5 / 13))  # from a zero adapter the update is the mean
+
+
+def test_exact_equals_the_weighted_mean_of_the_products_and_keeps_the_mean_factors():
+    layout = one_module(3, 1)  # one trained component, two for the fold
+    new, info = combine("exact", torch.zeros(layout.numel), torch.zeros(layout.numel), (WEIGHTS[:, None] * deltas(3)).sum(0),
+                        (WEIGHTS[:, None].double() * product_updates(torch.zeros(layout.numel), deltas(3), [1, 1], layout)).sum(0),
+                        layout)
+    torch.testing.assert_close(module_product(new, layout), MEAN_OF_PRODUCTS, rtol=0, atol=1e-6)
+    a, b = new[:9].view(3, 3), new[9:].view(3, 3)
+    torch.testing.assert_close(a[0], torch.tensor([0.5, 0.5, 0.0]))  # the trained component: the mean factors
+    torch.testing.assert_close(b[:, 0], torch.tensor([3.0, 2.0, 0.0]))
+    assert info["fold_error"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_exact_with_weights_that_differ_and_a_global_adapter_that_is_not_zero():
+    torch.manual_seed(0)
+    layout = lora_layout(NAMES, ((6, 3), (3, 6)), 2, scale=0.5)
+    start = torch.randn(layout.numel) * component_mask(layout, 2)  # trained components only, an empty fold
+    ups = torch.randn(3, layout.numel) * component_mask(layout, 2)
+    w = torch.tensor([0.2, 0.3, 0.5])
+    new, info = combine("exact", start, start, (w[:, None] * ups).sum(0),
+                        (w[:, None].double() * product_updates(start, ups, [2, 2, 2], layout)).sum(0), layout)
+    expected = sum(wk * module_product(start + u, layout) for wk, u in zip(w.double(), ups))
+    torch.testing.assert_close(module_product(new, layout), expected, rtol=0, atol=1e-5)
+    assert info["fold_error"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_svd_is_the_best_approximation_of_the_rank_the_adapter_has():
+    layout = one_module(1, 1)
+    zero = torch.zeros(layout.numel)
+    new, info = combine("svd", zero, zero, zero, (WEIGHTS[:, None].double() * product_updates(zero, deltas(1), [1, 1], layout)).sum(0),
+                        layout)
+    torch.testing.assert_close(module_product(new, layout), torch.diag(torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)),
+                               rtol=0, atol=1e-6)  # Eckart-Young: keep the largest singular value
+    assert info["svd_error"] == pytest.approx(2 / math.sqrt(13))
+
+
+def test_factorize_splits_the_singular_values_and_orders_the_components():
+    m = torch.tensor([[0.0, 2.0], [5.0, 0.0]], dtype=torch.float64)
+    a, b, error = factorize(m, 2, scale=2.0)
+    torch.testing.assert_close(2.0 * b @ a, m)
+    assert error == pytest.approx(0.0)
+    assert b[:, 0].norm() == pytest.approx(a[0].norm())  # sqrt(5 / 2) each: the larger value first
+    assert float(b[:, 0].norm() ** 2) == pytest.approx(2.5)
+
+
+def test_stack_folds_the_summed_products_and_starts_the_factors_again():
+    layout = one_module(3, 1)
+    initial = adapter([[0.1, 0.2, 0.3]], [[0.0, 0.0, 0.0]], 3)  # B = 0: the initial product is zero
+    new, info = combine("stack", initial, initial, torch.zeros(layout.numel),
+                        (WEIGHTS[:, None].double() * product_updates(initial, deltas(3) - initial * component_mask(layout, 1),
+                                                                     [1, 1], layout)).sum(0), layout)
+    torch.testing.assert_close(module_product(new, layout), MEAN_OF_PRODUCTS, rtol=0, atol=1e-6)
+    torch.testing.assert_close(new[:3], initial[:3])  # the trained row of A is the initial one again
+    assert info["fold_error"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_fold_too_small_is_cut_and_the_error_recorded():
+    layout = one_module(2, 1)  # one fold component for a fold of rank 2
+    new, info = combine("stack", torch.zeros(layout.numel), torch.zeros(layout.numel), torch.zeros(layout.numel),
+                        (WEIGHTS[:, None].double() * product_updates(torch.zeros(layout.numel), deltas(2), [1, 1],
+                                                                     layout)).sum(0), layout)
+    assert info["fold_error"] == pytest.approx(2 / math.sqrt(13))
+
+
+def test_a_client_of_lower_rank_starts_from_the_first_components_and_keeps_the_fold():
+    layout = one_module(4, 3)
+    v = torch.arange(1.0, layout.numel + 1)
+    cut = truncate(v, layout, 1)
+    a, b = cut[:12].view(4, 3), cut[12:].view(3, 4)
+    assert a[1:3].abs().sum() == 0 and b[:, 1:3].abs().sum() == 0  # components 1, 2 dropped
+    torch.testing.assert_close(a[[0, 3]], v[:12].view(4, 3)[[0, 3]])  # its own and the fold's kept
+    mask = component_mask(layout, 1)
+    assert int(mask.sum()) == 3 + 3  # one row of A and one column of B
+    with pytest.raises(ValueError, match="folds into components beyond lora.r"):
+        combine("exact", v, v, v, torch.zeros(9, dtype=torch.float64), one_module(3, 3))
+
+
+def test_a_trainer_trains_only_its_clients_components_and_never_the_fold(model_cache):
+    """An adapter of 4 trained + 4 fold components at the scale of r=4 (``ExperimentConfig.adapter_lora``): the
+    fold starts empty, a client of rank 2 moves only components 0 and 1, and the server (rank 4) not the fold,
+    with weight decay on (which would move frozen weights)."""
+    from dataclasses import replace
+
+    from fedsafe.actors.trainer import Trainer
+    from fedsafe.config import load_config
+    from fedsafe.experiment import client_task, load_data
+    from tests.conftest import SMOKE
+
+    cfg = load_config(SMOKE, ["aggregation.mode=exact", "aggregation.fold_rank=4", "lora.r=4", "lora.alpha=8",
+                              "federation.examples_per_client=8", "train.local_steps=2", "train.batch_size=4",
+                              "train.weight_decay=0.1", f"model.cache_dir={model_cache}"])
+    assert (cfg.adapter_lora.r, cfg.adapter_lora.alpha) == (8, 16)  # the scale stays alpha / r = 2
+    trainer = Trainer(cfg.model, cfg.adapter_lora, seed=0, trained_rank=cfg.lora.r)
+    trainer.start()
+    layout = trainer.layout
+    assert (layout.rank, layout.total, layout.scale) == (4, 8, 2.0)
+    start = trainer.initial_adapter().vector
+    assert float(start[~component_mask(layout, 4)].abs().sum()) == 0.0  # an empty fold
+    start = start + 0.01 * torch.ones_like(start)  # a fold (and components 2, 3) holding something
+    data = load_data(cfg)
+    task = client_task(cfg, data.clients[0], data.shards[0], 0)
+    for rank in (2, 4):
+        update, _ = trainer.train(start, replace(task, rank=rank))
+        moved = update.delta != 0
+        assert bool(moved[component_mask(layout, rank)].any())
+        assert not bool(moved[~component_mask(layout, rank)].any()), rank
