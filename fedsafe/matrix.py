@@ -188,8 +188,15 @@ def describe_arms(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> str:
         lines.append(f"  {arm.spec.name} (seed {arm.seed}): rule {arm.cfg.aggregation.rule}, attack "
                      f"{arm.cfg.attack.name if arm.spec.attack else 'none'}, "
                      f"defense {arm.cfg.defense.name}" + (f" level {arm.cfg.defense.level}" if arm.spec.defense_level else "")
-                     + f", federated run {runs.index(arm.federation) + 1} ({done})")
+                     + lora_line(arm.cfg) + f", federated run {runs.index(arm.federation) + 1} ({done})")
     return "\n".join(lines)
+
+
+def lora_line(cfg: ExperimentConfig) -> str:
+    """How the arm combines LoRA adapters, where it differs from averaging the factors of one rank."""
+    ranks = ", ".join(f"{g.name} rank {g.lora_rank}" for g in cfg.clients if 0 < g.lora_rank < cfg.lora.r)
+    mode = f", LoRA {cfg.aggregation.mode}" if cfg.aggregation.mode != "factors" else ""
+    return mode + (f" ({ranks} of {cfg.lora.r})" if ranks else "")
 
 
 def cache_root(cfg: ExperimentConfig) -> Path:

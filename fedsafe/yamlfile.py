@@ -150,12 +150,12 @@ NAMED_PARAMS = (("attack", "name", "params"), ("aggregation", "rule", "params"))
 
 
 def clear_stale_params(merged, layer: dict) -> None:
-    """Empty ``params`` in ``merged`` (an OmegaConf config) where ``layer`` names another attack or rule without
-    giving its params: parameters belong to the attack or rule they were written for, not to the next one."""
+    """Empty ``params`` in ``merged`` (an OmegaConf config) where ``layer`` names another attack or rule (its own
+    params, if it gives any, then merge into nothing): parameters belong to the attack or rule they were
+    written for, not to the next one."""
     for section, name_key, params_key in NAMED_PARAMS:
         given = layer.get(section)
-        if isinstance(given, dict) and name_key in given and params_key not in given \
-                and given[name_key] != merged[section][name_key]:
+        if isinstance(given, dict) and name_key in given and given[name_key] != merged[section][name_key]:
             merged[section][params_key] = {}
 
 
