@@ -132,7 +132,9 @@ def load_data(cfg: ExperimentConfig, synth: Synthesizer | None = None) -> Federa
         if made is None:
             records = group_records(group, group.count * per_client, seed, synth)
         else:
-            records, synthesis[f"clients.{group.name}"] = made
+            records, counts = made
+            if counts:  # generated: counts before and after the judge filter
+                synthesis[f"clients.{group.name}"] = counts
         members = [c for c in clients if c.group == group.name]
         group_data = group_shards(cfg, group.name, records, len(members), derive_seed(cfg.seed, group_index))
         fraction = attack.poison_fraction(group.name) if group.role == "benign" else 0.0

@@ -413,26 +413,46 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path, plan: Plan | None = Non
     return results
 
 
+def adapter_shape(cfg: ExperimentConfig) -> tuple:
+    """What the trainers' PEFT adapter is built with: arms that differ here need their own trainers."""
+    a = cfg.adapter_lora
+    return cfg.lora.r, a.r, a.alpha, tuple(a.target_modules), a.dropout
+
+
 def run_arms(cfg: ExperimentConfig, todo: list[Arm], plan: Plan | None, on_round, progress: Progress) -> dict | None:
-    """Run the arms of ``todo`` on one session (side by side where the plan has room); returns the generation
-    cache's counts."""
+    """Run the arms of ``todo`` on one session per adapter shape (``adapter_shape``: the folds of
+    ``aggregation.mode`` stack and exact need components beyond lora.r), side by side where the plan has
+    room; returns the generation cache's counts (summed over the sessions)."""
     with ExitStack() as held:  # every folder this run writes has one writer: taken before Ray starts
         for folder in dict.fromkeys(d for a in todo for d in (a.fed_dir, a.dir)):
             held.enter_context(single_writer(folder))
         todo = [a for a in todo if not a.result_path.is_file()]  # finished meanwhile by another run
-        by_federation = list(group_by_federation(todo).values())
-        session = Session(cfg, plan, federations=planned_federations(cfg, todo))
-        try:
-            side_by_side = session.side_by_side(len(by_federation))
-            if side_by_side > 1:
-                tqdm.write(f"{len(by_federation)} federated runs, {side_by_side} side by side on "
-                           f"{len(session.pool.groups)} trainer groups")
-                run_side_by_side(by_federation, side_by_side,
-                                 lambda arm, after_round: finish_arm(session, arm, after_round, bool(cfg.arms), progress),
-                                 on_round, on_stop=session.close)
-            else:
-                for arm in todo:
-                    finish_arm(session, arm, on_round, bool(cfg.arms), progress)
-        finally:
-            session.close()
+        shapes: dict[tuple, list[Arm]] = {}
+        for arm in todo:
+            shapes.setdefault(adapter_shape(arm.cfg), []).append(arm)
+        counts = [run_session(cfg, arms, plan, on_round, progress) for arms in shapes.values()]
+    counted = [c for c in counts if c]
+    return {k: sum(c[k] for c in counted) for k in counted[0]} if counted else None
+
+
+def run_session(cfg: ExperimentConfig, todo: list[Arm], plan: Plan | None, on_round, progress: Progress) -> dict | None:
+    """The arms of ``todo`` (one adapter shape) on one session, built for their shape."""
+    first = todo[0].cfg
+    shaped = dataclasses.replace(cfg, lora=first.lora, aggregation=dataclasses.replace(
+        cfg.aggregation, mode=first.aggregation.mode, fold_rank=first.fold_rank))
+    by_federation = list(group_by_federation(todo).values())
+    session = Session(shaped, plan, federations=planned_federations(cfg, todo))
+    try:
+        side_by_side = session.side_by_side(len(by_federation))
+        if side_by_side > 1:
+            tqdm.write(f"{len(by_federation)} federated runs, {side_by_side} side by side on "
+                       f"{len(session.pool.groups)} trainer groups")
+            run_side_by_side(by_federation, side_by_side,
+                             lambda arm, after_round: finish_arm(session, arm, after_round, bool(cfg.arms), progress),
+                             on_round, on_stop=session.close)
+        else:
+            for arm in todo:
+                finish_arm(session, arm, on_round, bool(cfg.arms), progress)
+    finally:
+        session.close()
     return cache_counts(session.generation)

@@ -117,6 +117,9 @@ class RoundRecord(_Record):
     skipped: str = _absent()
     rejected: list[dict] = _absent()
     projection: dict = _absent()  # the safety projection's aggregate hook (fedsafe.defense.projection)
+    factors_error: dict = _absent()  # what averaging the factors misses (fedsafe.aggregation.lora_modes)
+    svd_error: float = _absent()  # aggregation.mode=svd: the truncation's relative error
+    fold_error: float = _absent()  # aggregation.mode=stack or exact: the fold's
     attacking: list[int] = _absent()
     kept_malicious: list[int] = _absent()
     malicious_share: float | None = _absent()

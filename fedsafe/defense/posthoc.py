@@ -15,6 +15,7 @@ from fedsafe.data.synthesis import synthesis_args
 from fedsafe.defense.base import DefenseBase, ServerContext
 from fedsafe.defense.defensegen import defense_records
 from fedsafe.defense.levels import DefenseLevel
+from fedsafe.errors import ConfigError
 from fedsafe.seeding import Salt, derive_seed
 from fedsafe.specs import DataRef
 from fedsafe.training.sft import cosine_lr, epoch_order
@@ -77,6 +78,9 @@ class PosthocSFT(DefenseBase):
         if self.level.needs_trained_model:
             self._make_data(ctx, ctx.register_adapter(global_ref))
         seed = derive_seed(ctx.seed, Salt.DEFENSE)
+        if not self.records:
+            raise ConfigError(f"defense level {self.cfg.level}: the judge filter kept none of the defense data "
+                              "written; loosen defense.synthesis.filter or raise its max_new_tokens")
         if self.cfg.schedule == "session":
             return ctx.train(global_ref, posthoc_task(self.cfg, self.records, ctx.max_length, seed))
         for task in posthoc_round_tasks(self.cfg, self.records, ctx.max_length, seed):
