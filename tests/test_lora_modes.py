@@ -134,6 +134,7 @@ def test_a_client_of_lower_rank_starts_from_the_first_components_and_keeps_the_f
         combine("exact", v, v, v, torch.zeros(9, dtype=torch.float64), one_module(3, 3))
 
 
+@pytest.mark.integration
 def test_a_trainer_trains_only_its_clients_components_and_never_the_fold(model_cache):
     """An adapter of 4 trained + 4 fold components at the scale of r=4 (``ExperimentConfig.adapter_lora``): the
     fold starts empty, a client of rank 2 moves only components 0 and 1, and the server (rank 4) not the fold,
@@ -163,3 +164,45 @@ def test_a_trainer_trains_only_its_clients_components_and_never_the_fold(model_c
         moved = update.delta != 0
         assert bool(moved[component_mask(layout, rank)].any())
         assert not bool(moved[~component_mask(layout, rank)].any()), rank
+
+
+@pytest.mark.integration
+def test_the_hetlora_config_runs_end_to_end_on_the_tiny_model(ray_cluster, model_cache, tmp_path):
+    """configs/hetlora.yaml as shipped (the four modes with and without the attack, the mixed-rank federation)
+    on the tiny model and toy data, one seed, two rounds: every round records the error of averaging the
+    factors, the folds of stack and exact fit (their error is float rounding), svd records its truncation, and
+    the benign clients of the mixed-rank arms train rank 4 of the global 8."""
+    import json
+
+    from fedsafe.config import load_config
+    from fedsafe.matrix import run_experiment
+    from fedsafe.run_dir import create_run_dir, read_rounds
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "hetlora.yaml", [
+        f"model.cache_dir={model_cache}", f"output.root={tmp_path}", "output.trackers=[]",
+        "model.name=builtin:tiny-llama", "seeds=[0]", "lora.r=8", "lora.alpha=16",
+        "clients=[{name: benign, role: benign, count: 7, dataset: toy_benign}, "
+        "{name: malicious, role: malicious, count: 3, dataset: toy_malicious}]", "attack.params.data=null",
+        "federation.num_rounds=2", "federation.examples_per_client=16", "train.local_steps=2",
+        "evaluation.prompts=toy_harmful_eval", "evaluation.num_prompts=6", "evaluation.num_benign=4",
+        "evaluation.max_new_tokens=8", "generation.hf_batch_size=16"])
+    results = run_experiment(cfg, create_run_dir(cfg))
+    arms = results["arms"]
+    assert list(arms) == [a.name for a in cfg.arms]
+    for name, arm in arms.items():
+        mode = name.split(" / ")[0].split(", ")[-1]
+        rounds = read_rounds(arm["federation_dir"])
+        assert len(rounds) == 2 and not any(r.get("skipped") for r in rounds), name
+        assert all(0 < r["factors_error"]["relative"] < 1 for r in rounds), name
+        assert arm["lora"]["mode"] == mode
+        if mode in ("stack", "exact"):
+            assert all(r["fold_error"] < 1e-4 for r in rounds), name
+        if mode == "svd":
+            assert all(0 <= r["svd_error"] < 1 for r in rounds), name
+    assert arms["mixed ranks, svd / attacked"]["lora"]["ranks"] == {"benign": 4}
+    assert arms["exact / attacked"]["paired"]["rule"]["reference"] == "exact / no attack"
+    from pathlib import Path
+
+    exported = json.loads((Path(arms["exact / attacked"]["adapter"]) / "adapter_config.json").read_text())
+    assert exported["r"] > 8 and exported["lora_alpha"] / exported["r"] == 2.0  # the fold's components, at alpha / r
