@@ -46,6 +46,12 @@ MEAN_OF_PRODUCTS = torch.diag(torch.tensor([3.0, 2.0, 0.0], dtype=torch.float64)
 WEIGHTS = torch.tensor([0.5, 0.5])
 
 
+def aggregated(start: torch.Tensor, ups: torch.Tensor, layout, weights: torch.Tensor = WEIGHTS) -> torch.Tensor:
+    """FedAvg of the clients' product updates (all of the adapter's rank)."""
+    rows = product_updates(start, ups, [layout.rank] * len(ups), layout)
+    return (weights[:, None].double() * rows).sum(0)
+
+
 def deltas(total: int) -> torch.Tensor:
     return torch.stack([adapter(*CLIENT_1, total), adapter(*CLIENT_2, total)])
 
@@ -60,8 +66,8 @@ def test_the_error_of_averaging_factors_is_the_hand_computed_one():
 
 def test_exact_equals_the_weighted_mean_of_the_products_and_keeps_the_mean_factors():
     layout = one_module(3, 1)  # one trained component, two for the fold
-    new, info = combine("exact", torch.zeros(layout.numel), torch.zeros(layout.numel), (WEIGHTS[:, None] * deltas(3)).sum(0),
-                        (WEIGHTS[:, None].double() * product_updates(torch.zeros(layout.numel), deltas(3), [1, 1], layout)).sum(0),
+    zero = torch.zeros(layout.numel)
+    new, info = combine("exact", zero, zero, (WEIGHTS[:, None] * deltas(3)).sum(0), aggregated(zero, deltas(3), layout),
                         layout)
     torch.testing.assert_close(module_product(new, layout), MEAN_OF_PRODUCTS, rtol=0, atol=1e-6)
     a, b = new[:9].view(3, 3), new[9:].view(3, 3)
@@ -76,8 +82,7 @@ def test_exact_with_weights_that_differ_and_a_global_adapter_that_is_not_zero():
     start = torch.randn(layout.numel) * component_mask(layout, 2)  # trained components only, an empty fold
     ups = torch.randn(3, layout.numel) * component_mask(layout, 2)
     w = torch.tensor([0.2, 0.3, 0.5])
-    new, info = combine("exact", start, start, (w[:, None] * ups).sum(0),
-                        (w[:, None].double() * product_updates(start, ups, [2, 2, 2], layout)).sum(0), layout)
+    new, info = combine("exact", start, start, (w[:, None] * ups).sum(0), aggregated(start, ups, layout, w), layout)
     expected = sum(wk * module_product(start + u, layout) for wk, u in zip(w.double(), ups))
     torch.testing.assert_close(module_product(new, layout), expected, rtol=0, atol=1e-5)
     assert info["fold_error"] == pytest.approx(0.0, abs=1e-6)
@@ -86,8 +91,7 @@ def test_exact_with_weights_that_differ_and_a_global_adapter_that_is_not_zero():
 def test_svd_is_the_best_approximation_of_the_rank_the_adapter_has():
     layout = one_module(1, 1)
     zero = torch.zeros(layout.numel)
-    new, info = combine("svd", zero, zero, zero, (WEIGHTS[:, None].double() * product_updates(zero, deltas(1), [1, 1], layout)).sum(0),
-                        layout)
+    new, info = combine("svd", zero, zero, zero, aggregated(zero, deltas(1), layout), layout)
     torch.testing.assert_close(module_product(new, layout), torch.diag(torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)),
                                rtol=0, atol=1e-6)  # Eckart-Young: keep the largest singular value
     assert info["svd_error"] == pytest.approx(2 / math.sqrt(13))
@@ -105,9 +109,8 @@ def test_factorize_splits_the_singular_values_and_orders_the_components():
 def test_stack_folds_the_summed_products_and_starts_the_factors_again():
     layout = one_module(3, 1)
     initial = adapter([[0.1, 0.2, 0.3]], [[0.0, 0.0, 0.0]], 3)  # B = 0: the initial product is zero
-    new, info = combine("stack", initial, initial, torch.zeros(layout.numel),
-                        (WEIGHTS[:, None].double() * product_updates(initial, deltas(3) - initial * component_mask(layout, 1),
-                                                                     [1, 1], layout)).sum(0), layout)
+    ups = deltas(3) - initial * component_mask(layout, 1)  # from the initial adapter to the clients'
+    new, info = combine("stack", initial, initial, torch.zeros(layout.numel), aggregated(initial, ups, layout), layout)
     torch.testing.assert_close(module_product(new, layout), MEAN_OF_PRODUCTS, rtol=0, atol=1e-6)
     torch.testing.assert_close(new[:3], initial[:3])  # the trained row of A is the initial one again
     assert info["fold_error"] == pytest.approx(0.0, abs=1e-9)
@@ -115,9 +118,8 @@ def test_stack_folds_the_summed_products_and_starts_the_factors_again():
 
 def test_a_fold_too_small_is_cut_and_the_error_recorded():
     layout = one_module(2, 1)  # one fold component for a fold of rank 2
-    new, info = combine("stack", torch.zeros(layout.numel), torch.zeros(layout.numel), torch.zeros(layout.numel),
-                        (WEIGHTS[:, None].double() * product_updates(torch.zeros(layout.numel), deltas(2), [1, 1],
-                                                                     layout)).sum(0), layout)
+    zero = torch.zeros(layout.numel)
+    new, info = combine("stack", zero, zero, zero, aggregated(zero, deltas(2), layout), layout)
     assert info["fold_error"] == pytest.approx(2 / math.sqrt(13))
 
 
