@@ -116,7 +116,7 @@ def folded(layout: LoRALayout) -> slice:
 def component_mask(layout: LoRALayout, rank: int) -> torch.Tensor:
     """Bool [numel]: True on the entries of components ``0..rank-1`` (what a client of that rank trains);
     entries outside the LoRA pairs are True."""
-    mask = torch.ones(layout.numel, dtype=torch.bool)
+    mask = torch.ones(layout.numel, dtype=torch.bool)  # on the CPU, where trainers hold their deltas
     for pair in layout.pairs:
         a, b = factors(mask, pair)
         a[rank:] = False
@@ -144,8 +144,8 @@ def factorize(matrix: torch.Tensor, rank: int, scale: float) -> tuple[torch.Tens
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
     k = min(rank, s.numel())
     root = s[:k].sqrt() / scale**0.5
-    a = torch.zeros(rank, matrix.shape[1], dtype=torch.float64)
-    b = torch.zeros(matrix.shape[0], rank, dtype=torch.float64)
+    a = torch.zeros(rank, matrix.shape[1], dtype=torch.float64, device=matrix.device)
+    b = torch.zeros(matrix.shape[0], rank, dtype=torch.float64, device=matrix.device)
     a[:k], b[:, :k] = root[:, None] * vh[:k], u[:, :k] * root[None, :]
     total = float(s.square().sum())
     error = (float(s[k:].square().sum()) / total) ** 0.5 if total > 0 else 0.0
