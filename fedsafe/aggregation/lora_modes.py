@@ -84,7 +84,9 @@ def lora_layout(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], ran
         if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
             raise ValueError(f"{name} {list(a_shape)} and {partner} {list(b_shape)} are not a LoRA pair")
         pairs.append(Pair(a, a_shape, b, b_shape))
-    totals = {p.a_shape[0] for p in pairs} or {0}
+    if not pairs:
+        return LoRALayout((), 0, 0, float(scale), at)
+    totals = {p.a_shape[0] for p in pairs}
     if len(totals) != 1 or rank > min(totals):
         raise ValueError(f"LoRA pairs of ranks {sorted(totals)} do not hold {rank} trained components each")
     total = totals.pop()
