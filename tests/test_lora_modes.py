@@ -171,7 +171,7 @@ def test_a_trainer_trains_only_its_clients_components_and_never_the_fold(model_c
 @pytest.mark.integration
 def test_the_hetlora_config_runs_end_to_end_on_the_tiny_model(ray_cluster, model_cache, tmp_path):
     """configs/hetlora.yaml as shipped (the four modes with and without the attack, the mixed-rank federation)
-    on the tiny model and toy data, one seed, two rounds: every round records the error of averaging the
+    on the tiny model and toy data, one seed, one round: every round records the error of averaging the
     factors, the folds of stack and exact fit (their error is float rounding), svd records its truncation, and
     the benign clients of the mixed-rank arms train rank 4 of the global 8."""
     import json
@@ -186,7 +186,7 @@ def test_the_hetlora_config_runs_end_to_end_on_the_tiny_model(ray_cluster, model
         "model.name=builtin:tiny-llama", "seeds=[0]", "lora.r=8", "lora.alpha=16",
         "clients=[{name: benign, role: benign, count: 7, dataset: toy_benign}, "
         "{name: malicious, role: malicious, count: 3, dataset: toy_malicious}]", "attack.params.data=null",
-        "federation.num_rounds=2", "federation.examples_per_client=16", "train.local_steps=2",
+        "federation.num_rounds=1", "federation.examples_per_client=16", "train.local_steps=2",
         "evaluation.prompts=toy_harmful_eval", "evaluation.num_prompts=6", "evaluation.num_benign=4",
         "evaluation.max_new_tokens=8", "generation.hf_batch_size=16"])
     results = run_experiment(cfg, create_run_dir(cfg))
@@ -195,7 +195,7 @@ def test_the_hetlora_config_runs_end_to_end_on_the_tiny_model(ray_cluster, model
     for name, arm in arms.items():
         mode = name.split(" / ")[0].split(", ")[-1]
         rounds = read_rounds(arm["federation_dir"])
-        assert len(rounds) == 2 and not any(r.get("skipped") for r in rounds), name
+        assert len(rounds) == 1 and not any(r.get("skipped") for r in rounds), name
         assert all(0 < r["factors_error"]["relative"] < 1 for r in rounds), name
         assert arm["lora"]["mode"] == mode
         if mode in ("stack", "exact"):
