@@ -21,7 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedsafe.aggregation.config import AggregationConfig
+from fedsafe.aggregation.config import FOLD_MODES, AggregationConfig
 from fedsafe.attack.config import AttackConfig
 from fedsafe.data.config import ClientGroupConfig, FederationConfig
 from fedsafe.defense.config import DefenseConfig
@@ -328,7 +328,7 @@ class ExperimentConfig:
     def fold_rank(self) -> int:
         """Components beyond lora.r that hold the fold of ``aggregation.mode`` stack or exact (0 otherwise)."""
         a, r = self.aggregation, self.lora.r
-        if a.mode not in ("stack", "exact"):
+        if a.mode not in FOLD_MODES:
             return 0
         return a.fold_rank or max(1, min(self.federation.num_rounds * (self.federation.clients_per_round + 1) * r,
                                          512 - r))
@@ -342,12 +342,16 @@ class ExperimentConfig:
             return self.lora
         return dataclasses.replace(self.lora, r=total, alpha=self.lora.alpha * total / self.lora.r)
 
+    def group_ranks(self) -> dict[str, int]:
+        """Group name -> LoRA rank, for the groups that train fewer than lora.r components."""
+        return {g.name: g.lora_rank for g in self.clients if 0 < g.lora_rank < self.lora.r}
+
     def client_ranks(self) -> dict[int, int]:
-        """Client id -> LoRA rank, for the clients whose group trains fewer than lora.r components."""
-        ranks, at = {}, 0
+        """Client id -> LoRA rank, for the clients of the groups in ``group_ranks``."""
+        groups, ranks, at = self.group_ranks(), {}, 0
         for g in self.clients:
-            if 0 < g.lora_rank < self.lora.r:
-                ranks.update({cid: g.lora_rank for cid in range(at, at + g.count)})
+            if g.name in groups:
+                ranks.update({cid: groups[g.name] for cid in range(at, at + g.count)})
             at += g.count
         return ranks
 

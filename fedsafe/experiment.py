@@ -465,8 +465,7 @@ def run_arm(session: Session, cfg: ExperimentConfig, fed_dir: Path, arm_dir: Pat
         "num_malicious": cfg.num_malicious, "attacked": cfg.num_malicious > 0 or poisons_benign(cfg, data.attack),
         "benign_clients": cfg.num_clients - cfg.num_malicious,
         "defense": cfg.defense.name, "defense_level": applied.get("level", 0), "evaluation": evaluation,
-        "lora": {"mode": cfg.aggregation.mode, "ranks": {g.name: g.lora_rank for g in cfg.clients
-                                                         if 0 < g.lora_rank < cfg.lora.r}},
+        "lora": {"mode": cfg.aggregation.mode, "ranks": cfg.group_ranks()},
         "data": {"synthesis": synthesis, "eval_harmful": len(data.eval.harmful), "eval_benign": len(data.eval.benign),
                  "defense_examples": applied.get("examples", 0)},
         "detection": detection_counts(rounds), "screening": screening_counts(rounds),

@@ -194,7 +194,7 @@ def describe_arms(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> str:
 
 def lora_line(cfg: ExperimentConfig) -> str:
     """How the arm combines LoRA adapters, where it differs from averaging the factors of one rank."""
-    ranks = ", ".join(f"{g.name} rank {g.lora_rank}" for g in cfg.clients if 0 < g.lora_rank < cfg.lora.r)
+    ranks = ", ".join(f"{name} rank {rank}" for name, rank in cfg.group_ranks().items())
     mode = f", LoRA {cfg.aggregation.mode}" if cfg.aggregation.mode != "factors" else ""
     return mode + (f" ({ranks} of {cfg.lora.r})" if ranks else "")
 

@@ -11,6 +11,7 @@ from fedsafe.specs import ServerOptConfig
 
 MODES = ("factors", "stack", "svd", "exact")  # how LoRA adapters combine (fedsafe.aggregation.lora_modes)
 PRODUCT_MODES = MODES[1:]  # the rule acts on the products of the factors
+FOLD_MODES = ("stack", "exact")  # they fold into frozen components beyond lora.r
 
 
 @dataclass

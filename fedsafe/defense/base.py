@@ -121,6 +121,7 @@ class AggregateHook(Protocol):
 
 class Defense(Protocol):
     changes_rounds: bool
+    hooks_aggregate: bool  # its aggregate hook acts on the factor aggregate (aggregation.mode=factors only)
 
     def before_training(self, ctx: ServerContext) -> Any | None: ...
 
@@ -187,7 +188,7 @@ class Composed(DefenseBase):
 
     def __init__(self, parts: list[Defense]) -> None:
         self.parts = parts
-        self.hooks_aggregate = any(getattr(p, "hooks_aggregate", False) for p in parts)
+        self.hooks_aggregate = any(p.hooks_aggregate for p in parts)
 
     def before_training(self, ctx: ServerContext) -> Any | None:
         start = None
