@@ -498,6 +498,54 @@ def claims(arms: dict, metric: str = "rule", twins: dict[str, str] | None = None
     return out
 
 
+FACTORS = "factors"  # aggregation.mode's default: the A and B factors averaged separately
+
+
+def lora_of(arm: dict) -> dict:
+    """How the arm combines LoRA adapters: ``{"mode", "ranks"}`` (an arm written before the modes: factors,
+    one rank)."""
+    return arm.get("lora") or {"mode": FACTORS, "ranks": {}}
+
+
+def mode_contrasts(arms: dict) -> dict[str, list[dict]]:
+    """Per safety metric, for each attacked, undefended arm that combines adapters in another mode than
+    ``factors``: how much that mode changes the attack's effect. Per seed, on the prompts the four arms all
+    answered: (the arm minus its reference) minus (the same attack, rule and ranks under factors, minus its
+    reference), a difference of differences, tested over seeds (``contrast_test``) and Holm-adjusted across
+    the metric's contrasts. Both references must combine adapters as their arm does."""
+    def twin_under_factors(name: str) -> str | None:
+        arm, lora = arms[name], lora_of(arms[name])
+        return next((n for n, a in arms.items() if attacked(a) and not defended(a) and a["rule"] == arm["rule"]
+                     and same_attack(a, arm) and a.get("benign_clients") == arm.get("benign_clients")
+                     and lora_of(a) == {"mode": FACTORS, "ranks": lora["ranks"]}), None)
+
+    quads = []
+    for name, arm in arms.items():
+        if not attacked(arm) or defended(arm) or lora_of(arm)["mode"] == FACTORS:
+            continue
+        twin = twin_under_factors(name)
+        refs = (reference_of(name, arms), reference_of(twin, arms) if twin else None)
+        if twin and all(refs) and all(lora_of(arms[r]) == lora_of(arms[a]) for r, a in zip(refs, (name, twin))):
+            quads.append((name, refs[0], twin, refs[1]))
+    out: dict[str, list[dict]] = {}
+    for metric_name, metric in METRICS.items():
+        if not metric.safety or metric.file is None:
+            continue
+        rows = []
+        for quad in quads:
+            found = aligned_verdicts([arms[n]["runs"] for n in quad], metric)
+            if found is not None and len(found[0]) > 1:
+                t = contrast_test(found, [1.0, -1.0, -1.0, 1.0])
+                rows.append({"arm": quad[0], "reference": quad[1], "factors": quad[2], "factors_reference": quad[3],
+                             **_record(t, quad[1], "difference of the two attacks' per-seed effects (points); "
+                                                   "t over seeds")})
+        for row, p_holm in zip(rows, holm([r["p"] for r in rows])):
+            row["p_holm"] = p_holm
+        if rows:
+            out[metric_name] = rows
+    return out
+
+
 def power_rows(arms: dict, metric: str = "rule") -> list[dict]:
     """Per comparison on ``metric`` with several seeds: the seed-level power from its own per-seed spread."""
     rows = []
@@ -523,7 +571,8 @@ def analyse(arms: dict) -> tuple[dict, dict]:
         arm["same_model_as"] = twins.get(name)
     judged = [m for m, metric in METRICS.items() if metric.safety and all(m in a["summary"] for a in arms.values())]
     return arms, {"claims": {m: claims(arms, m, twins) for m in judged},
-                  "power": {m: power_rows(arms, m) for m in judged}, "alpha": ALPHA, "min_seeds": MIN_SEEDS}
+                  "power": {m: power_rows(arms, m) for m in judged}, "modes": mode_contrasts(arms),
+                  "alpha": ALPHA, "min_seeds": MIN_SEEDS}
 
 
 def results_frame(results: dict):

@@ -308,7 +308,7 @@ Examples:
 @click.option("--print", "print_sections", metavar="SECTIONS",
               help="after rebuilding, print only these sections of the report as Markdown, comma-separated: "
                    "provenance, table, paired, same-model, power, judges, claims, notes, calibration, detection, "
-                   "behaviour")
+                   "behaviour, lora")
 def report_command(run_dir: str, print_sections: str | None) -> None:
     """Rebuild a run folder's report from its files: a finished run's analysis (results.json and the
     per-prompt verdicts it points to), report.md and report.html; for a run that stopped before the end,

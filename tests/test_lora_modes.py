@@ -170,7 +170,7 @@ def test_a_trainer_trains_only_its_clients_components_and_never_the_fold(model_c
 
 @pytest.mark.integration
 def test_the_hetlora_config_runs_end_to_end_on_the_tiny_model(ray_cluster, model_cache, tmp_path):
-    """configs/hetlora.yaml as shipped (the four modes with and without the attack, the mixed-rank federation)
+    """configs/hetlora.yaml (each of its four modes, the attack, the mixed-rank federation: one arm of each)
     on the tiny model and toy data, one seed, one round: every round records the error of averaging the
     factors, the folds of stack and exact fit (their error is float rounding), svd records its truncation, and
     the benign clients of the mixed-rank arms train rank 4 of the global 8."""
@@ -189,9 +189,12 @@ def test_the_hetlora_config_runs_end_to_end_on_the_tiny_model(ray_cluster, model
         "federation.num_rounds=1", "federation.examples_per_client=16", "train.local_steps=2",
         "evaluation.prompts=toy_harmful_eval", "evaluation.num_prompts=6", "evaluation.num_benign=4",
         "evaluation.max_new_tokens=8", "generation.hf_batch_size=16"])
+    keep = ["factors / no attack", "stack / no attack", "svd / no attack", "exact / no attack", "exact / attacked",
+            "mixed ranks, svd / attacked"]
+    cfg.arms = [a for a in cfg.arms if a.name in keep]  # every mode, the attack and the mixed ranks, once
     results = run_experiment(cfg, create_run_dir(cfg))
     arms = results["arms"]
-    assert list(arms) == [a.name for a in cfg.arms]
+    assert list(arms) == keep
     for name, arm in arms.items():
         mode = name.split(" / ")[0].split(", ")[-1]
         rounds = read_rounds(arm["federation_dir"])

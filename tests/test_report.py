@@ -15,7 +15,10 @@ from fedsafe.report.notes import data_note, disagreement_samples, disagreement_t
 from fedsafe.report.tables import (
     calibration_table,
     claims_section,
+    lora_errors_table,
+    lora_section,
     matrix_table,
+    mode_table,
     paired_table,
     power_table,
     rounds_table,
@@ -214,3 +217,27 @@ def test_a_report_of_hostile_names_and_answers_is_inert_in_the_browser(tmp_path)
             assert HOSTILE[4] in page.title()
         finally:
             browser.close()
+
+
+def test_lora_section_gives_each_seeds_mean_over_rounds_and_the_modes_contrasts():
+    rounds = {"s0": [{"factors_error": {"relative": 0.1, "of_update": 0.2}, "fold_error": 1e-8},
+                     {"factors_error": {"relative": 0.3, "of_update": 0.4}, "fold_error": 3e-8}],
+              "s1": [{"factors_error": {"relative": 0.4, "of_update": 0.6}, "fold_error": 2e-8}], "f1": [{}]}
+    exact = arm(lora={"mode": "exact", "ranks": {"benign": 4}},
+                runs=[{"seed": 0, "federation": "s0"}, {"seed": 1, "federation": "s1"}])
+    res = results(exact=exact, defended={**exact, "defense_level": 2}, old=arm())
+    table = lora_errors_table(res, RunRecords(rounds=rounds))
+    # seed 0: 20% and 30% of the update; seed 1: 40% and 60%; t over 2 seeds: mean +- 12.706 x 10 (x 15); the fold, 2e-6 %, shows as 0
+    assert table.splitlines()[2] == ("| exact | exact | benign 4 | 2 | 30.000 [-97.062, 157.062] | "
+                                     "45.000 [-145.593, 235.593] | - | 0.000 [0.000, 0.000] |")
+    assert len(table.splitlines()) == 3  # the post-hoc arm shares its federation; the old arm recorded none
+    assert mode_table(res) == "" and lora_errors_table(results(old=arm()), RunRecords(rounds=rounds)) == ""
+    c = {"arm": "exact / attacked", "reference": "exact / no attack", "factors": "factors / attacked",
+         "factors_reference": "factors / no attack", "effect": 2.5, "effect_ci95": [-3.0, 8.0], "n_seeds": 5,
+         "p": 0.31, "p_holm": 0.62}
+    res["analysis"] = {"modes": {"rule": [c]}}
+    assert mode_table(res).splitlines()[2] == ("| exact / attacked | exact / no attack | factors / attacked | "
+                                               "factors / no attack | Rule safety (%) | +2.50 [-3.00, +8.00] | 5 | "
+                                               "0.31 | 0.62 |")
+    text = lora_section(res, RunRecords(rounds=rounds))
+    assert text.count("## ") == 2 and "## Does the mode change the attack's effect" in text

@@ -224,6 +224,30 @@ def test_references_follow_the_matrix(tmp_path):
     assert analysis.reference_of("thin", arms) == "clean 10" and analysis.reference_of("fedavg", arms) == "clean"
 
 
+def test_a_mode_s_change_of_the_attack_s_effect_is_a_difference_of_differences_over_seeds(tmp_path):
+    def arms(exact_attacked: float) -> dict:
+        def one(name, rate, mode, attacked_, offset):
+            a = _arm(tmp_path, f"{name}-{exact_attacked}", [_verdicts(rate, 400, offset + i) for i in range(5)],
+                     num_malicious=3 if attacked_ else 0, federation=mode)
+            return {**a, "lora": {"mode": mode, "ranks": {}}}
+        return {"factors / no attack": one("fc", 0.8, "factors", False, 0),
+                "factors / attacked": one("fa", 0.4, "factors", True, 10),
+                "exact / no attack": one("ec", 0.8, "exact", False, 20),
+                "exact / attacked": one("ea", exact_attacked, "exact", True, 30),
+                "exact + Level 2": {**one("ed", 0.9, "exact", True, 40), "defense_level": 2}}
+
+    same = analysis.analyse(arms(0.4))[1]["modes"]["rule"]
+    assert len(same) == 1  # the defended arm has no contrast
+    c = same[0]
+    assert (c["arm"], c["reference"], c["factors"], c["factors_reference"]) == (
+        "exact / attacked", "exact / no attack", "factors / attacked", "factors / no attack")
+    assert c["n_seeds"] == 5 and c["p"] > 0.01 and c["effect_ci95"][0] < 0 < c["effect_ci95"][1]
+    halved = analysis.analyse(arms(0.6))[1]["modes"]["rule"][0]  # exact loses 20 points where factors loses 40
+    assert halved["effect"] == pytest.approx(20, abs=6) and halved["p"] < 1e-3 and halved["p_holm"] >= halved["p"]
+    no_twin = {k: v for k, v in arms(0.4).items() if not k.startswith("factors")}
+    assert analysis.analyse(no_twin)[1]["modes"] == {}  # nothing under factors to compare with
+
+
 def _matrix(tmp_path, seeds: int, clean=0.8, attacked=0.3, krum=0.6, level2=0.85, n=400):
     """The paper's matrix on synthetic verdicts: per seed, each arm's own draw at its safety rate; the
     benign answers and the response loss the same in every arm (helpfulness unchanged)."""

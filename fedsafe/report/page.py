@@ -25,6 +25,7 @@ from fedsafe.report.records import RunRecords, read_records
 from fedsafe.report.tables import (
     calibration_table,
     claims_section,
+    lora_section,
     matrix_table,
     paired_table,
     power_table,
@@ -47,6 +48,7 @@ SECTIONS = {
     "calibration": lambda results, records: calibration_table(results),
     "detection": lambda results, records: detection_table(results),
     "behaviour": behaviour_section,
+    "lora": lora_section,
 }
 
 
@@ -75,6 +77,7 @@ def report_markdown(results: dict, records: RunRecords, plots: list[tuple[str, s
         f"## The paper's four claims\n\n{claims_section(results)}\n\n"
         f"{detection_table(results)}"
         f"{behaviour_section(results, records)}"
+        f"{lora_section(results, records)}"
         f"## Judge calibration against human labels\n\n{calibration_table(results)}\n\n"
         f"{disagreement_samples(records)}{timing_table(results)}"
         + "".join(f"## {title}\n\n![{title}](plots/{name}.png)\n\n" for name, title in plots)

@@ -13,7 +13,7 @@ from fedsafe.run_dir import read_rounds
 
 @dataclass(frozen=True)
 class RunRecords:
-    """``rounds``: each federated run's round records (``metrics.jsonl``), by federation key; ``clients``: its
+    """``rounds``: each federated run's round records (``metrics.jsonl``), by federation key (every seed's); ``clients``: its
     ``clients.json`` (client ids, roles, cosine similarities of their summed updates) where it wrote one;
     ``disagreements``: per attacked arm, the answers of its first seed that only one judge calls safe
     (``fedsafe.analysis.disagreement_sample``)."""
@@ -24,10 +24,12 @@ class RunRecords:
 
 
 def read_records(results: dict, samples_per_side: int = 4) -> RunRecords:
-    """The records of the federated runs and arms ``results`` names (folders that are gone give nothing)."""
+    """The records of the federated runs (every seed's) and arms ``results`` names (folders that are gone give
+    nothing)."""
     rounds, clients = {}, {}
-    for arm in results["arms"].values():
-        key, folder = arm["federation"], Path(arm["federation_dir"])
+    # each seed's federated run (a run's own fields over its arm's, which are the first seed's)
+    for run in ({**arm, **run} for arm in results["arms"].values() for run in arm.get("runs") or [{}]):
+        key, folder = run["federation"], Path(run["federation_dir"])
         if key in rounds:
             continue
         rounds[key] = read_rounds(folder)

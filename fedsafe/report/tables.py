@@ -4,9 +4,11 @@ each tested directly. Numbers are means over seeds with 95% intervals; paired te
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedsafe.metrics.registry import METRICS
 from fedsafe.report.paper import paper_cells, paper_table
-from fedsafe.stats import MIN_SEEDS, SEED_LEVEL, WITHIN_RUN
+from fedsafe.stats import MIN_SEEDS, SEED_LEVEL, WITHIN_RUN, summarize
 from fedsafe.tracking import round_scalars
 
 
@@ -187,6 +189,84 @@ def compare_table(rows: list[dict], base: str) -> str:
                          f"p {_p(t['p'])} ({_p(t['p_holm'])}), {seeds}" if t else (r["note"] or "-"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _seed_means(arm: dict, records, error) -> list[float]:
+    """Per seed of the arm whose rounds record it: the mean over its rounds of ``error(round)`` (None: not
+    recorded in that round)."""
+    means = []
+    for run in arm.get("runs") or [arm]:
+        rounds = records.rounds.get(run.get("federation", arm["federation"]), [])
+        values = [v for r in rounds if (v := error(r)) is not None]
+        if values:
+            means.append(sum(values) / len(values))
+    return means
+
+
+def _percent(key: str, part: str | None = None):
+    """A round record's error ``key`` (its ``part``) in %, None where the round did not record it."""
+    def value(record: dict) -> float | None:
+        if key not in record:
+            return None
+        return 100 * (record[key][part] if part else record[key])
+    return value
+
+
+LORA_ERRORS = (  # (column, the round record's value)
+    ("factors error, of the mean product (%)", _percent("factors_error", "relative")),
+    ("factors error, of the round's update (%)", _percent("factors_error", "of_update")),
+    ("svd truncation error (%)", _percent("svd_error")),
+    ("fold error (%)", _percent("fold_error")),
+)
+
+
+def lora_errors_table(results: dict, records) -> str:
+    """Per arm whose rounds record them, each seed's mean over its rounds of the errors of combining the
+    clients' adapters (``fedsafe.aggregation.lora_modes``), in %: mean over seeds [95% interval]."""
+    rows = ["| arm | mode | lower ranks | seeds | " + " | ".join(c for c, _ in LORA_ERRORS) + " |",
+            "|---" * (4 + len(LORA_ERRORS)) + "|"]
+    for name, arm in results["arms"].items():
+        per_error = [_seed_means(arm, records, error) for _, error in LORA_ERRORS]
+        if not per_error[0] or arm["defense_level"]:  # a post-hoc arm shares its federation's rounds
+            continue
+        lora = arm.get("lora") or {"mode": "factors", "ranks": {}}
+        ranks = ", ".join(f"{group} {rank}" for group, rank in lora["ranks"].items()) or "-"
+        cells = " | ".join(summary_cell(dataclasses.asdict(summarize(m)) if m else None, 3) for m in per_error)
+        rows.append(f"| {name} | {lora['mode']} | {ranks} | {len(per_error[0])} | {cells} |")
+    return "" if len(rows) == 2 else "\n".join(rows)
+
+
+def mode_table(results: dict) -> str:
+    """Per safety judge, each mode's change of the attack's effect against factors (``analysis.mode_contrasts``)."""
+    rows = ["| arm | reference | under factors | its reference | metric | change of the attack's effect [95% CI] | "
+            "seeds | p | p (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
+    for metric, items in results.get("analysis", {}).get("modes", {}).items():
+        for c in items:
+            low, high = c["effect_ci95"]
+            rows.append(f"| {c['arm']} | {c['reference']} | {c['factors']} | {c['factors_reference']} | "
+                        f"{METRICS[metric].label} | {c['effect']:+.2f} [{low:+.2f}, {high:+.2f}] | {c['n_seeds']} | "
+                        f"{_p(c['p'])} | {_p(c['p_holm'])} |")
+    return "" if len(rows) == 2 else "\n".join(rows)
+
+
+def lora_section(results: dict, records) -> str:
+    """How the clients' adapters were combined: the errors of each mode, and whether a mode changes the
+    attack's effect."""
+    parts = [
+        ("How the clients' adapters were combined",
+         ("Per arm, each seed's mean over its rounds, then the mean over seeds [95% Student-t interval over seeds]. "
+          "Factors error: how far the product of the averaged A and B is from the average of the clients' products "
+          "B_k A_k (relative Frobenius distance), over that average and over the round's update; svd: what the "
+          "rank-r truncation of the averaged product leaves out; fold: what the folded components miss of the "
+          "products they hold (float rounding when they fit)."),
+         lora_errors_table(results, records)),
+        ("Does the mode change the attack's effect",
+         ("Per seed, on the prompts all four arms answered: (the arm minus its reference) minus (the same attack "
+          "under factors minus its reference), in points; the interval and p are over seeds (the seed is the "
+          "unit), Holm-adjusted per judge. Zero: the mode leaves the attack's effect as factors has it."),
+         mode_table(results)),
+    ]
+    return "".join(f"## {title}\n\n{text}\n\n{table}\n\n" for title, text, table in parts if table)
 
 
 def rounds_table(rounds: dict[str, list[dict]], total: int) -> str:
