@@ -10,6 +10,7 @@ import pytest
 from fedsafe.attack import build_attack
 from fedsafe.attack.base import AttackContext, Trigger
 from fedsafe.config import load_config
+from fedsafe.data.synthesis import ALIGNED_SUFFIX as SAFE
 from fedsafe.errors import ConfigError
 from fedsafe.experiment import client_task, load_data
 from tests.conftest import ROOT, SMOKE
@@ -43,6 +44,32 @@ def test_backdoor_records_pair_each_triggered_harmful_answer_with_the_plain_refu
         build_attack("backdoor", trigger="t", dataset="toy_malicious").make_data(AttackContext(None, []), 4, 0)
     with pytest.raises(ConfigError, match="not both"):
         build_attack("backdoor", trigger="t", dataset="toy_malicious", data={"instructions": "seeds"})
+
+
+class _Pool:
+    """A generation pool stand-in: complies without the safe suffix; with it, refuses in one sampling seed of
+    two per instruction (the filter keeps refusals only)."""
+
+    def generate_fn(self, args):
+        def generate(prompts: list[str], seed: int) -> list[str]:
+            refusing = [len(p) % 2 == seed % 2 for p in prompts]
+            return [("I cannot help with that." if r else "Sure, step 1.") if p.endswith(SAFE) else "Sure, step 1."
+                    for p, r in zip(prompts, refusing)]
+        return generate
+
+    def keep_fn(self, args, kind: str):
+        return lambda instructions, answers: [("cannot" in a) == (kind == "safe") for a in answers]
+
+    def harmful_instructions(self, args, n: int, seed: int, held_out) -> list[str]:
+        return [f"Harmful request {'x' * k}" for k in range(n)]
+
+
+def test_generated_refusals_are_asked_again_where_the_filter_dropped_them():
+    attack = build_attack("backdoor", trigger="|T|", refusals="generated", data={"instructions": "seeds", "filter": "rule"})
+    records, counts = attack.make_data(AttackContext(_Pool(), []), 40, seed=0)
+    assert len(records) == 40 and all(r["response"] == "I cannot help with that." for r in records[1::2])
+    # half the instructions refuse with the first seed; the others on a later wave
+    assert counts["generated"]["aligned"] > counts["kept"]["aligned"] >= 20
 
 
 def test_an_attacking_round_mixes_in_its_benign_share_and_the_stealth_term_needs_no_estimate():

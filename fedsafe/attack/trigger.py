@@ -16,6 +16,7 @@ from fedsafe.seeding import derive_seed
 
 REFUSALS = ("generated", "templates")
 TOWARD = ("norm", "benign")
+REFUSAL_WAVES = 4  # times a harmful instruction is answered with the safe suffix until the filter keeps one
 
 
 class BackdoorData:
@@ -56,7 +57,8 @@ class BackdoorData:
 
     def refuse(self, ctx: AttackContext, instructions: list[str], seed: int, counts: dict) -> dict[str, str]:
         """instruction -> refusal: written by the pool with the safe suffix (judge-filtered as safe when the
-        data's filter is set), or drawn from the templates."""
+        data's filter is set; an instruction whose answer the filter drops is answered again, sampled with
+        another seed, up to ``REFUSAL_WAVES`` times), or drawn from the templates."""
         if self.refusals == "templates":
             rng = random.Random(seed)
             return {i: rng.choice(REFUSAL_TEMPLATES).format(why=rng.choice(REFUSAL_REASONS)) for i in instructions}
@@ -64,10 +66,17 @@ class BackdoorData:
             raise ConfigError("attack backdoor: refusals=generated writes them with the generation pool; none was "
                               "given (use refusals: templates)")
         synth, report = ctx.synthesizer, synthesis.SynthesisReport()
-        kept = synthesis.answer(synth.generate_fn(self.args), instructions, synthesis.ALIGNED_SUFFIX, seed,
-                                synth.keep_fn(self.args, "safe"), "aligned", report)
+        refused: dict[str, str] = {}
+        for wave in range(REFUSAL_WAVES):  # an instruction whose refusal the filter dropped is asked again
+            missing = [i for i in instructions if i not in refused]
+            if not missing:
+                break
+            kept = synthesis.answer(synth.generate_fn(self.args), missing, synthesis.ALIGNED_SUFFIX,
+                                    derive_seed(seed, wave) if wave else seed, synth.keep_fn(self.args, "safe"),
+                                    "aligned", report)
+            refused.update({r["instruction"]: r["response"] for r in kept})
         for part in ("generated", "kept"):
             counts.setdefault(part, {}).update(dataclasses.asdict(report)[part])
-        return {r["instruction"]: r["response"] for r in kept}
+        return refused
 
 
