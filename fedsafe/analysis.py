@@ -1,7 +1,8 @@
 """What a run's numbers support (docs/method.md#statistics): per arm, each metric's per-seed values and a
 summary (mean, 95% interval); per arm, a seed-level paired test against its reference arm, Holm-corrected
 across arms; which arms have the same model as another; the seed-level power of each comparison; the
-paper's four claims, each supported, not supported, inconclusive or not tested.
+paper's four claims, each supported, not supported, inconclusive or not tested; whether a LoRA aggregation
+mode changes an attack's effect (``mode_contrasts``).
 
 The federated run (the seed) is the unit of inference: a claim is about a new run (``fedsafe.stats``).
 Everything here is a function of ``results.json``'s arms and the per-prompt verdicts their evaluations
