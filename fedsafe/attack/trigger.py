@@ -16,7 +16,8 @@ from fedsafe.seeding import derive_seed
 
 REFUSALS = ("generated", "templates")
 TOWARD = ("norm", "benign")
-REFUSAL_WAVES = 4  # times a harmful instruction is answered with the safe suffix until the filter keeps one
+REFUSAL_WAVES = 8  # at most, times a harmful instruction is answered with the safe suffix until the filter keeps one
+MIN_REFUSAL_WAVES = 4  # at least (while some have none), so that the records are drawn from the same answers
 
 
 class BackdoorData:
@@ -43,7 +44,7 @@ class BackdoorData:
             harmful, counts = self.writer.make_data(ctx, pairs + pairs // 4 + 2, seed)
         else:
             harmful, counts = load_records(self.dataset, pairs + pairs // 4 + 2, seed, **self.dataset_args), {}
-        refused = self.refuse(ctx, [r["instruction"] for r in harmful], derive_seed(seed, 1), counts)
+        refused = self.refuse(ctx, [r["instruction"] for r in harmful], derive_seed(seed, 1), counts, pairs)
         records = []
         for r in harmful:
             if r["instruction"] in refused:
@@ -55,10 +56,12 @@ class BackdoorData:
                               "answers or refusals the filter dropped); lower the examples or loosen the filter")
         return records[:num_examples], counts
 
-    def refuse(self, ctx: AttackContext, instructions: list[str], seed: int, counts: dict) -> dict[str, str]:
+    def refuse(self, ctx: AttackContext, instructions: list[str], seed: int, counts: dict,
+               needed: int) -> dict[str, str]:
         """instruction -> refusal: written by the pool with the safe suffix (judge-filtered as safe when the
-        data's filter is set; an instruction whose answer the filter drops is answered again, sampled with
-        another seed, up to ``REFUSAL_WAVES`` times), or drawn from the templates."""
+        data's filter is set; while fewer than ``needed`` instructions have one, those whose answer the filter
+        dropped are answered again, sampled with another seed, up to ``REFUSAL_WAVES`` times), or drawn from
+        the templates."""
         if self.refusals == "templates":
             rng = random.Random(seed)
             return {i: rng.choice(REFUSAL_TEMPLATES).format(why=rng.choice(REFUSAL_REASONS)) for i in instructions}
@@ -69,7 +72,7 @@ class BackdoorData:
         refused: dict[str, str] = {}
         for wave in range(REFUSAL_WAVES):  # an instruction whose refusal the filter dropped is asked again
             missing = [i for i in instructions if i not in refused]
-            if not missing:
+            if not missing or (wave >= MIN_REFUSAL_WAVES and len(refused) >= needed):
                 break
             kept = synthesis.answer(synth.generate_fn(self.args), missing, synthesis.ALIGNED_SUFFIX,
                                     derive_seed(seed, wave) if wave else seed, synth.keep_fn(self.args, "safe"),
