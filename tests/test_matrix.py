@@ -78,6 +78,7 @@ def test_paper_rows_and_table():
     assert paper_row({**arm, "defense_level": 2, "defense": "posthoc_sft"}) == "Level 2"
     assert paper_row({**arm, "rule": "krum", "defense_level": 2, "defense": "posthoc_sft"}) is None  # Table 3 has no per-rule Rule figure
     assert paper_row({**arm, "num_malicious": 0, "attacked": False}) == "FedAvg, no attack"
+    assert paper_row({**arm, "attack": "backdoor"}) is None  # no attack of the paper's: no row of its tables
     table = matrix_table({"arms": {"FedAvg": arm}})
     assert "| FedAvg | 12.50 | 5.00 | 49.81 | 25.96 | 4.14 |" in table and "paper Rule (Table 1)" in table
     # MaliciousGen attack data: the paper's Table 2, also for the no-attack row

@@ -223,8 +223,8 @@ def test_lora_section_gives_each_seeds_mean_over_rounds_and_the_modes_contrasts(
     rounds = {"s0": [{"factors_error": {"relative": 0.1, "of_update": 0.2}, "fold_error": 1e-8},
                      {"factors_error": {"relative": 0.3, "of_update": 0.4}, "fold_error": 3e-8}],
               "s1": [{"factors_error": {"relative": 0.4, "of_update": 0.6}, "fold_error": 2e-8}], "f1": [{}]}
-    exact = arm(lora={"mode": "exact", "ranks": {"benign": 4}},
-                runs=[{"seed": 0, "federation": "s0"}, {"seed": 1, "federation": "s1"}])
+    exact = arm(lora={"mode": "exact", "ranks": {"benign": 4}}, federation="s0", federation_dir="/cache/s0",
+                runs=[{"seed": 0, "federation_dir": "/cache/s0"}, {"seed": 1, "federation_dir": "/cache/s1"}])
     res = results(exact=exact, defended={**exact, "defense_level": 2}, old=arm())
     table = lora_errors_table(res, RunRecords(rounds=rounds))
     # seed 0: 20% and 30% of the update; seed 1: 40% and 60%; t over 2 seeds: mean +- 12.706 x 10 (x 15); the fold, 2e-6 %, shows as 0

@@ -37,12 +37,17 @@ PAPER_RULES = {"fedavg": "FedAvg, attacked", "median": "Median", "trimmed_mean":
                "krum_paper": "Krum", "dnc": "DnC", "foolsgold": "FoolsGold", "residual": "Residual"}
 
 
+PAPER_ATTACKS = ("data_poisoning", "maliciousgen")  # the attacks of the paper's tables
+
+
 def paper_row(arm: dict) -> str | None:
     """The paper's Table 1 row matching an arm's result, if the paper has one."""
     if not posthoc_only(arm, arm["defense_level"]):
         return None  # the paper has no behavioural defense
     if not arm["num_malicious"]:
         return "FedAvg, no attack" if arm["defense_level"] == 0 and arm["rule"] == "fedavg" else None
+    if arm.get("attack", "data_poisoning") not in PAPER_ATTACKS:
+        return None  # the paper attacks with harmful data alone (a backdoor, an adaptive attack: no row)
     if arm["defense_level"] == 0:
         return PAPER_RULES.get(arm["rule"])
     return f"Level {arm['defense_level']}" if arm["rule"] == "fedavg" else None

@@ -8,6 +8,7 @@ import dataclasses
 
 from fedsafe.metrics.registry import METRICS
 from fedsafe.report.paper import paper_cells, paper_table
+from fedsafe.report.records import federation_of
 from fedsafe.stats import MIN_SEEDS, SEED_LEVEL, WITHIN_RUN, summarize
 from fedsafe.tracking import round_scalars
 
@@ -196,7 +197,7 @@ def _seed_means(arm: dict, records, error) -> list[float]:
     recorded in that round)."""
     means = []
     for run in arm.get("runs") or [arm]:
-        rounds = records.rounds.get(run.get("federation", arm["federation"]), [])
+        rounds = records.rounds.get(federation_of(arm, run), [])
         values = [v for r in rounds if (v := error(r)) is not None]
         if values:
             means.append(sum(values) / len(values))
