@@ -509,8 +509,8 @@ def lora_of(arm: dict) -> dict:
 
 
 def mode_contrasts(arms: dict) -> dict[str, list[dict]]:
-    """Per safety metric, for each attacked, undefended arm that combines adapters in another mode than
-    ``factors``: how much that mode changes the attack's effect. Per seed, on the prompts the four arms all
+    """Per metric with per-prompt verdicts, for each attacked, undefended arm that combines adapters in another
+    mode than ``factors``: how much that mode changes the attack's effect. Per seed, on the prompts the four arms all
     answered: (the arm minus its reference) minus (the same attack, rule and ranks under factors, minus its
     reference), a difference of differences, tested over seeds (``contrast_test``) and Holm-adjusted across
     the metric's contrasts. Both references must combine adapters as their arm does."""
@@ -530,7 +530,7 @@ def mode_contrasts(arms: dict) -> dict[str, list[dict]]:
             quads.append((name, refs[0], twin, refs[1]))
     out: dict[str, list[dict]] = {}
     for metric_name, metric in METRICS.items():
-        if not metric.safety or metric.file is None:
+        if metric.file is None:
             continue
         rows = []
         for quad in quads:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fedsafe.analysis import lora_of
 from fedsafe.metrics.registry import METRICS
 from fedsafe.report.paper import paper_cells, paper_table
 from fedsafe.report.records import federation_of
@@ -230,7 +231,7 @@ def lora_errors_table(results: dict, records) -> str:
         per_error = [_seed_means(arm, records, error) for _, error in LORA_ERRORS]
         if not per_error[0] or arm["defense_level"]:  # a post-hoc arm shares its federation's rounds
             continue
-        lora = arm.get("lora") or {"mode": "factors", "ranks": {}}
+        lora = lora_of(arm)
         ranks = ", ".join(f"{group} {rank}" for group, rank in lora["ranks"].items()) or "-"
         cells = " | ".join(summary_cell(dataclasses.asdict(summarize(m)) if m else None, 3) for m in per_error)
         rows.append(f"| {name} | {lora['mode']} | {ranks} | {len(per_error[0])} | {cells} |")
@@ -238,7 +239,7 @@ def lora_errors_table(results: dict, records) -> str:
 
 
 def mode_table(results: dict) -> str:
-    """Per safety judge, each mode's change of the attack's effect against factors (``analysis.mode_contrasts``)."""
+    """Per metric, each mode's change of the attack's effect against factors (``analysis.mode_contrasts``)."""
     rows = ["| arm | reference | under factors | its reference | metric | change of the attack's effect [95% CI] | "
             "seeds | p | p (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
     for metric, items in results.get("analysis", {}).get("modes", {}).items():
@@ -264,7 +265,7 @@ def lora_section(results: dict, records) -> str:
         ("Does the mode change the attack's effect",
          ("Per seed, on the prompts all four arms answered: (the arm minus its reference) minus (the same attack "
           "under factors minus its reference), in points; the interval and p are over seeds (the seed is the "
-          "unit), Holm-adjusted per judge. Zero: the mode leaves the attack's effect as factors has it."),
+          "unit), Holm-adjusted per metric. Zero: the mode leaves the attack's effect as factors has it."),
          mode_table(results)),
     ]
     return "".join(f"## {title}\n\n{text}\n\n{table}\n\n" for title, text, table in parts if table)
