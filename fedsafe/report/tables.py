@@ -5,11 +5,12 @@ each tested directly. Numbers are means over seeds with 95% intervals; paired te
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from fedsafe.analysis import lora_of
 from fedsafe.metrics.registry import METRICS
 from fedsafe.report.paper import paper_cells, paper_table
-from fedsafe.report.records import federation_of
+from fedsafe.report.records import RunRecords, federation_of
 from fedsafe.stats import MIN_SEEDS, SEED_LEVEL, WITHIN_RUN, summarize
 from fedsafe.tracking import round_scalars
 
@@ -193,7 +194,7 @@ def compare_table(rows: list[dict], base: str) -> str:
     return "\n".join(lines)
 
 
-def _seed_means(arm: dict, records, error) -> list[float]:
+def _seed_means(arm: dict, records: RunRecords, error: Callable[[dict], float | None]) -> list[float]:
     """Per seed of the arm whose rounds record it: the mean over its rounds of ``error(round)`` (None: not
     recorded in that round)."""
     means = []
@@ -205,7 +206,7 @@ def _seed_means(arm: dict, records, error) -> list[float]:
     return means
 
 
-def _percent(key: str, part: str | None = None):
+def _percent(key: str, part: str | None = None) -> Callable[[dict], float | None]:
     """A round record's error ``key`` (its ``part``) in %, None where the round did not record it."""
     def value(record: dict) -> float | None:
         if key not in record:
@@ -222,7 +223,7 @@ LORA_ERRORS = (  # (column, the round record's value)
 )
 
 
-def lora_errors_table(results: dict, records) -> str:
+def lora_errors_table(results: dict, records: RunRecords) -> str:
     """Per arm whose rounds record them, each seed's mean over its rounds of the errors of combining the
     clients' adapters (``fedsafe.aggregation.lora_modes``), in %: mean over seeds [95% interval]."""
     rows = ["| arm | mode | lower ranks | seeds | " + " | ".join(c for c, _ in LORA_ERRORS) + " |",
@@ -251,7 +252,7 @@ def mode_table(results: dict) -> str:
     return "" if len(rows) == 2 else "\n".join(rows)
 
 
-def lora_section(results: dict, records) -> str:
+def lora_section(results: dict, records: RunRecords) -> str:
     """How the clients' adapters were combined: the errors of each mode, and whether a mode changes the
     attack's effect."""
     parts = [
