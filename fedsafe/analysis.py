@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsafe.aggregation.config import FACTORS
 from fedsafe.metrics.registry import METRICS, Metric
 from fedsafe.run_dir import read_responses
 from fedsafe.stats import (
@@ -499,9 +500,6 @@ def claims(arms: dict, metric: str = "rule", twins: dict[str, str] | None = None
     return out
 
 
-FACTORS = "factors"  # aggregation.mode's default: the A and B factors averaged separately
-
-
 def lora_of(arm: dict) -> dict:
     """How the arm combines LoRA adapters: ``{"mode", "ranks"}`` (an arm written before the modes: factors,
     one rank)."""
@@ -537,7 +535,7 @@ def mode_contrasts(arms: dict) -> dict[str, list[dict]]:
             found = aligned_verdicts([arms[n]["runs"] for n in quad], metric)
             if found is not None and len(found[0]) > 1:
                 t = contrast_test(found, [1.0, -1.0, -1.0, 1.0])
-                rows.append({"arm": quad[0], "reference": quad[1], "factors": quad[2], "factors_reference": quad[3],
+                rows.append({"arm": quad[0], "factors": quad[2], "factors_reference": quad[3],
                              **_record(t, quad[1], "difference of the two attacks' per-seed effects (points); "
                                                    "t over seeds")})
         for row, p_holm in zip(rows, holm([r["p"] for r in rows])):

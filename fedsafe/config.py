@@ -21,7 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedsafe.aggregation.config import FOLD_MODES, AggregationConfig
+from fedsafe.aggregation.config import FACTORS, FOLD_MODES, AggregationConfig
 from fedsafe.attack.config import AttackConfig
 from fedsafe.data.config import ClientGroupConfig, FederationConfig
 from fedsafe.defense.config import DefenseConfig
@@ -301,7 +301,7 @@ class ExperimentConfig:
             _check(g.lora_rank <= self.lora.r, f"clients[{g.name}].lora_rank={g.lora_rank} must be <= lora.r="
                                                f"{self.lora.r} (the global adapter's rank; 0 = lora.r)")
         mode = self.aggregation.mode
-        _check(mode == "factors" or self.aggregation.server_opt.name == "none",
+        _check(mode == FACTORS or self.aggregation.server_opt.name == "none",
                f"aggregation.mode={mode} combines the clients' products, which aggregation.server_opt="
                f"{self.aggregation.server_opt.name} does not act on; use server_opt.name=none or mode=factors")
 

@@ -43,6 +43,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
+from fedsafe.aggregation.config import FACTORS
 from fedsafe.analysis import analyse, results_frame
 from fedsafe.attack import build_attack
 from fedsafe.cluster.plan import Plan
@@ -94,7 +95,7 @@ def federation_key(cfg: ExperimentConfig) -> str:
     have done (the paper's no-attack row is shared by its tables)."""
     d = to_dict(cfg)
     del d["train"]["gradient_checkpointing"]  # trades memory for time: the same model to float rounding
-    for key, default in (("mode", "factors"), ("fold_rank", 0)):  # keys from before they existed stay the same
+    for key, default in (("mode", FACTORS), ("fold_rank", 0)):  # keys from before they existed stay the same
         if d["aggregation"][key] == default:
             del d["aggregation"][key]
     for group in d["clients"]:
@@ -195,7 +196,7 @@ def describe_arms(cfg: ExperimentConfig, arms: list[Arm] | None = None) -> str:
 def lora_line(cfg: ExperimentConfig) -> str:
     """How the arm combines LoRA adapters, where it differs from averaging the factors of one rank."""
     ranks = ", ".join(f"{name} rank {rank}" for name, rank in cfg.group_ranks().items())
-    mode = f", LoRA {cfg.aggregation.mode}" if cfg.aggregation.mode != "factors" else ""
+    mode = f", LoRA {cfg.aggregation.mode}" if cfg.aggregation.mode != FACTORS else ""
     return mode + (f" ({ranks} of {cfg.lora.r})" if ranks else "")
 
 

@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from fedsafe.aggregation.config import FACTORS
 from fedsafe.config import ArmConfig, ConfigError, ExperimentConfig
 from fedsafe.defense.config import DefenseConfig
 from fedsafe.errors import check as _check
@@ -46,7 +47,7 @@ def check_components(cfg: ExperimentConfig) -> None:
            f"trainer.engine=torch (got {cfg.trainer.engine})")
     synthesis_args(dict(cfg.defense.projection.synthesis), "defense.projection.synthesis")
     defense = build_defense(cfg.defense)  # unknown names and bad synthesis settings raise
-    _check(cfg.aggregation.mode == "factors" or not defense.hooks_aggregate,
+    _check(cfg.aggregation.mode == FACTORS or not defense.hooks_aggregate,
            f"defense.name={cfg.defense.name} changes each round's aggregate of the factors, which "
            f"aggregation.mode={cfg.aggregation.mode} does not form; use aggregation.mode=factors with it")
     check_rule_fits(cfg)

@@ -21,6 +21,7 @@ import torch
 
 from fedsafe.actors import placement
 from fedsafe.aggregation import AggregationContext, aggregate, get_rule
+from fedsafe.aggregation.config import FACTORS
 from fedsafe.aggregation.geometry import cosine, gram
 from fedsafe.aggregation.lora_modes import (
     PRODUCT_MODES,
@@ -66,7 +67,7 @@ class CoordinatorSettings:
     min_updates: int = 1
     attack: str = ""
     attack_params: dict = field(default_factory=dict)
-    mode: str = "factors"
+    mode: str = FACTORS
     lora_rank: int = 0
     scale: float = 1.0
     client_ranks: dict = field(default_factory=dict)

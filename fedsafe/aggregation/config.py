@@ -9,7 +9,8 @@ from typing import Any
 from fedsafe.errors import check as _check
 from fedsafe.specs import ServerOptConfig
 
-MODES = ("factors", "stack", "svd", "exact")  # how LoRA adapters combine (fedsafe.aggregation.lora_modes)
+FACTORS = "factors"  # the default: the A and B factors averaged separately
+MODES = (FACTORS, "stack", "svd", "exact")  # how LoRA adapters combine (fedsafe.aggregation.lora_modes)
 PRODUCT_MODES = MODES[1:]  # the rule acts on the products of the factors
 FOLD_MODES = ("stack", "exact")  # they fold into frozen components beyond lora.r
 
@@ -40,7 +41,7 @@ class AggregationConfig:
     root_examples: int = 100
     max_update_norm: float = 0.0
     min_updates: int = 1
-    mode: str = "factors"
+    mode: str = FACTORS
     fold_rank: int = 0
 
     def __post_init__(self) -> None:

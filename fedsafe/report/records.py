@@ -13,8 +13,8 @@ from fedsafe.run_dir import read_rounds
 
 @dataclass(frozen=True)
 class RunRecords:
-    """``rounds``: each federated run's round records (``metrics.jsonl``), by federation key (every seed's); ``clients``: its
-    ``clients.json`` (client ids, roles, cosine similarities of their summed updates) where it wrote one;
+    """``rounds``: each federated run's round records (``metrics.jsonl``), by federation key (every seed's);
+    ``clients``: its ``clients.json`` (client ids, roles, cosine similarities of their summed updates) where it wrote one;
     ``disagreements``: per attacked arm, the answers of its first seed that only one judge calls safe
     (``fedsafe.analysis.disagreement_sample``)."""
 
