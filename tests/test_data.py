@@ -194,6 +194,18 @@ def test_offline_sources_sizes_and_held_out_evaluation():
     assert len({normalize_text(r["instruction"]) for r in parts["train"]}) == len(parts["train"])
 
 
+def test_harmful_seeds_parts_are_disjoint_and_cover_the_set():
+    """The held-out part (a development set) shares no instruction with the train part the aligned pairs use."""
+    parts = {p: load_records("harmful_seeds", 100_000, 0, part=p) for p in real.PARTS}
+    assert sum(len(rows) for rows in parts.values()) == len(load_records("harmful_seeds", 100_000, 0))
+    assert len(parts["heldout"]) >= 100  # enough for a 100-prompt development evaluation
+    assert not find_overlap([r["instruction"] for r in parts["heldout"]], (r["instruction"] for r in parts["train"]))
+    aligned = [r["instruction"] for r in load_records("aligned", 500, 1)]
+    assert not find_overlap([r["instruction"] for r in parts["heldout"]], aligned)
+    with pytest.raises(ValueError, match="part must be one of"):
+        load_records("harmful_seeds", 10, 0, part="test")
+
+
 def test_beavertails_needs_a_named_split():
     with pytest.raises(ValueError, match="30k_train"):
         load_records("beavertails", 10, 0)
