@@ -79,6 +79,9 @@ def test_paper_rows_and_table():
     assert paper_row({**arm, "rule": "krum", "defense_level": 2, "defense": "posthoc_sft"}) is None  # Table 3 has no per-rule Rule figure
     assert paper_row({**arm, "num_malicious": 0, "attacked": False}) == "FedAvg, no attack"
     assert paper_row({**arm, "attack": "backdoor"}) is None  # no attack of the paper's: no row of its tables
+    assert paper_row({**arm, "lora": {"mode": "factors", "ranks": {}}}) == "FedAvg, attacked"
+    assert paper_row({**arm, "lora": {"mode": "exact", "ranks": {}}}) is None  # the paper averages factors
+    assert paper_row({**arm, "lora": {"mode": "factors", "ranks": {"benign": 4}}}) is None
     table = matrix_table({"arms": {"FedAvg": arm}})
     assert "| FedAvg | 12.50 | 5.00 | 49.81 | 25.96 | 4.14 |" in table and "paper Rule (Table 1)" in table
     # MaliciousGen attack data: the paper's Table 2, also for the no-attack row
@@ -88,6 +91,10 @@ def test_paper_rows_and_table():
     assert "paper Rule (Table 2)" in table and "| FedAvg | 12.50 [10.00, 15.00] | 43.27 | 11.35 | 4.19 |" in table
     assert "| clean | 12.50 [10.00, 15.00] | 82.88 | 66.15 | 4.19 |" in table
     assert "| L3 | 12.50 [10.00, 15.00] | 75.96 | 72.69 | 3.89 |" in table
+    # data_poisoning of data MaliciousGen wrote (attack_params.data): Table 2 too; with a trigger, a backdoor: no row
+    naive = {**arm, "attack": "data_poisoning", "attack_params": {"data": {"instructions": "seeds"}}}
+    assert "| FedAvg | 12.50 | 5.00 | 43.27 | 11.35 | 4.19 |" in matrix_table({"arms": {"FedAvg": naive}})
+    assert paper_row({**naive, "attack_params": {"data": {"instructions": "seeds", "trigger": "cf"}}}) is None
 
 
 def test_timing_table_lists_each_arm_seeds_phases_and_evaluation_parts():

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from fedsafe.analysis import posthoc_only
+from fedsafe.aggregation.config import FACTORS
+from fedsafe.analysis import lora_of, posthoc_only
 
 # docs/method.md#the-papers-setting-and-numbers, Table 1, LMSYS benign column: (Rule, MD-Judge, RM, MT-1);
 # malicious data = BeaverTails. Table 2: the same columns, malicious data written by MaliciousGen.
@@ -44,18 +45,28 @@ def paper_row(arm: dict) -> str | None:
     """The paper's Table 1 row matching an arm's result, if the paper has one."""
     if not posthoc_only(arm, arm["defense_level"]):
         return None  # the paper has no behavioural defense
+    if lora_of(arm) != {"mode": FACTORS, "ranks": {}}:
+        return None  # the paper averages the factors of one rank (no other LoRA mode, no mixed ranks)
     if not arm["num_malicious"]:
         return "FedAvg, no attack" if arm["defense_level"] == 0 and arm["rule"] == "fedavg" else None
-    if arm.get("attack", "data_poisoning") not in PAPER_ATTACKS:
+    if arm.get("attack", "data_poisoning") not in PAPER_ATTACKS or "trigger" in written_data(arm):
         return None  # the paper attacks with harmful data alone (a backdoor, an adaptive attack: no row)
     if arm["defense_level"] == 0:
         return PAPER_RULES.get(arm["rule"])
     return f"Level {arm['defense_level']}" if arm["rule"] == "fedavg" else None
 
 
+def written_data(arm: dict) -> dict:
+    """The parameters of the attack data the generation pool wrote for an arm (``attack_params.data``, as
+    ``data_poisoning`` and the backdoors take them); empty when its data came from a data source."""
+    return (arm.get("attack_params") or {}).get("data") or {}
+
+
 def paper_table(results: dict) -> int:
-    """The paper's table matching the run's attack data: 2 for MaliciousGen, else 1."""
-    return 2 if any(a.get("attack") == "maliciousgen" for a in results["arms"].values()) else 1
+    """The paper's table matching the run's attack data: 2 for MaliciousGen (the ``maliciousgen`` attack, or
+    ``data_poisoning`` of data it wrote), else 1."""
+    return 2 if any(a.get("attack") == "maliciousgen" or (a.get("attack") == "data_poisoning" and written_data(a))
+                    for a in results["arms"].values()) else 1
 
 
 def paper_cells(arm: dict, table: int) -> str:
