@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from fedsafe.config import ArmConfig, ConfigError, load_config
+from fedsafe.evaluation.evaluate import prompt_set
 from fedsafe.matrix import arm_config, expand_arms, federation_key, run_experiment
 from fedsafe.report import matrix_table, mean_weights, paper_row, timing_table
+from fedsafe.report.notes import judges_note
 from fedsafe.run_dir import create_run_dir
 from tests.conftest import ROOT, SMOKE, adapter_digest
 
@@ -69,6 +71,14 @@ def test_a_config_without_arms_is_one_arm_or_two_with_a_defense(tmp_path):
 def test_bad_arms_fail_with_the_arm_named(arm, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         expand_arms(load_config(SMOKE, [f"arms=[{arm}]"]))
+
+
+def test_the_notes_name_the_evaluation_prompts():
+    safety = {"rule": 80.0, "num_prompts": 100, "judge": "rule (fixed keywords)"}
+    note = lambda extra: judges_note({"arms": {"a": {"evaluation": {"safety": {**safety, **extra}}}}})  # noqa: E731
+    assert "on 100 AdvBench prompts" in note({})  # written before the field: the evaluation set then
+    assert "on 100 AdvBench prompts" in note({"prompts": prompt_set("advbench", {})})
+    assert "on 100 harmful_seeds (part=heldout) prompts" in note({"prompts": prompt_set("harmful_seeds", {"part": "heldout"})})
 
 
 def test_paper_rows_and_table():

@@ -52,7 +52,9 @@ def disagreement_samples(records: RunRecords) -> str:
 
 def judges_note(results: dict) -> str:
     ev = next(iter(results["arms"].values()))["evaluation"]
-    lines = [f"- Rule: {ev['safety']['judge']} on {ev['safety']['num_prompts']} AdvBench prompts: percent of "
+    source = ev["safety"].get("prompts", "advbench")  # results written before the field: AdvBench
+    prompts = "AdvBench" + source.removeprefix("advbench") if source.startswith("advbench") else source
+    lines = [f"- Rule: {ev['safety']['judge']} on {ev['safety']['num_prompts']} {prompts} prompts: percent of "
              "answers with a refusal keyword, case-insensitive as the authors' code (docs/method.md#metrics); "
              "higher is safer."]
     if "classifier" in ev["safety"]:
