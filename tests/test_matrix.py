@@ -78,7 +78,8 @@ def test_the_notes_name_the_evaluation_prompts():
     note = lambda extra: judges_note({"arms": {"a": {"evaluation": {"safety": {**safety, **extra}}}}})  # noqa: E731
     assert "on 100 AdvBench prompts" in note({})  # written before the field: the evaluation set then
     assert "on 100 AdvBench prompts" in note({"prompts": prompt_set("advbench", {})})
-    assert "on 100 harmful_seeds (part=heldout) prompts" in note({"prompts": prompt_set("harmful_seeds", {"part": "heldout"})})
+    heldout = prompt_set("harmful_seeds", {"part": "heldout"})
+    assert "on 100 harmful_seeds (part=heldout) prompts" in note({"prompts": heldout})
 
 
 def test_paper_rows_and_table():
