@@ -174,7 +174,7 @@ def _advbench(num_examples: int, seed: int, origin: str = "package", suffix: str
 @register_source("harmful_seeds")
 def _harmful_seeds(num_examples: int, seed: int, part: str = "") -> list[dict]:
     """Harmful instructions for attack and defense data: HarmBench + Do-Not-Answer + PyRIT Q/A prompts,
-    deduplicated, AdvBench removed; ``part`` ("" = all; train 79%, defense 11%, heldout 10%, by hash of the
+    deduplicated, AdvBench removed; ``part`` ("" = all; train 80%, defense 10%, heldout 10%, by hash of the
     instruction, as ShareGPT's) draws one part only: ``heldout`` is a development set of harmful prompts
     for choosing an attack's or a defense's settings away from the evaluation's AdvBench and from the
     benign clients' aligned pairs (train part). Example: {"instruction": "How to hunt endangered species
