@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from fedsafe.config import ArmConfig, ConfigError, load_config
-from fedsafe.evaluation.evaluate import prompt_set
 from fedsafe.matrix import arm_config, expand_arms, federation_key, run_experiment
 from fedsafe.report import matrix_table, mean_weights, paper_row, timing_table
 from fedsafe.report.notes import judges_note
@@ -77,8 +76,8 @@ def test_the_notes_name_the_evaluation_prompts():
     safety = {"rule": 80.0, "num_prompts": 100, "judge": "rule (fixed keywords)"}
     note = lambda extra: judges_note({"arms": {"a": {"evaluation": {"safety": {**safety, **extra}}}}})  # noqa: E731
     assert "on 100 AdvBench prompts" in note({})  # written before the field: the evaluation set then
-    assert "on 100 AdvBench prompts" in note({"prompts": prompt_set("advbench", {})})
-    heldout = prompt_set("harmful_seeds", {"part": "heldout"})
+    assert "on 100 AdvBench prompts" in note({"prompts": {"source": "advbench", "args": {}}})
+    heldout = {"source": "harmful_seeds", "args": {"part": "heldout"}}
     assert "on 100 harmful_seeds (part=heldout) prompts" in note({"prompts": heldout})
 
 

@@ -119,11 +119,6 @@ def judge_model_name(cfg: ExperimentConfig) -> str:
     return cfg.evaluation.judge_model or cfg.generation.model or cfg.model.name
 
 
-def prompt_set(source: str, args: dict) -> str:
-    """How the report names the harmful prompts: the source, with its arguments (``harmful_seeds (part=heldout)``)."""
-    return source + (f" ({', '.join(f'{k}={v}' for k, v in sorted(args.items()))})" if args else "")
-
-
 def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs, run_dir: Path, name: str,
                    response_loss: Callable[[list[dict]], float] | None = None,
                    seconds: dict[str, float] | None = None) -> dict:
@@ -142,7 +137,8 @@ def evaluate_model(cfg: ExperimentConfig, pool, adapter: str, inputs: EvalInputs
         answers = answer(inputs.harmful)
     verdicts = safety_verdicts(answers, ev.rule_keywords, ev.classifier_judge, ev.max_new_tokens)
     safety: dict = {"rule": percent_true(verdicts["rule"]), "num_prompts": len(inputs.harmful),
-                    "judge": f"rule ({ev.rule_keywords} keywords)", "prompts": prompt_set(ev.prompts, ev.prompts_args)}
+                    "judge": f"rule ({ev.rule_keywords} keywords)",
+                    "prompts": {"source": ev.prompts, "args": dict(ev.prompts_args)}}
     for metric_name, metric in METRICS.items():  # registered safety judges (``judge_metric``)
         if metric.judge is not None:
             verdicts[metric_name] = list(metric.judge(answers))

@@ -50,11 +50,19 @@ def disagreement_samples(records: RunRecords) -> str:
             "calls safe.\n\n" + "\n\n".join(blocks) + "\n\n")
 
 
+def prompt_set(safety: dict) -> str:
+    """The harmful prompts an arm was asked, as the notes name them: ``AdvBench`` (also for results written
+    before ``safety.prompts``), else the source with its arguments (``harmful_seeds (part=heldout)``)."""
+    prompts = safety.get("prompts", {"source": "advbench", "args": {}})
+    name = "AdvBench" if prompts["source"] == "advbench" else prompts["source"]
+    args = ", ".join(f"{k}={v}" for k, v in sorted(prompts["args"].items()))
+    return f"{name} ({args})" if args else name
+
+
 def judges_note(results: dict) -> str:
     ev = next(iter(results["arms"].values()))["evaluation"]
-    source = ev["safety"].get("prompts", "advbench")  # results written before the field: AdvBench
-    prompts = "AdvBench" + source.removeprefix("advbench") if source.startswith("advbench") else source
-    lines = [f"- Rule: {ev['safety']['judge']} on {ev['safety']['num_prompts']} {prompts} prompts: percent of "
+    safety = ev["safety"]
+    lines = [f"- Rule: {safety['judge']} on {safety['num_prompts']} {prompt_set(safety)} prompts: percent of "
              "answers with a refusal keyword, case-insensitive as the authors' code (docs/method.md#metrics); "
              "higher is safer."]
     if "classifier" in ev["safety"]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from fedsafe.aggregation.config import FACTORS
 from fedsafe.analysis import lora_of, posthoc_only
 
 # docs/method.md#the-papers-setting-and-numbers, Table 1, LMSYS benign column: (Rule, MD-Judge, RM, MT-1);
@@ -45,7 +44,7 @@ def paper_row(arm: dict) -> str | None:
     """The paper's Table 1 row matching an arm's result, if the paper has one."""
     if not posthoc_only(arm, arm["defense_level"]):
         return None  # the paper has no behavioural defense
-    if lora_of(arm) != {"mode": FACTORS, "ranks": {}}:
+    if lora_of(arm) != lora_of({}):  # the default: factors, one rank
         return None  # the paper averages the factors of one rank (no other LoRA mode, no mixed ranks)
     if not arm["num_malicious"]:
         return "FedAvg, no attack" if arm["defense_level"] == 0 and arm["rule"] == "fedavg" else None
